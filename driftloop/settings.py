@@ -1,0 +1,156 @@
+"""One settings object for every driftloop process.
+
+Precedence: ``DRIFTLOOP_*`` environment variables > the YAML config file > defaults. Nested keys
+use ``__`` in the environment: ``DRIFTLOOP_MONITORING__WINDOW_ROWS=300``. Unknown keys and wrong
+types are refused with a message naming the key. Nothing here runs at import time; call
+:func:`load_settings` in an entry point.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from models.errors import ConfigError
+
+ENV_PREFIX = "DRIFTLOOP_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    path: Path | None = None  # CSV or Parquet; unset -> the built-in scenario
+    scenario: str = "loans"
+    target: str | None = None
+    timestamp: str | None = None
+
+
+class ModelConfig(_Section):
+    kind: str = "gradient_boosting"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingConfig(_Section):
+    validation_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    reference_rows: int = Field(2000, ge=100)
+
+
+class RegistryConfig(_Section):
+    home: Path = Path("var/bentoml")  # BentoML's home: models live in <home>/models
+    project: str = Field("loans", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+class StoreConfig(_Section):
+    url: str = "sqlite:///var/driftloop.db"
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    poll_interval_s: float = Field(0.5, gt=0.0, le=60.0)  # how often workers look at the champion pointer
+    max_rows: int = Field(1000, ge=1)  # rows per /predict request
+    log_flush_interval_s: float = Field(0.2, gt=0.0, le=1.0)  # most a hard kill can lose
+    log_queue_rows: int = Field(100_000, ge=100)  # bound on buffered prediction-log rows
+
+
+class MonitoringConfig(_Section):
+    interval_s: float = Field(5.0, gt=0.0)
+    window_rows: int = Field(500, ge=10)
+    min_label_coverage: float = Field(0.8, ge=0.0, le=1.0)  # wait for this share of labels...
+    label_wait_s: float = Field(600.0, ge=0.0)  # ...but no longer than this after the window closes
+    drift_share: float = Field(0.5, gt=0.0, le=1.0)  # share of drifted features that flags a window
+    max_accuracy_drop: float = Field(0.05, gt=0.0, lt=1.0)  # below the champion's holdout accuracy
+    min_labels: int = Field(100, ge=1)  # labelled rows a window needs before its accuracy counts
+    consecutive: int = Field(2, ge=1)  # flagged windows in a row before acting
+    cooldown_windows: int = Field(2, ge=0)  # windows to wait after a promotion
+    dry_run: bool = False  # alert, never retrain
+    metrics_port: int = Field(9464, ge=0, le=65535)  # 0: no monitor /metrics endpoint
+    reports_dir: Path = Path("var/reports")
+
+
+class RetrainingConfig(_Section):
+    min_rows: int = Field(400, ge=20)  # labelled post-drift rows needed to train a candidate
+    holdout_fraction: float = Field(0.25, gt=0.0, lt=0.9)  # newest share kept for the gate
+    margin: float = Field(0.01, ge=0.0)  # the candidate must beat the champion by this much
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+                                      extra="forbid", frozen=True)
+
+    seed: int = 42
+    task: Literal["classification", "regression"] = "classification"
+    features: dict[str, Literal["numeric", "categorical"]] = Field(default_factory=dict)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    registry: RegistryConfig = RegistryConfig()
+    store: StoreConfig = StoreConfig()
+    serving: ServingConfig = ServingConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    retraining: RetrainingConfig = RetrainingConfig()
+    admin_token: SecretStr | None = None  # required by admin actions over HTTP
+
+    @model_validator(mode="after")
+    def _complete(self) -> Settings:
+        if self.data.path is None:  # the built-in scenario brings its own schema
+            from training import scenarios
+
+            if self.data.scenario not in scenarios.SCENARIOS:
+                raise ValueError(f"data.scenario: unknown scenario {self.data.scenario!r}; "
+                                 f"available: {sorted(scenarios.SCENARIOS)}")
+            updates = {}
+            if not self.features:
+                updates["features"] = dict(scenarios.FEATURES)
+            if self.data.target is None:
+                updates["data"] = self.data.model_copy(update={"target": scenarios.TARGET,
+                                                               "timestamp": scenarios.TIMESTAMP})
+            for key, value in updates.items():
+                object.__setattr__(self, key, value)
+        if not self.features:
+            raise ValueError("features: name at least one feature (name: numeric | categorical)")
+        if self.data.target is None:
+            raise ValueError(f"data.target: required for task {self.task!r}")
+        if self.data.target in self.features:
+            raise ValueError(f"features: the target {self.data.target!r} cannot also be a feature")
+        return self
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls)
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``path`` (YAML), the environment and defaults; :class:`ConfigError` if wrong."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=str(path) if path else None)
+
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, path)) from None
+
+
+def _explain(exc: ValidationError, path: str | Path | None) -> str:
+    where = f" in {path}" if path else ""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(config)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = f" (got {err['input']!r})" if err["type"] not in ("extra_forbidden", "missing", "value_error") else ""
+        lines.append(f"{key}: {msg}{got}")
+    return f"invalid configuration{where}:\n  " + "\n  ".join(lines)

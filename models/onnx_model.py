@@ -1,0 +1,123 @@
+"""Export to ONNX with preprocessing inside the graph, check parity, and run the graph.
+
+The graph takes one ``(n, 1)`` input per feature (float32 for numeric, string for categorical)
+and returns ``label`` (and ``probabilities`` for classifiers, as a plain tensor, no ZipMap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from models.errors import ExportError
+from models.schema import FeatureSchema
+
+# Parity tolerances: the graph computes in float32, scikit-learn in float64.
+PROBA_TOLERANCE = 1e-4
+LABEL_AGREEMENT = 0.999
+REGRESSION_RTOL = 1e-4
+OPSET = {"": 17, "ai.onnx.ml": 3}
+
+
+@dataclass(frozen=True)
+class Parity:
+    rows: int
+    max_abs_diff: float  # probabilities (classification) or predictions (regression)
+    label_agreement: float | None  # classification only
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "max_abs_diff": self.max_abs_diff, "label_agreement": self.label_agreement}
+
+
+def export_onnx(pipeline: Pipeline, schema: FeatureSchema) -> bytes:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    inputs = [(f.name, FloatTensorType([None, 1]) if f.kind == "numeric" else StringTensorType([None, 1]))
+              for f in schema.features]
+    options = {id(pipeline.steps[-1][1]): {"zipmap": False}} if schema.task == "classification" else None
+    try:
+        graph = convert_sklearn(pipeline, initial_types=inputs, options=options, target_opset=OPSET)
+    except Exception as exc:  # converters raise anything from RuntimeError to NameError
+        raise ExportError(f"skl2onnx could not convert {type(pipeline.steps[-1][1]).__name__}: {exc}") from exc
+    return graph.SerializeToString()
+
+
+def session(onnx_bytes: bytes, providers: list[str] | None = None, threads: int = 1) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions and, for classifiers, class probabilities (``None`` otherwise)."""
+    outputs = sess.run(None, feeds)
+    preds = np.asarray(outputs[0]).reshape(-1)
+    proba = np.asarray(outputs[1]) if len(outputs) > 1 else None
+    return preds, proba
+
+
+def check_parity(pipeline: Pipeline, onnx_bytes: bytes, schema: FeatureSchema, frame: pd.DataFrame) -> Parity:
+    """ONNX against scikit-learn on ``frame``; raises :class:`ExportError` beyond tolerance."""
+    preds, proba = run(session(onnx_bytes), schema.feeds(frame))
+    x = frame[schema.names]
+    if schema.task == "classification":
+        native = pipeline.predict_proba(x)
+        diff = float(np.max(np.abs(native - proba))) if len(x) else 0.0
+        agreement = float(np.mean(preds == pipeline.predict(x)))
+        parity = Parity(len(x), diff, agreement)
+        if diff > PROBA_TOLERANCE or agreement < LABEL_AGREEMENT:
+            raise ExportError(f"ONNX parity failed: max probability difference {diff:.2e} "
+                              f"(tolerance {PROBA_TOLERANCE:.0e}), label agreement {agreement:.4f} "
+                              f"(required {LABEL_AGREEMENT})")
+        return parity
+    native = pipeline.predict(x)
+    diff = float(np.max(np.abs(native - preds))) if len(x) else 0.0
+    scale = float(np.max(np.abs(native))) or 1.0
+    if diff > REGRESSION_RTOL * scale:
+        raise ExportError(f"ONNX parity failed: max prediction difference {diff:.3g} "
+                          f"exceeds {REGRESSION_RTOL:.0e} of the prediction scale {scale:.3g}")
+    return Parity(len(x), diff, None)
+
+
+class OnnxModel:
+    """A loaded, verified version: what a serving worker holds and swaps atomically."""
+
+    def __init__(self, version: str, schema: FeatureSchema, sess: ort.InferenceSession,
+                 metadata: dict[str, Any]) -> None:
+        self.version = version
+        self.schema = schema
+        self.session = sess
+        self.metadata = metadata
+        self.providers = sess.get_providers()
+
+    @classmethod
+    def from_bytes(cls, version: str, schema: FeatureSchema, onnx_bytes: bytes, metadata: dict[str, Any],
+                   providers: list[str] | None = None) -> OnnxModel:
+        try:
+            sess = session(onnx_bytes, providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ExportError(f"version {version}: onnxruntime refused the graph: {exc}") from exc
+        names = [i.name for i in sess.get_inputs()]
+        if names != schema.names:
+            raise ExportError(f"version {version}: graph inputs {names} do not match the schema {schema.names}")
+        return cls(version, schema, sess, metadata)
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        return run(self.session, feeds)
+
+    def predict_frame(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.predict(self.schema.feeds(frame))
+
+    def warm_up(self, frame: pd.DataFrame) -> None:
+        """One real prediction, so a graph that loads but cannot run is refused before serving."""
+        try:
+            self.predict_frame(frame)
+        except Exception as exc:
+            raise ExportError(f"version {self.version}: warm-up prediction failed: {exc}") from exc

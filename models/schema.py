@@ -1,0 +1,143 @@
+"""The feature schema: one description of a model's inputs that drives everything else.
+
+It validates request rows, turns them into the ONNX graph's feeds, names the prediction-log
+columns and tells Evidently which columns are numeric and which categorical.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from models.errors import SchemaError
+
+FeatureKind = Literal["numeric", "categorical"]
+Task = Literal["classification", "regression"]
+FEATURE_KINDS: tuple[str, ...] = ("numeric", "categorical")
+TASKS: tuple[str, ...] = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: FeatureKind
+    categories: tuple[str, ...] = ()  # seen in training (categorical only)
+    min: float | None = None  # observed in training (numeric only)
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    features: tuple[Feature, ...]
+    task: Task
+    target: str | None = None
+    labels: tuple[Any, ...] = ()  # class labels, in the order of the probability columns
+    max_rows: int = 10_000
+    _index: dict[str, Feature] = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", {f.name: f for f in self.features})
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def numeric(self) -> list[str]:
+        return [f.name for f in self.features if f.kind == "numeric"]
+
+    @property
+    def categorical(self) -> list[str]:
+        return [f.name for f in self.features if f.kind == "categorical"]
+
+    # -- construction and persistence ---------------------------------------------------------
+    @classmethod
+    def infer(cls, frame: pd.DataFrame, kinds: dict[str, str], task: str,
+              target: str | None, labels: tuple[Any, ...] = ()) -> FeatureSchema:
+        """The schema of ``frame``'s columns named in ``kinds`` (name -> numeric|categorical)."""
+        features = []
+        for name, kind in kinds.items():
+            if kind not in FEATURE_KINDS:
+                raise SchemaError(f"feature {name!r}: kind must be one of {FEATURE_KINDS}, got {kind!r}")
+            if name not in frame.columns:
+                raise SchemaError(f"feature {name!r} is not a column of the data; columns: {list(frame.columns)}")
+            col = frame[name]
+            if kind == "numeric":
+                values = pd.to_numeric(col, errors="coerce")
+                if values.isna().any():
+                    raise SchemaError(f"feature {name!r} is declared numeric but holds non-numeric or missing values")
+                features.append(Feature(name, "numeric", min=float(values.min()), max=float(values.max())))
+            else:
+                cats = tuple(sorted(col.astype(str).unique()))
+                features.append(Feature(name, "categorical", categories=cats))
+        return cls(tuple(features), task=task, target=target, labels=tuple(labels))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "target": self.target,
+            "labels": list(self.labels),
+            "max_rows": self.max_rows,
+            "features": [asdict(f) | {"categories": list(f.categories)} for f in self.features],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSchema:
+        feats = tuple(
+            Feature(f["name"], f["kind"], tuple(f.get("categories", ())), f.get("min"), f.get("max"))
+            for f in data["features"]
+        )
+        return cls(feats, task=data["task"], target=data.get("target"),
+                   labels=tuple(data.get("labels", ())), max_rows=int(data.get("max_rows", 10_000)))
+
+    # -- the request boundary -----------------------------------------------------------------
+    def validate_rows(self, rows: Any) -> dict[str, np.ndarray]:
+        """Check request rows and return the ONNX feeds (one ``(n, 1)`` array per feature).
+
+        Raises :class:`SchemaError` naming the row and the field for the first problem found.
+        """
+        if not isinstance(rows, list):
+            raise SchemaError("'rows' must be a list of objects", field="rows")
+        if not rows:
+            raise SchemaError("'rows' is empty: send at least one row", field="rows")
+        if len(rows) > self.max_rows:
+            raise SchemaError(f"'rows' has {len(rows)} rows; at most {self.max_rows} per request", field="rows")
+        columns: dict[str, list[Any]] = {name: [] for name in self._index}
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise SchemaError(f"rows[{i}] must be an object of feature values", field=f"rows[{i}]")
+            if len(row) != len(self._index) or row.keys() != self._index.keys():
+                missing = [n for n in self._index if n not in row]
+                if missing:
+                    raise SchemaError(f"rows[{i}] is missing feature {missing[0]!r}", field=f"rows[{i}].{missing[0]}")
+                extra = [n for n in row if n not in self._index]
+                raise SchemaError(f"rows[{i}] has unknown field {extra[0]!r}; features are {self.names}",
+                                  field=f"rows[{i}].{extra[0]}")
+            for name, feat in self._index.items():
+                value = row[name]
+                if feat.kind == "numeric":
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise SchemaError(f"rows[{i}].{name} must be a number, got {type(value).__name__}",
+                                          field=f"rows[{i}].{name}")
+                    if not math.isfinite(value):
+                        raise SchemaError(f"rows[{i}].{name} must be finite, got {value}", field=f"rows[{i}].{name}")
+                elif not isinstance(value, str):
+                    raise SchemaError(f"rows[{i}].{name} must be a string category, got {type(value).__name__}",
+                                      field=f"rows[{i}].{name}")
+                columns[name].append(value)
+        return self.feeds(columns)
+
+    def feeds(self, columns: dict[str, Any] | pd.DataFrame) -> dict[str, np.ndarray]:
+        """Columns (a frame or name -> values) as the graph's inputs: float32 or string, ``(n, 1)``."""
+        out = {}
+        for feat in self.features:
+            values = columns[feat.name]
+            if feat.kind == "numeric":
+                out[feat.name] = np.asarray(values, dtype=np.float32).reshape(-1, 1)
+            else:
+                out[feat.name] = np.asarray(values, dtype=object).astype(str).astype(object).reshape(-1, 1)
+        return out

@@ -1,0 +1,116 @@
+"""The prediction-log writer: buffered, batched inserts off the request path.
+
+``submit`` never blocks and never raises: rows go into a bounded queue, and when the queue is
+full they are dropped and counted. A background thread drains the queue every
+``flush_interval_s`` (or sooner, once ``batch_rows`` are waiting) and inserts them in one
+transaction. ``close`` drains everything before returning, so a graceful stop loses nothing;
+a hard kill loses at most the rows of the last ``flush_interval_s``. If an insert fails (the
+database is down), the batch is retried until the queue is full, then rows are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+log = logging.getLogger("driftloop.predlog")
+
+
+class PredictionLogWriter:
+    def __init__(self, insert: Callable[[Sequence[dict[str, Any]]], None], *, max_rows: int = 100_000,
+                 flush_interval_s: float = 0.2, batch_rows: int = 2_000,
+                 on_written: Callable[[int], None] = lambda n: None,
+                 on_dropped: Callable[[int], None] = lambda n: None) -> None:
+        self._insert = insert
+        self._max_rows = max_rows
+        self._interval = flush_interval_s
+        self._batch_rows = batch_rows
+        self._on_written = on_written
+        self._on_dropped = on_dropped
+        self._rows: deque[dict[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self.written = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def submit(self, rows: Sequence[dict[str, Any]]) -> None:
+        with self._cond:
+            room = self._max_rows - len(self._rows)
+            if self._closing:
+                room = 0
+            accepted = rows[:max(room, 0)]
+            self._rows.extend(accepted)
+            lost = len(rows) - len(accepted)
+            if len(self._rows) >= self._batch_rows:
+                self._cond.notify()
+        if lost:
+            self.dropped += lost
+            self._on_dropped(lost)
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._rows)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every row submitted so far is written; False on timeout."""
+        with self._cond:
+            self._cond.notify()
+            return self._cond.wait_for(lambda: not self._rows and not self._busy, timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything still queued, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("prediction log: %d rows still queued after %.0fs at shutdown", self.pending(), timeout)
+
+    _busy = False
+    _failing = False
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._failing:  # back off: retry the store once per interval
+                    self._cond.wait_for(lambda: self._closing, self._interval)
+                elif not self._closing:
+                    self._cond.wait_for(lambda: self._closing or len(self._rows) >= self._batch_rows,
+                                        self._interval)
+                batch = [self._rows.popleft() for _ in range(min(len(self._rows), self._batch_rows))]
+                closing = self._closing
+                self._busy = bool(batch)
+            if batch:
+                self._write(batch)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                if closing and not self._rows:
+                    return
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            self._insert(batch)
+            self._failing = False
+        except Exception:
+            self._failing = True
+            log.exception("prediction log: insert of %d rows failed; will retry", len(batch))
+            with self._cond:
+                if self._closing:
+                    self.dropped += len(batch)
+                    self._on_dropped(len(batch))
+                    return
+                room = self._max_rows - len(self._rows)
+                keep, lost = batch[:max(room, 0)], len(batch) - max(room, 0)
+                self._rows.extendleft(reversed(keep))
+            if lost > 0:
+                self.dropped += lost
+                self._on_dropped(lost)
+            return
+        self.written += len(batch)
+        self._on_written(len(batch))

@@ -1,0 +1,122 @@
+"""Training, as a recipe: load -> split -> fit -> evaluate -> export -> check parity -> register."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from models.families import build_pipeline
+from models.onnx_model import check_parity, export_onnx
+from models.registry import ModelVersion, Registry
+from models.schema import FeatureSchema
+from training import data as data_mod
+from training import evaluate, scenarios
+
+if TYPE_CHECKING:
+    from driftloop.settings import Settings
+
+log = logging.getLogger("driftloop.training")
+LIBRARIES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pandas", "bentoml")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: ModelVersion
+    metrics: dict[str, float]
+    seconds: float
+
+
+def initial_frame(settings: Settings) -> pd.DataFrame:
+    """The data the first model learns from: the user's file, or the scenario's ``train`` period."""
+    if settings.data.path is not None:
+        columns = [*settings.features, settings.data.target]
+        return data_mod.load_frame(settings.data.path, columns, settings.data.timestamp)
+    frame = scenarios.scenario_frame(settings.data.scenario, seed=settings.seed)
+    return frame[frame["period"] == "train"].reset_index(drop=True)
+
+
+def train_version(settings: Settings, frame: pd.DataFrame, registry: Registry, *, trigger: str,
+                  parent: str | None = None, extra: dict[str, Any] | None = None) -> TrainResult:
+    """Fit the configured model on ``frame`` and register it (not promoted)."""
+    started = time.perf_counter()
+    target, timestamp = settings.data.target, settings.data.timestamp
+    if timestamp not in frame.columns:
+        timestamp = None
+    y_all = frame[target]
+    labels = sorted(y_all.unique().tolist()) if settings.task == "classification" else []
+    schema = FeatureSchema.infer(frame, dict(settings.features), settings.task, target, tuple(labels))
+    schema = FeatureSchema(schema.features, schema.task, schema.target, schema.labels,
+                           max_rows=settings.serving.max_rows)
+
+    train, valid = data_mod.split(frame, settings.training.validation_fraction, timestamp, settings.seed)
+    pipeline = build_pipeline(schema, settings.model.kind, settings.model.params, settings.seed)
+    pipeline.fit(train[schema.names], train[target])
+
+    x_valid = valid[schema.names]
+    proba = pipeline.predict_proba(x_valid) if settings.task == "classification" else None
+    metrics = evaluate.score(settings.task, valid[target], pipeline.predict(x_valid), proba, labels)
+
+    onnx_bytes = export_onnx(pipeline, schema)
+    parity = check_parity(pipeline, onnx_bytes, schema, valid)
+
+    reference = frame[schema.names].sample(n=min(settings.training.reference_rows, len(frame)),
+                                           random_state=settings.seed)
+    metadata = {
+        "kind": settings.model.kind,
+        "params": dict(settings.model.params),
+        "metrics": metrics,
+        "parity": parity.to_dict(),
+        "rows": {"train": len(train), "validation": len(valid)},
+        "data_fingerprint": fingerprint(frame[[*schema.names, target]]),
+        "time_range": _time_range(frame, timestamp),
+        "libraries": library_versions(),
+        "code_revision": code_revision(),
+        "seed": settings.seed,
+        "training_seconds": round(time.perf_counter() - started, 3),
+    } | (extra or {})
+    version = registry.register(onnx_bytes, schema, reference, metadata, trigger=trigger, parent=parent)
+    log.info("trained %s (%s, %s): %s", version.tag, settings.model.kind, trigger, _fmt(metrics))
+    return TrainResult(version, metrics, time.perf_counter() - started)
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    hashed = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def code_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        return rev or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _time_range(frame: pd.DataFrame, timestamp: str | None) -> list[str]:
+    if not timestamp or frame.empty:
+        return []
+    return [str(frame[timestamp].min()), str(frame[timestamp].max())]
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())

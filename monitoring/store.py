@@ -59,8 +59,9 @@ checks = sa.Table(
     sa.Column("feature_scores", sa.Text, nullable=False),  # JSON: feature -> {method, score, threshold, drifted}
     sa.Column("labelled", sa.Integer, nullable=False),
     sa.Column("accuracy", sa.Float, nullable=True),  # on labelled rows (classification)
-    sa.Column("decision", sa.String(32), nullable=False),
+    sa.Column("decision", sa.String(32), nullable=False),  # the policy's: none, watch, cooldown, alert, retrain
     sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=True),  # of a retrain: promoted, rejected, waiting, failed
     sa.Column("report_path", sa.Text, nullable=True),
     sa.Column("duration_s", sa.Float, nullable=False),
 )

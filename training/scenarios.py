@@ -7,8 +7,9 @@ The ``loans`` scenario is a credit-default classifier's world, replayed in perio
 ``covariate`` a new customer segment arrives: younger, lower income, more self-employed,
               fewer credit lines. The label rule is unchanged, but the young segment carries a
               risk the training data never showed, so the first model is wrong there;
-``concept``   the same inputs, a different rule: rates rise, debt hurts far more, the east
-              region's advantage becomes a penalty. Only labels reveal it.
+``concept``   the same inputs, a different rule: a state guarantee takes the extra risk of
+              young and self-employed borrowers away, rates rise so debt hurts far more, and the
+              east region's advantage becomes a penalty. Only labels reveal it.
 
 Everything is generated from a seed, so every run sees the same rows.
 """
@@ -75,8 +76,8 @@ SEGMENT = Population(
     credit_lines_mean=2.5,
     employment_p=(0.45, 0.40, 0.15),
 )
-RATE_RISE = Rule(debt_weight=10.0, east_effect=2.0, young_penalty=3.0,
-                 self_employed_effect=-2.0, intercept=-2.0)
+RATE_RISE = Rule(debt_weight=12.0, east_effect=3.0, young_penalty=0.0,
+                 self_employed_effect=-3.0, intercept=-3.0)
 
 
 def loans_periods(train_rows: int = 3000, window: int = 500,

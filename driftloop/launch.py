@@ -1,0 +1,109 @@
+"""Starting the real BentoML service as a process: for ``driftloop serve``, the demo and tests.
+
+The service reads the same settings as its launcher: the launcher writes them to a YAML file
+and passes its path in ``DRIFTLOOP_CONFIG``; ``BENTOML_HOME`` points at the registry's home
+(BentoML keeps its per-server metrics directory there too, so one server per home).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import yaml
+
+from driftloop.settings import Settings
+
+SERVICE = "service.app:Driftloop"
+SERVICE_NAME = "driftloop"
+
+
+def write_config(settings: Settings, path: Path) -> Path:
+    """The settings as a YAML file a service process can load (the admin token stays in the env)."""
+    data = settings.model_dump(mode="json", exclude={"admin_token"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def service_command(settings: Settings, config_path: Path) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for ``bentoml serve`` of the driftloop service."""
+    home = Path(settings.registry.home).resolve()
+    # The file carries the merged settings; other DRIFTLOOP_* variables would only shadow it.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_") or k == "DRIFTLOOP_LOG_LEVEL"}
+    env.update({
+        "DRIFTLOOP_CONFIG": str(Path(config_path).resolve()),
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "DO_NOT_TRACK": "1",
+        "BENTOML_CONFIG_OVERRIDES": json.dumps({"services": {SERVICE_NAME: {"workers": settings.serving.workers}}}),
+    })
+    if settings.admin_token is not None:
+        env["DRIFTLOOP_ADMIN_TOKEN"] = settings.admin_token.get_secret_value()
+    bentoml = Path(sys.executable).with_name("bentoml")
+    argv = [str(bentoml), "serve", SERVICE, "--host", settings.serving.host, "--port", str(settings.serving.port)]
+    return argv, env
+
+
+class ServiceProcess:
+    """A running ``bentoml serve``; a context manager that stops it gracefully (SIGTERM)."""
+
+    def __init__(self, settings: Settings, config_path: Path, log_path: Path | None = None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.log_path = log_path
+        self.url = f"http://{settings.serving.host}:{settings.serving.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self, ready_timeout: float = 60.0) -> ServiceProcess:
+        argv, env = service_command(self.settings, self.config_path)
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._log or subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready(ready_timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> float:
+        """Seconds until ``/readyz`` answered 200; raises if the process died or time ran out."""
+        started = time.monotonic()
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() - started < timeout:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"the service exited with code {self.proc.returncode}; see {self.log_path}")
+                try:
+                    if client.get(f"{self.url}/readyz").status_code == 200:
+                        return time.monotonic() - started
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise TimeoutError(f"the service was not ready within {timeout:.0f}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self._log:
+            self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

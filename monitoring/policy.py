@@ -1,0 +1,100 @@
+"""The retraining policy: a small pure object, tested without any scheduler.
+
+Feed it one :class:`WindowStats` per monitoring window with :meth:`RetrainPolicy.update`; read
+the returned :class:`Decision`. A window is *flagged* for drift when the share of drifted
+features reaches ``drift_share``, and for decay when enough labels show accuracy below the
+serving version's holdout accuracy by more than ``max_accuracy_drop`` (only for windows the
+current champion served: an old model's decay is no reason to replace the new one). ``consecutive`` flagged windows
+in a row trigger a retrain, unless a cool-down is running (after a promotion) or the policy
+is in dry-run mode (then it only alerts). The caller reports what came of a retrain with
+:meth:`retrained`; a retrain that could not start (too few labels) keeps the streak alive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# What a decision can be, from quiet to loud.
+NONE, WATCH, COOLDOWN, ALERT, RETRAIN = "none", "watch", "cooldown", "alert", "retrain"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    drift_share: float = 0.5
+    max_accuracy_drop: float = 0.05
+    min_labels: int = 100
+    consecutive: int = 2
+    cooldown_windows: int = 2
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    window: int
+    rows: int
+    drift_share: float
+    labelled: int = 0
+    accuracy: float | None = None
+    baseline_accuracy: float | None = None  # the serving version's holdout accuracy
+    served_by_champion: bool = True  # False: most rows were answered by an earlier champion
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    reason: str
+    signals: tuple[str, ...] = ()  # "drift", "decay"
+    since_window: int | None = None  # first window of the flagged streak: retrain on data from here
+
+
+@dataclass
+class RetrainPolicy:
+    config: PolicyConfig = field(default_factory=PolicyConfig)
+    _streak_start: int | None = field(default=None, init=False)
+    _streak: int = field(default=0, init=False)
+    _cooldown_until: int = field(default=-1, init=False)  # last window of the cool-down
+
+    def signals(self, stats: WindowStats) -> tuple[str, ...]:
+        found = []
+        if stats.drift_share >= self.config.drift_share:
+            found.append("drift")
+        # Decay of a model that no longer serves says nothing about the champion.
+        if (stats.served_by_champion and stats.accuracy is not None and stats.baseline_accuracy is not None
+                and stats.labelled >= self.config.min_labels
+                and stats.accuracy < stats.baseline_accuracy - self.config.max_accuracy_drop):
+            found.append("decay")
+        return tuple(found)
+
+    def update(self, stats: WindowStats) -> Decision:
+        signals = self.signals(stats)
+        if not signals:
+            self._streak, self._streak_start = 0, None
+            return Decision(NONE, "no drift, no decay")
+        if self._streak == 0:
+            self._streak_start = stats.window
+        self._streak += 1
+        why = self._describe(stats, signals)
+        if stats.window <= self._cooldown_until:
+            return Decision(COOLDOWN, f"{why}; cooling down until window {self._cooldown_until}",
+                            signals, self._streak_start)
+        if self._streak < self.config.consecutive:
+            return Decision(WATCH, f"{why}; {self._streak} of {self.config.consecutive} windows in a row",
+                            signals, self._streak_start)
+        if self.config.dry_run:
+            return Decision(ALERT, f"{why} for {self._streak} windows (dry run: no retrain)", signals,
+                            self._streak_start)
+        return Decision(RETRAIN, f"{why} for {self._streak} windows", signals, self._streak_start)
+
+    def retrained(self, window: int) -> None:
+        """A retrain ran at ``window`` (promoted or rejected): restart the streak, cool down."""
+        self._streak, self._streak_start = 0, None
+        self._cooldown_until = window + self.config.cooldown_windows
+
+    def _describe(self, stats: WindowStats, signals: tuple[str, ...]) -> str:
+        parts = []
+        if "drift" in signals:
+            parts.append(f"drift share {stats.drift_share:.2f} >= {self.config.drift_share:.2f}")
+        if "decay" in signals:
+            parts.append(f"accuracy {stats.accuracy:.3f} < {stats.baseline_accuracy:.3f} - "
+                         f"{self.config.max_accuracy_drop:.3f} on {stats.labelled} labels")
+        return " and ".join(parts)

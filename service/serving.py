@@ -1,0 +1,229 @@
+"""What a serving worker does, free of HTTP: predict, take feedback, follow the champion.
+
+A request's path: :meth:`Serving.predict` takes the current model (one attribute read, so a
+request never mixes two models), validates the rows against *that* model's schema, runs the
+ONNX graph, hands the rows to the prediction-log writer and returns the answer with the
+version that produced it. :class:`ChampionWatcher` polls the registry's champion pointer and
+swaps in a verified, warmed-up model; a broken artifact is refused and the old model keeps
+serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from models.errors import DriftloopError, SchemaError
+from models.onnx_model import OnnxModel
+from models.registry import Registry
+from monitoring.store import PredictionStore, utcnow
+from service.metrics import ServingMetrics
+from service.predlog import PredictionLogWriter
+
+log = logging.getLogger("driftloop.service")
+
+
+class NotReady(DriftloopError):
+    """No champion is loaded yet, or the worker is shutting down."""
+
+
+def new_request_id(now: float | None = None) -> str:
+    """A UUIDv7 (time-ordered): its first 48 bits are the issue time in milliseconds."""
+    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 62) & 0xFFF) << 64 | (0b10 << 62) | (rand & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+def request_id_age(request_id: str, now: float | None = None) -> float | None:
+    """Seconds since a driftloop request id was issued; ``None`` if it is not one of ours."""
+    try:
+        value = uuid.UUID(request_id)
+    except ValueError:
+        return None
+    if value.version != 7:
+        return None
+    return (time.time() if now is None else now) - (value.int >> 80) / 1000.0
+
+
+class ChampionWatcher:
+    """Polls the champion pointer and swaps the worker's model when it changes."""
+
+    def __init__(self, registry: Registry, on_swap: Callable[[OnnxModel], None],
+                 on_refused: Callable[[str, Exception], None], interval_s: float,
+                 providers: list[str] | None = None) -> None:
+        self._registry = registry
+        self._on_swap = on_swap
+        self._on_refused = on_refused
+        self._interval = interval_s
+        self._providers = providers
+        self._stamp: tuple[int, int] | None = None
+        self._current: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
+
+    def start(self) -> None:
+        self.check()  # load the champion before the worker reports ready
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def check(self) -> None:
+        """Look at the pointer once; swap if it names another version."""
+        stamp = self._registry.pointer_stamp()
+        if stamp is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        champion = self._registry.champion()
+        if champion is None or champion.version == self._current:
+            return
+        try:
+            model = self._registry.load(champion.version, providers=self._providers)
+        except Exception as exc:  # IntegrityError, ExportError, I/O: refuse, keep serving the old one
+            log.error("refused champion %s: %s", champion.version, exc)
+            self._on_refused(champion.version, exc)
+            return
+        self._current = champion.version
+        self._on_swap(model)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.check()
+            except Exception:  # never let the watcher die: the next poll tries again
+                log.exception("champion watcher: poll failed")
+
+
+class Serving:
+    def __init__(self, registry: Registry, store: PredictionStore, metrics: ServingMetrics, *,
+                 poll_interval_s: float = 0.5, flush_interval_s: float = 0.2, log_queue_rows: int = 100_000,
+                 providers: list[str] | None = None) -> None:
+        self.registry = registry
+        self.store = store
+        self.metrics = metrics
+        self.model: OnnxModel | None = None
+        self.stopping = False
+        self.flush_interval_s = flush_interval_s
+        self.started_at = time.time()
+        self.writer = PredictionLogWriter(
+            store.insert_predictions, max_rows=log_queue_rows, flush_interval_s=flush_interval_s,
+            on_written=lambda n: metrics.log_rows.labels("written").inc(n),
+            on_dropped=lambda n: metrics.log_rows.labels("dropped").inc(n),
+        )
+        self.watcher = ChampionWatcher(registry, self._swap, self._refused, poll_interval_s, providers)
+
+    def start(self) -> None:
+        self.watcher.start()
+
+    def ready(self) -> bool:
+        return self.model is not None and not self.stopping
+
+    def shutdown(self) -> None:
+        """Fail readiness, stop following the champion, write every buffered log row."""
+        self.stopping = True
+        self.watcher.stop()
+        self.writer.close()
+        if self.model is not None:
+            self.metrics.model_workers.labels(self.model.version).set(0)
+        self.store.close()
+
+    # -- the request path ---------------------------------------------------------------------
+    def predict(self, rows: Any) -> dict[str, Any]:
+        model = self.model  # one read: the whole request uses this version
+        if model is None or self.stopping:
+            raise NotReady("no champion model is loaded yet" if model is None else "the service is shutting down")
+        feeds = model.schema.validate_rows(rows)
+        preds, proba = model.predict(feeds)
+        predictions = preds.tolist()
+        ids = [new_request_id() for _ in predictions]
+        confidence = proba.max(axis=1).tolist() if proba is not None else [None] * len(ids)
+        now = utcnow()
+        self.writer.submit([
+            {"request_id": rid, "created_at": now, "model_version": model.version, "features": row,
+             "prediction": pred, "confidence": conf}
+            for rid, row, pred, conf in zip(ids, rows, predictions, confidence)
+        ])
+        self._count(model.version, predictions)
+        answer: dict[str, Any] = {"model_version": model.version, "predictions": predictions, "request_ids": ids}
+        if proba is not None:
+            answer["probabilities"] = np.round(proba.astype(np.float64), 6).tolist()
+        return answer
+
+    def feedback(self, labels: list[tuple[str, Any]]) -> dict[str, Any]:
+        model = self.model
+        if model is not None:
+            _check_labels(labels, model)
+        result = self.store.insert_feedback(labels)
+        unknown = result.unknown
+        # A prediction reaches the store within one flush interval of any worker. Ids we issued
+        # that recently may still be in a buffer: flush ours, give the others one interval.
+        fresh = [rid for rid in unknown if (age := request_id_age(rid)) is not None and age < 2 * self.flush_interval_s + 1]
+        if fresh:
+            self.writer.flush(timeout=5)
+            time.sleep(self.flush_interval_s)
+            wanted = set(fresh)
+            retry = self.store.insert_feedback([(rid, lab) for rid, lab in labels if rid in wanted])
+            unknown = [rid for rid in unknown if rid not in wanted] + retry.unknown
+            result = type(result)(result.accepted + retry.accepted, result.duplicates + retry.duplicates, unknown)
+        self.metrics.feedback.labels("accepted").inc(result.accepted)
+        self.metrics.feedback.labels("duplicate").inc(len(result.duplicates))
+        self.metrics.feedback.labels("unknown").inc(len(result.unknown))
+        return {"accepted": result.accepted, "duplicates": result.duplicates, "unknown_request_ids": result.unknown}
+
+    def model_info(self) -> dict[str, Any]:
+        model = self.model
+        if model is None:
+            raise NotReady("no champion model is loaded yet")
+        meta = model.metadata
+        return {
+            "model_version": model.version,
+            "project": self.registry.project,
+            "kind": meta.get("kind"),
+            "task": model.schema.task,
+            "trigger": meta.get("trigger"),
+            "parent": meta.get("parent"),
+            "metrics": meta.get("metrics", {}),
+            "schema": model.schema.to_dict(),
+            "providers": model.providers,
+            "worker_pid": os.getpid(),
+        }
+
+    # -- swaps ----------------------------------------------------------------------------------
+    def _swap(self, model: OnnxModel) -> None:
+        old = self.model
+        self.model = model  # atomic: in-flight requests keep the model they already read
+        self.metrics.swaps.labels("done").inc()
+        self.metrics.model_workers.labels(model.version).set(1)
+        if old is not None:
+            self.metrics.model_workers.labels(old.version).set(0)
+        log.info("worker %d now serves %s (was %s)", os.getpid(), model.version, old.version if old else None)
+
+    def _refused(self, version: str, exc: Exception) -> None:
+        self.metrics.swaps.labels("refused").inc()
+
+    def _count(self, version: str, predictions: list[Any]) -> None:
+        values, counts = np.unique(np.asarray(predictions, dtype=object).astype(str), return_counts=True) \
+            if self.model and self.model.schema.task == "classification" else ([""], [len(predictions)])
+        for value, count in zip(values, counts):
+            self.metrics.predictions.labels(version, str(value)).inc(int(count))
+
+
+def _check_labels(labels: list[tuple[str, Any]], model: OnnxModel) -> None:
+    schema = model.schema
+    for i, (_, label) in enumerate(labels):
+        if schema.task == "classification":
+            if schema.labels and label not in schema.labels:
+                raise SchemaError(f"labels[{i}].label: {label!r} is not a class of the model; "
+                                  f"classes are {list(schema.labels)}", field=f"labels[{i}].label")
+        elif isinstance(label, bool) or not isinstance(label, (int, float)):
+            raise SchemaError(f"labels[{i}].label must be a number for a regression model", field=f"labels[{i}].label")

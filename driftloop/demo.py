@@ -67,7 +67,8 @@ class Traffic:
 
 class Replay:
     def __init__(self, url: str, live: pd.DataFrame, features: list[str], target: str, *,
-                 batch_rows: int = 25, label_delay_batches: int = 4, concurrency: int = 4) -> None:
+                 batch_rows: int = 25, label_delay_batches: int = 4, concurrency: int = 4,
+                 rows_per_second: float = 1000.0) -> None:
         self.url = url
         self.live = live
         self.features = features
@@ -75,6 +76,7 @@ class Replay:
         self.batch_rows = batch_rows
         self.delay = label_delay_batches
         self.concurrency = concurrency
+        self.interval = batch_rows / rows_per_second
         self.traffic = Traffic()
         self.client = httpx.Client(base_url=url, timeout=30.0,
                                    limits=httpx.Limits(max_connections=concurrency + 2))
@@ -105,10 +107,16 @@ class Replay:
         return []
 
     def send_window(self, window: pd.DataFrame) -> None:
-        """All of a window's rows as concurrent /predict requests; labels trail by a few batches."""
+        """A window's rows as /predict requests at a fixed rate (open loop, up to ``concurrency``
+        in flight); the labels follow a few batches later."""
         batches = [window.iloc[i:i + self.batch_rows] for i in range(0, len(window), self.batch_rows)]
+        start = time.monotonic()
         with cf.ThreadPoolExecutor(self.concurrency) as pool:
-            for labels in pool.map(self._predict, batches):
+            futures = []
+            for i, batch in enumerate(batches):
+                time.sleep(max(0.0, start + i * self.interval - time.monotonic()))  # the offered rate
+                futures.append(pool.submit(self._predict, batch))
+            for labels in (f.result() for f in futures):
                 self._pending.append(labels)
                 while len(self._pending) > self.delay:
                     self._send_labels(self._pending.pop(0))
@@ -186,7 +194,7 @@ def run_demo(workdir: Path = Path("var/demo"), config: Path | None = None, windo
             _wait_for(lambda: len(checks) >= w, f"the check of window {w - 1}")  # at most one window ahead
         replay.flush_labels()
         _wait_for(lambda: len(checks) >= len(period_of_window), "the last check")
-        workers = _workers_by_version(service.url)
+        workers = service.workers_by_version()
     finally:
         replay.close()
         scheduler.shutdown(wait=True)
@@ -206,18 +214,8 @@ def _wait_for(condition: Any, what: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def _workers_by_version(url: str) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("driftloop_model_workers{"):
-            version = line.split('model_version="', 1)[1].split('"', 1)[0]
-            out[version] = float(line.rsplit(" ", 1)[1])
-    return {k: v for k, v in out.items() if v > 0}
-
-
 def summarize(checks: list[dict[str, Any]], store: PredictionStore, registry: Registry, traffic: Traffic,
-              sizes: dict[str, int], workers: dict[str, float], seconds: float) -> dict[str, Any]:
+              sizes: dict[str, int], workers: dict[str, int], seconds: float) -> dict[str, Any]:
     onset = {"covariate": sizes["stable"], "concept": sizes["stable"] + sizes["covariate"]}
     retrains = [e for e in store.events() if e["kind"].startswith("retrain_") and e["kind"] != "retrain_started"]
     detections = {}

@@ -74,19 +74,39 @@ class ServiceProcess:
         return self
 
     def wait_ready(self, timeout: float) -> float:
-        """Seconds until ``/readyz`` answered 200; raises if the process died or time ran out."""
+        """Seconds until every worker serves a model; raises if the process died or time ran out.
+
+        ``/readyz`` answers from whichever worker is up first, so it is followed by the
+        ``driftloop_model_workers`` gauge, which counts the workers holding a model.
+        """
         started = time.monotonic()
         with httpx.Client(timeout=2.0) as client:
             while time.monotonic() - started < timeout:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise RuntimeError(f"the service exited with code {self.proc.returncode}; see {self.log_path}")
                 try:
-                    if client.get(f"{self.url}/readyz").status_code == 200:
+                    if client.get(f"{self.url}/readyz").status_code == 200 and \
+                            self.workers_serving(client) >= self.settings.serving.workers:
                         return time.monotonic() - started
                 except httpx.TransportError:
                     pass
                 time.sleep(0.1)
         raise TimeoutError(f"the service was not ready within {timeout:.0f}s; see {self.log_path}")
+
+    def workers_serving(self, client: httpx.Client | None = None) -> int:
+        """Workers holding a model (all versions together)."""
+        return sum(self.workers_by_version(client).values())
+
+    def workers_by_version(self, client: httpx.Client | None = None) -> dict[str, int]:
+        text = (client or httpx).get(f"{self.url}/metrics", timeout=5.0).text
+        out: dict[str, int] = {}
+        for line in text.splitlines():
+            if line.startswith("driftloop_model_workers{"):
+                version = line.split('model_version="', 1)[1].split('"', 1)[0]
+                count = int(float(line.rsplit(" ", 1)[1]))
+                if count:
+                    out[version] = count
+        return out
 
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:

@@ -66,6 +66,7 @@ class MonitoringConfig(_Section):
     label_wait_s: float = Field(600.0, ge=0.0)  # ...but no longer than this after the window closes
     drift_share: float = Field(0.5, gt=0.0, le=1.0)  # share of drifted features that flags a window
     max_accuracy_drop: float = Field(0.05, gt=0.0, lt=1.0)  # below the champion's holdout accuracy
+    decay_z: float = Field(2.33, ge=0.0)  # and the drop must be significant (one-sided z; 2.33: p < 0.01)
     min_labels: int = Field(100, ge=1)  # labelled rows a window needs before its accuracy counts
     consecutive: int = Field(2, ge=1)  # flagged windows in a row before acting
     cooldown_windows: int = Field(2, ge=0)  # windows to wait after a promotion

@@ -13,6 +13,7 @@ from typing import Any
 
 from sklearn import ensemble, linear_model, neighbors, svm, tree
 from sklearn.base import BaseEstimator
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
@@ -59,8 +60,11 @@ FAMILIES: dict[str, Family] = {f.kind: f for f in (
         lambda **kw: ensemble.RandomForestRegressor(**({"n_estimators": 100, "n_jobs": 1} | kw))), scaled=False),
     Family("gradient_boosting", CLS_REG, _by_task(ensemble.GradientBoostingClassifier,
                                                   ensemble.GradientBoostingRegressor), scaled=False),
-    Family("svm", CLS_REG, _by_task(lambda **kw: svm.SVC(**({"probability": True} | kw)),
-                                    lambda random_state=None, **kw: svm.SVR(**kw))),
+    # SVC(probability=True) is deprecated in scikit-learn 1.9: calibrate explicitly instead.
+    Family("svm", CLS_REG, _by_task(
+        lambda random_state=None, **kw: CalibratedClassifierCV(svm.SVC(random_state=random_state, **kw),
+                                                               ensemble=False),
+        lambda random_state=None, **kw: svm.SVR(**kw))),
     Family("knn", CLS_REG, _by_task(neighbors.KNeighborsClassifier, neighbors.KNeighborsRegressor,
                                     seeded=False)),
 )}

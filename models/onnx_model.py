@@ -6,6 +6,7 @@ and returns ``label`` (and ``probabilities`` for classifiers, as a plain tensor,
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,10 @@ def export_onnx(pipeline: Pipeline, schema: FeatureSchema) -> bytes:
               for f in schema.features]
     options = {id(pipeline.steps[-1][1]): {"zipmap": False}} if schema.task == "classification" else None
     try:
-        graph = convert_sklearn(pipeline, initial_types=inputs, options=options, target_opset=OPSET)
+        with warnings.catch_warnings():
+            # skl2onnx's SVC converter reads probA_/probB_, deprecated in scikit-learn 1.9
+            warnings.filterwarnings("ignore", message="Attribute `prob[AB]_` was deprecated", category=FutureWarning)
+            graph = convert_sklearn(pipeline, initial_types=inputs, options=options, target_opset=OPSET)
     except Exception as exc:  # converters raise anything from RuntimeError to NameError
         raise ExportError(f"skl2onnx could not convert {type(pipeline.steps[-1][1]).__name__}: {exc}") from exc
     return graph.SerializeToString()

@@ -36,7 +36,6 @@ class FeatureSchema:
     task: Task
     target: str | None = None
     labels: tuple[Any, ...] = ()  # class labels, in the order of the probability columns
-    max_rows: int = 10_000
     _index: dict[str, Feature] = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -81,7 +80,6 @@ class FeatureSchema:
             "task": self.task,
             "target": self.target,
             "labels": list(self.labels),
-            "max_rows": self.max_rows,
             "features": [asdict(f) | {"categories": list(f.categories)} for f in self.features],
         }
 
@@ -91,11 +89,10 @@ class FeatureSchema:
             Feature(f["name"], f["kind"], tuple(f.get("categories", ())), f.get("min"), f.get("max"))
             for f in data["features"]
         )
-        return cls(feats, task=data["task"], target=data.get("target"),
-                   labels=tuple(data.get("labels", ())), max_rows=int(data.get("max_rows", 10_000)))
+        return cls(feats, task=data["task"], target=data.get("target"), labels=tuple(data.get("labels", ())))
 
     # -- the request boundary -----------------------------------------------------------------
-    def validate_rows(self, rows: Any) -> dict[str, np.ndarray]:
+    def validate_rows(self, rows: Any, max_rows: int = 10_000) -> dict[str, np.ndarray]:
         """Check request rows and return the ONNX feeds (one ``(n, 1)`` array per feature).
 
         Raises :class:`SchemaError` naming the row and the field for the first problem found.
@@ -104,8 +101,8 @@ class FeatureSchema:
             raise SchemaError("'rows' must be a list of objects", field="rows")
         if not rows:
             raise SchemaError("'rows' is empty: send at least one row", field="rows")
-        if len(rows) > self.max_rows:
-            raise SchemaError(f"'rows' has {len(rows)} rows; at most {self.max_rows} per request", field="rows")
+        if len(rows) > max_rows:
+            raise SchemaError(f"'rows' has {len(rows)} rows; at most {max_rows} per request", field="rows")
         columns: dict[str, list[Any]] = {name: [] for name in self._index}
         for i, row in enumerate(rows):
             if not isinstance(row, dict):

@@ -40,7 +40,7 @@ def policy_config(settings: Settings) -> pol.PolicyConfig:
     m = settings.monitoring
     return pol.PolicyConfig(drift_share=m.drift_share, max_accuracy_drop=m.max_accuracy_drop,
                             min_labels=m.min_labels, consecutive=m.consecutive,
-                            cooldown_windows=m.cooldown_windows, dry_run=m.dry_run)
+                            cooldown_windows=m.cooldown_windows, dry_run=m.dry_run, decay_z=m.decay_z)
 
 
 class Monitor:
@@ -68,14 +68,15 @@ class Monitor:
                 self.policy.retrained(check["window"])
 
     def _stats(self, check: dict[str, Any]) -> pol.WindowStats:
-        baseline = None
-        try:
-            baseline = self.registry.get(check["model_version"]).metrics.get("accuracy")
-        except Exception:
-            pass
-        return pol.WindowStats(check["window"], check["rows"], check["drift_share"], check["labelled"],
-                               check["accuracy"], baseline,
-                               served_by_champion=check["model_version"] == check["reference_version"])
+        return self._window_stats(check["window"], check["rows"], check["drift_share"], check["reference_version"],
+                                  check["champion_labelled"], check["champion_accuracy"])
+
+    def _window_stats(self, index: int, rows: int, drift_share: float, champion: str, labelled: int,
+                      accuracy: float | None) -> pol.WindowStats:
+        """The policy's view of a window: drift, and the accuracy of the rows the champion answered."""
+        baseline, baseline_rows = expected_accuracy(self.registry.get(champion).metadata)
+        return pol.WindowStats(index, rows, drift_share, labelled, accuracy,
+                               baseline_accuracy=baseline, baseline_rows=baseline_rows)
 
     # -- the job --------------------------------------------------------------------------------
     def run_once(self) -> list[dict[str, Any]]:
@@ -112,12 +113,11 @@ class Monitor:
 
         drift = check_drift(self.registry.reference(reference_version), frame, schema)
         labelled = frame[frame["label"].notna()]
-        accuracy = None
-        if schema.task == "classification" and len(labelled):
-            accuracy = float(sum(_same(p, y) for p, y in zip(labelled["prediction"], labelled["label"])) / len(labelled))
-        baseline = self.registry.get(served).metrics.get("accuracy") if accuracy is not None else None
-        stats = pol.WindowStats(index, len(frame), drift.share, len(labelled), accuracy, baseline,
-                                served_by_champion=served == champion.version)
+        by_champion = labelled[labelled["model_version"] == champion.version]
+        accuracy = _accuracy(labelled) if schema.task == "classification" else None  # what users got
+        champion_accuracy = _accuracy(by_champion) if schema.task == "classification" else None
+        stats = self._window_stats(index, len(frame), drift.share, champion.version, len(by_champion),
+                                   champion_accuracy)
         decision = self.policy.update(stats)
 
         report_path = None
@@ -136,7 +136,8 @@ class Monitor:
             "window": index, "first_id": int(frame["id"].iloc[0]), "last_id": int(frame["id"].iloc[-1]),
             "rows": len(frame), "model_version": served, "reference_version": reference_version,
             "drift_share": drift.share, "drifted_features": drift.drifted, "feature_scores": drift.columns,
-            "labelled": len(labelled), "accuracy": accuracy, "decision": decision.action,
+            "labelled": len(labelled), "accuracy": accuracy, "champion_labelled": len(by_champion),
+            "champion_accuracy": champion_accuracy, "decision": decision.action,
             "reason": decision.reason, "outcome": outcome, "report_path": report_path,
             "duration_s": round(time.perf_counter() - started, 3),
         }
@@ -198,6 +199,29 @@ class Monitor:
         m.last_check.set(self.clock())
         champion = self.registry.champion()
         m.set_champion(champion.version if champion else None)
+
+
+def expected_accuracy(metadata: dict[str, Any]) -> tuple[float | None, int | None]:
+    """The accuracy a version should reach live, and how many rows that estimate rests on.
+
+    Its validation accuracy, pooled with the gate's held-out accuracy when it was retrained
+    (the newest labelled rows: the best estimate there is).
+    """
+    accuracy = metadata.get("metrics", {}).get("accuracy")
+    rows = metadata.get("rows", {}).get("validation")
+    gate = metadata.get("gate") or {}
+    if accuracy is None or not rows:
+        return accuracy, rows
+    if gate.get("metric") == "accuracy" and gate.get("holdout_rows"):
+        total = rows + gate["holdout_rows"]
+        return (accuracy * rows + gate["candidate"] * gate["holdout_rows"]) / total, total
+    return accuracy, rows
+
+
+def _accuracy(rows: pd.DataFrame) -> float | None:
+    if rows.empty:
+        return None
+    return float(sum(_same(p, y) for p, y in zip(rows["prediction"], rows["label"])) / len(rows))
 
 
 def _same(prediction: Any, label: Any) -> bool:

@@ -3,8 +3,9 @@
 Feed it one :class:`WindowStats` per monitoring window with :meth:`RetrainPolicy.update`; read
 the returned :class:`Decision`. A window is *flagged* for drift when the share of drifted
 features reaches ``drift_share``, and for decay when enough labels show accuracy below the
-serving version's holdout accuracy by more than ``max_accuracy_drop`` (only for windows the
-current champion served: an old model's decay is no reason to replace the new one). ``consecutive`` flagged windows
+champion's holdout accuracy by more than ``max_accuracy_drop`` *and* significantly so (a
+one-sided z-test on both samples, ``decay_z``). The caller measures accuracy on the rows the
+champion itself answered: an earlier model's decay is no reason to replace the new one. ``consecutive`` flagged windows
 in a row trigger a retrain, unless a cool-down is running (after a promotion) or the policy
 is in dry-run mode (then it only alerts). The caller reports what came of a retrain with
 :meth:`retrained`; a retrain that could not start (too few labels) keeps the streak alive.
@@ -12,6 +13,7 @@ is in dry-run mode (then it only alerts). The caller reports what came of a retr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 # What a decision can be, from quiet to loud.
@@ -26,6 +28,7 @@ class PolicyConfig:
     consecutive: int = 2
     cooldown_windows: int = 2
     dry_run: bool = False
+    decay_z: float = 2.33  # one-sided z of the accuracy drop (2.33: p < 0.01)
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,8 @@ class WindowStats:
     drift_share: float
     labelled: int = 0
     accuracy: float | None = None
-    baseline_accuracy: float | None = None  # the serving version's holdout accuracy
-    served_by_champion: bool = True  # False: most rows were answered by an earlier champion
+    baseline_accuracy: float | None = None  # the champion's holdout accuracy
+    baseline_rows: int | None = None  # rows behind it: when known, the drop must also be significant
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,25 @@ class RetrainPolicy:
         found = []
         if stats.drift_share >= self.config.drift_share:
             found.append("drift")
-        # Decay of a model that no longer serves says nothing about the champion.
-        if (stats.served_by_champion and stats.accuracy is not None and stats.baseline_accuracy is not None
+        if (stats.accuracy is not None and stats.baseline_accuracy is not None
                 and stats.labelled >= self.config.min_labels
-                and stats.accuracy < stats.baseline_accuracy - self.config.max_accuracy_drop):
+                and stats.accuracy < stats.baseline_accuracy - self.config.max_accuracy_drop
+                and self.drop_z(stats) >= self.config.decay_z):
             found.append("decay")
         return tuple(found)
+
+    @staticmethod
+    def drop_z(stats: WindowStats) -> float:
+        """How many standard errors the window's accuracy lies below the baseline.
+
+        Both are proportions on finite samples (a small validation set is noisy too), so the
+        error combines both; without ``baseline_rows`` the baseline counts as exact.
+        """
+        if stats.baseline_rows is None:
+            return math.inf
+        a, b = stats.accuracy or 0.0, stats.baseline_accuracy or 0.0
+        var = a * (1 - a) / max(stats.labelled, 1) + b * (1 - b) / max(stats.baseline_rows, 1)
+        return (b - a) / math.sqrt(var) if var > 0 else (math.inf if b > a else 0.0)
 
     def update(self, stats: WindowStats) -> Decision:
         signals = self.signals(stats)

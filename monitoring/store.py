@@ -59,6 +59,8 @@ checks = sa.Table(
     sa.Column("feature_scores", sa.Text, nullable=False),  # JSON: feature -> {method, score, threshold, drifted}
     sa.Column("labelled", sa.Integer, nullable=False),
     sa.Column("accuracy", sa.Float, nullable=True),  # on labelled rows (classification)
+    sa.Column("champion_labelled", sa.Integer, nullable=False, default=0),  # ...that the champion answered
+    sa.Column("champion_accuracy", sa.Float, nullable=True),  # what the decay test looks at
     sa.Column("decision", sa.String(32), nullable=False),  # the policy's: none, watch, cooldown, alert, retrain
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("outcome", sa.String(32), nullable=True),  # of a retrain: promoted, rejected, waiting, failed

@@ -83,6 +83,7 @@ class Driftloop:
             poll_interval_s=settings.serving.poll_interval_s,
             flush_interval_s=settings.serving.log_flush_interval_s,
             log_queue_rows=settings.serving.log_queue_rows,
+            max_rows=settings.serving.max_rows,
         )
         self.serving.start()
 

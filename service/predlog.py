@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -48,8 +49,9 @@ class PredictionLogWriter:
             lost = len(rows) - len(accepted)
             if len(self._rows) >= self._batch_rows:
                 self._cond.notify()
+            if lost:
+                self.dropped += lost
         if lost:
-            self.dropped += lost
             self._on_dropped(lost)
 
     def pending(self) -> int:
@@ -59,29 +61,38 @@ class PredictionLogWriter:
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every row submitted so far is written; False on timeout."""
         with self._cond:
-            self._cond.notify()
+            self._flush_requested = True
+            self._cond.notify_all()
             return self._cond.wait_for(lambda: not self._rows and not self._busy, timeout)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write everything still queued, then stop the thread."""
+        """Write everything still queued, then stop the thread.
+
+        If the store is down, writes are retried until ``timeout``; what is left then is
+        dropped and counted.
+        """
         with self._cond:
             self._closing = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._close_deadline = time.monotonic() + timeout
+            self._cond.notify_all()
+        self._thread.join(timeout + 2 * self._interval)
         if self._thread.is_alive():
             log.error("prediction log: %d rows still queued after %.0fs at shutdown", self.pending(), timeout)
 
     _busy = False
     _failing = False
+    _flush_requested = False
+    _close_deadline = float("inf")
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 if self._failing:  # back off: retry the store once per interval
-                    self._cond.wait_for(lambda: self._closing, self._interval)
+                    self._cond.wait(self._interval)
                 elif not self._closing:
-                    self._cond.wait_for(lambda: self._closing or len(self._rows) >= self._batch_rows,
-                                        self._interval)
+                    self._cond.wait_for(lambda: self._closing or self._flush_requested
+                                        or len(self._rows) >= self._batch_rows, self._interval)
+                self._flush_requested = False
                 batch = [self._rows.popleft() for _ in range(min(len(self._rows), self._batch_rows))]
                 closing = self._closing
                 self._busy = bool(batch)
@@ -101,15 +112,16 @@ class PredictionLogWriter:
             self._failing = True
             log.exception("prediction log: insert of %d rows failed; will retry", len(batch))
             with self._cond:
-                if self._closing:
+                if self._closing and time.monotonic() >= self._close_deadline:
                     self.dropped += len(batch)
                     self._on_dropped(len(batch))
                     return
                 room = self._max_rows - len(self._rows)
                 keep, lost = batch[:max(room, 0)], len(batch) - max(room, 0)
                 self._rows.extendleft(reversed(keep))
+                if lost > 0:
+                    self.dropped += lost
             if lost > 0:
-                self.dropped += lost
                 self._on_dropped(lost)
             return
         self.written += len(batch)

@@ -107,13 +107,14 @@ class ChampionWatcher:
 class Serving:
     def __init__(self, registry: Registry, store: PredictionStore, metrics: ServingMetrics, *,
                  poll_interval_s: float = 0.5, flush_interval_s: float = 0.2, log_queue_rows: int = 100_000,
-                 providers: list[str] | None = None) -> None:
+                 max_rows: int = 1000, providers: list[str] | None = None) -> None:
         self.registry = registry
         self.store = store
         self.metrics = metrics
         self.model: OnnxModel | None = None
         self.stopping = False
         self.flush_interval_s = flush_interval_s
+        self.max_rows = max_rows
         self.started_at = time.time()
         self.writer = PredictionLogWriter(
             store.insert_predictions, max_rows=log_queue_rows, flush_interval_s=flush_interval_s,
@@ -142,7 +143,7 @@ class Serving:
         model = self.model  # one read: the whole request uses this version
         if model is None or self.stopping:
             raise NotReady("no champion model is loaded yet" if model is None else "the service is shutting down")
-        feeds = model.schema.validate_rows(rows)
+        feeds = model.schema.validate_rows(rows, self.max_rows)
         preds, proba = model.predict(feeds)
         predictions = preds.tolist()
         ids = [new_request_id() for _ in predictions]

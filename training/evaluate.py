@@ -21,7 +21,7 @@ def classification_metrics(y_true: Any, y_pred: Any, proba: np.ndarray | None,
             out["roc_auc"] = float(skm.roc_auc_score(y_true, proba[:, 1]))
         else:
             out["roc_auc"] = float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels))
-        out["log_loss"] = float(skm.log_loss(y_true, np.clip(proba, 1e-7, 1.0), labels=labels))
+        out["log_loss"] = float(skm.log_loss(y_true, proba, labels=labels))
     return out
 
 

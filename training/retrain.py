@@ -1,10 +1,11 @@
 """The retraining job and its gate.
 
-Recipe: take fresh labelled rows -> keep the newest ``holdout_fraction`` aside -> train a
+Recipe: take fresh labelled rows -> keep the newest ``holdout_fraction`` aside -> fit a
 candidate on the rest -> score candidate and champion on the held-out slice, both through
-their verified ONNX graphs (the code path that serves them) -> promote only if the candidate
-is better by ``margin``. Promotion is the last step, so a job that fails anywhere leaves the
-champion untouched.
+their ONNX graphs (the code path that serves them) -> register the candidate with the gate's
+figures in its metadata -> promote it only if it is better by ``margin`` (otherwise it stays
+in the registry as rejected, with the reason). Promotion is the last step, so a job that fails
+anywhere leaves the champion untouched.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from models.errors import RegistryError
+from models.onnx_model import OnnxModel
 from models.registry import Registry
 from training import evaluate
-from training.train import train_version
+from training.train import fit, register
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings
@@ -45,7 +47,7 @@ class RetrainOutcome:
 
 def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trigger: str,
             reason: str, actor: str = "monitor") -> RetrainOutcome:
-    """Train a candidate on ``fresh`` (features, target, time order) and gate it."""
+    """Train a candidate on ``fresh`` (features, target, time order), gate it, register it."""
     started = time.perf_counter()
     champion = registry.champion()
     if champion is None:
@@ -57,28 +59,29 @@ def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trig
     n_hold = max(1, int(round(len(fresh) * settings.retraining.holdout_fraction)))
     train_part, holdout = fresh.iloc[:-n_hold], fresh.iloc[-n_hold:]
 
-    result = train_version(settings, train_part, registry, trigger=trigger, parent=champion.version,
-                           extra={"retrain_reason": reason, "gate_holdout_rows": len(holdout)})
-    candidate = result.version.version
+    fitted = fit(settings, train_part)
     metric, higher_is_better = evaluate.primary(settings.task)
-    scores = {}
-    for version in (champion.version, candidate):
-        model = registry.load(version)
+    target = settings.data.target
+
+    def score(model: OnnxModel) -> float:
         preds, proba = model.predict_frame(holdout)
-        scores[version] = evaluate.score(settings.task, holdout[settings.data.target], preds, proba,
-                                         list(model.schema.labels) or None)[metric]
-    gain = scores[candidate] - scores[champion.version]
-    if not higher_is_better:
-        gain = -gain
+        return evaluate.score(settings.task, holdout[target], preds, proba, list(model.schema.labels) or None)[metric]
+
+    candidate_score, champion_score = score(fitted.model()), score(registry.load(champion.version))
+    gain = (candidate_score - champion_score) * (1 if higher_is_better else -1)
     margin = settings.retraining.margin
-    summary = (f"{metric} on the newest {len(holdout)} labelled rows: candidate {candidate} "
-               f"{scores[candidate]:.4f}, champion {champion.version} {scores[champion.version]:.4f}, "
-               f"margin {margin:.4f}")
-    common = dict(champion=champion.version, candidate=candidate, metric=metric,
-                  champion_score=scores[champion.version], candidate_score=scores[candidate],
-                  train_rows=len(train_part), holdout_rows=len(holdout))
-    if gain < margin:
+    passed = gain >= margin
+    gate = {"metric": metric, "candidate": candidate_score, "champion": champion_score,
+            "champion_version": champion.version, "margin": margin, "holdout_rows": len(holdout),
+            "passed": passed}
+    version = register(registry, fitted, trigger=trigger, parent=champion.version,
+                       extra={"gate": gate, "retrain_reason": reason}).version
+    summary = (f"{metric} on the newest {len(holdout)} labelled rows: candidate {version} "
+               f"{candidate_score:.4f}, champion {champion.version} {champion_score:.4f}, margin {margin:.4f}")
+    common = dict(champion=champion.version, candidate=version, metric=metric, champion_score=champion_score,
+                  candidate_score=candidate_score, train_rows=len(train_part), holdout_rows=len(holdout))
+    if not passed:
         return RetrainOutcome(REJECTED, f"not better by the margin: {summary}",
                               seconds=time.perf_counter() - started, **common)
-    registry.promote(candidate, actor=actor, reason=f"{reason}; {summary}")
+    registry.promote(version, actor=actor, reason=f"{reason}; {summary}")
     return RetrainOutcome(PROMOTED, summary, seconds=time.perf_counter() - started, **common)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from models.families import build_pipeline
-from models.onnx_model import check_parity, export_onnx
+from models.onnx_model import OnnxModel, check_parity, export_onnx
 from models.registry import ModelVersion, Registry
 from models.schema import FeatureSchema
 from training import data as data_mod
@@ -44,18 +44,30 @@ def initial_frame(settings: Settings) -> pd.DataFrame:
     return frame[frame["period"] == "train"].reset_index(drop=True)
 
 
-def train_version(settings: Settings, frame: pd.DataFrame, registry: Registry, *, trigger: str,
-                  parent: str | None = None, extra: dict[str, Any] | None = None) -> TrainResult:
-    """Fit the configured model on ``frame`` and register it (not promoted)."""
+@dataclass(frozen=True)
+class Fitted:
+    """A trained, exported, parity-checked model that is not registered yet."""
+
+    schema: FeatureSchema
+    onnx_bytes: bytes
+    metrics: dict[str, float]
+    reference: pd.DataFrame
+    metadata: dict[str, Any]
+    seconds: float
+
+    def model(self, name: str = "candidate") -> OnnxModel:
+        """The exported graph in onnxruntime: what would serve it."""
+        return OnnxModel.from_bytes(name, self.schema, self.onnx_bytes, self.metadata)
+
+
+def fit(settings: Settings, frame: pd.DataFrame) -> Fitted:
+    """split -> fit -> evaluate -> export -> check parity, on ``frame`` (features and target)."""
     started = time.perf_counter()
     target, timestamp = settings.data.target, settings.data.timestamp
     if timestamp not in frame.columns:
         timestamp = None
-    y_all = frame[target]
-    labels = sorted(y_all.unique().tolist()) if settings.task == "classification" else []
+    labels = sorted(frame[target].unique().tolist()) if settings.task == "classification" else []
     schema = FeatureSchema.infer(frame, dict(settings.features), settings.task, target, tuple(labels))
-    schema = FeatureSchema(schema.features, schema.task, schema.target, schema.labels,
-                           max_rows=settings.serving.max_rows)
 
     train, valid = data_mod.split(frame, settings.training.validation_fraction, timestamp, settings.seed)
     pipeline = build_pipeline(schema, settings.model.kind, settings.model.params, settings.seed)
@@ -82,10 +94,24 @@ def train_version(settings: Settings, frame: pd.DataFrame, registry: Registry, *
         "code_revision": code_revision(),
         "seed": settings.seed,
         "training_seconds": round(time.perf_counter() - started, 3),
-    } | (extra or {})
-    version = registry.register(onnx_bytes, schema, reference, metadata, trigger=trigger, parent=parent)
-    log.info("trained %s (%s, %s): %s", version.tag, settings.model.kind, trigger, _fmt(metrics))
-    return TrainResult(version, metrics, time.perf_counter() - started)
+    }
+    return Fitted(schema, onnx_bytes, metrics, reference, metadata, time.perf_counter() - started)
+
+
+def register(registry: Registry, fitted: Fitted, *, trigger: str, parent: str | None = None,
+             extra: dict[str, Any] | None = None) -> ModelVersion:
+    version = registry.register(fitted.onnx_bytes, fitted.schema, fitted.reference,
+                                fitted.metadata | (extra or {}), trigger=trigger, parent=parent)
+    log.info("registered %s (%s, %s): %s", version.tag, fitted.metadata["kind"], trigger, _fmt(fitted.metrics))
+    return version
+
+
+def train_version(settings: Settings, frame: pd.DataFrame, registry: Registry, *, trigger: str,
+                  parent: str | None = None, extra: dict[str, Any] | None = None) -> TrainResult:
+    """The whole recipe: fit the configured model on ``frame`` and register it (not promoted)."""
+    fitted = fit(settings, frame)
+    version = register(registry, fitted, trigger=trigger, parent=parent, extra=extra)
+    return TrainResult(version, fitted.metrics, fitted.seconds)
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

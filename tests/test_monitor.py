@@ -1,0 +1,125 @@
+"""The monitor and the retraining job in process: the loop's decisions without HTTP.
+
+Predictions are made by the champion's real ONNX graph and written to a real SQLite store, as
+the service would; labels arrive as feedback. Windows are small to keep the test quick.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from models.registry import Registry
+from monitoring.monitor import Monitor
+from monitoring.store import PredictionStore, utcnow
+from service.serving import new_request_id
+from training import scenarios
+from training.retrain import retrain
+
+from tests.conftest import make_settings
+
+WINDOW = 300
+
+
+def serve(store: PredictionStore, registry: Registry, rows: pd.DataFrame, label: bool = True) -> None:
+    """What the service does for ``rows``: predict with the champion, log; then send the labels."""
+    model = registry.load(registry.champion().version)
+    preds, proba = model.predict_frame(rows)
+    ids = [new_request_id() for _ in range(len(rows))]
+    features = rows[model.schema.names].to_dict(orient="records")
+    store.insert_predictions([
+        {"request_id": rid, "created_at": utcnow(), "model_version": model.version, "features": f,
+         "prediction": p, "confidence": float(c)}
+        for rid, f, p, c in zip(ids, features, preds.tolist(), proba.max(axis=1))])
+    if label:
+        store.insert_feedback(list(zip(ids, rows[scenarios.TARGET].astype(int).tolist())))
+
+
+@pytest.fixture
+def world(champion_home: Path, tmp_path: Path) -> dict[str, Any]:
+    home = tmp_path / "bentoml"
+    shutil.copytree(champion_home / "bentoml", home)
+    settings = make_settings(tmp_path, registry={"home": str(home)},
+                             monitoring={"window_rows": WINDOW, "min_labels": 100},
+                             retraining={"min_rows": 300})
+    store = PredictionStore(settings.store.url).create()
+    registry = Registry(settings.registry.home, "loans")
+    frame = scenarios.generate(scenarios.loans_periods(window=WINDOW, stable=3, covariate=4, concept=4), seed=7)
+    return {"settings": settings, "store": store, "registry": registry, "frame": frame}
+
+
+def run_windows(world: dict[str, Any], monitor: Monitor) -> list[dict[str, Any]]:
+    live = world["frame"][world["frame"]["period"] != "train"].reset_index(drop=True)
+    checks = []
+    for start in range(0, len(live), WINDOW):
+        serve(world["store"], world["registry"], live.iloc[start:start + WINDOW])
+        checks += monitor.run_once()
+    return checks
+
+
+def test_loop_detects_both_drifts_after_onset_and_promotes_better_models(world: dict[str, Any]) -> None:
+    monitor = Monitor(world["settings"], world["store"], world["registry"])
+    checks = run_windows(world, monitor)
+    assert [c["window"] for c in checks] == list(range(11))
+    flagged = [c["window"] for c in checks if c["decision"] != "none"]
+    assert flagged and min(flagged) >= 3, f"flagged before the covariate shift began (window 3): {flagged}"
+
+    promoted = [c for c in checks if c["outcome"] == "promoted"]
+    assert len(promoted) == 2, [(c["window"], c["decision"], c["outcome"], c["reason"]) for c in checks]
+    assert 3 <= promoted[0]["window"] <= 4  # within 2 windows of the covariate onset
+    assert 7 <= promoted[1]["window"] <= 8  # within 2 windows of the concept onset
+
+    # The final champion beats v1 on fresh post-drift data (another seed), through ONNX.
+    registry = world["registry"]
+    fresh = scenarios.generate([scenarios.Period("concept", 2000, scenarios.SEGMENT, scenarios.RATE_RISE)], seed=99)
+    def accuracy(version: str) -> float:
+        preds, _ = registry.load(version).predict_frame(fresh)
+        return float((preds == fresh[scenarios.TARGET].to_numpy()).mean())
+    final = registry.champion().version
+    assert final != "v1" and accuracy(final) > accuracy("v1") + 0.1
+
+    kinds = [e["kind"] for e in world["store"].events()]
+    assert kinds.count("retrain_promoted") == 2 and "retrain_started" in kinds
+    assert all(Path(c["report_path"]).is_file() for c in checks if c["decision"] != "none")
+
+
+def test_a_window_waits_for_its_labels(world: dict[str, Any]) -> None:
+    monitor = Monitor(world["settings"], world["store"], world["registry"])
+    live = world["frame"][world["frame"]["period"] == "stable"].head(WINDOW)
+    serve(world["store"], world["registry"], live, label=False)
+    assert monitor.run_once() == []  # no labels yet, and label_wait_s has not passed
+    late = Monitor(world["settings"], world["store"], world["registry"], clock=lambda: 1e12)
+    (check,) = late.run_once()  # long after: checked with what there is
+    assert check["labelled"] == 0 and check["accuracy"] is None
+
+
+def test_a_crashing_retrain_leaves_the_champion_and_is_recorded(world: dict[str, Any]) -> None:
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise MemoryError("killed mid-training")
+
+    monitor = Monitor(world["settings"], world["store"], world["registry"], retrainer=crash)
+    checks = run_windows(world, monitor)
+    assert world["registry"].champion().version == "v1"
+    assert any(c["outcome"] == "failed" for c in checks)
+    failed = world["store"].events("retrain_failed")
+    assert failed and "killed mid-training" in failed[0]["detail"]["error"]
+
+
+def test_a_restarted_monitor_resumes_after_the_last_check(world: dict[str, Any]) -> None:
+    first = Monitor(world["settings"], world["store"], world["registry"], retrainer=retrain)
+    live = world["frame"][world["frame"]["period"] != "train"].reset_index(drop=True)
+    for start in range(0, 5 * WINDOW, WINDOW):
+        serve(world["store"], world["registry"], live.iloc[start:start + WINDOW])
+        first.run_once()
+    before = world["store"].checks()
+    second = Monitor(world["settings"], world["store"], world["registry"])
+    assert second.run_once() == []  # nothing re-checked
+    serve(world["store"], world["registry"], live.iloc[5 * WINDOW:6 * WINDOW])
+    (check,) = second.run_once()
+    assert check["window"] == before[-1]["window"] + 1
+    if before[-1]["outcome"] == "promoted" or any(c["outcome"] == "promoted" for c in before[-2:]):
+        assert check["decision"] in ("none", "cooldown")  # the cool-down survived the restart

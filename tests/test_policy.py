@@ -1,0 +1,176 @@
+"""The retraining policy, fed hand-made window statistics (no scheduler, no store)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from monitoring.policy import (
+    ALERT,
+    COOLDOWN,
+    NONE,
+    RETRAIN,
+    WATCH,
+    Decision,
+    PolicyConfig,
+    RetrainPolicy,
+    WindowStats,
+)
+
+BASELINE = 0.8
+
+
+def drifted(window: int, **kw) -> WindowStats:
+    return WindowStats(window=window, rows=500, drift_share=kw.pop("drift_share", 1.0), **kw)
+
+
+def quiet(window: int, **kw) -> WindowStats:
+    return WindowStats(window=window, rows=500, drift_share=kw.pop("drift_share", 0.0), **kw)
+
+
+def decayed(window: int, accuracy: float = 0.5, labelled: int = 400, **kw) -> WindowStats:
+    kw.setdefault("drift_share", 0.0)
+    return WindowStats(window=window, rows=500, labelled=labelled, accuracy=accuracy,
+                       baseline_accuracy=kw.pop("baseline_accuracy", BASELINE), **kw)
+
+
+def feed(policy: RetrainPolicy, stats: list[WindowStats]) -> list[Decision]:
+    return [policy.update(s) for s in stats]
+
+
+def test_quiet_window_is_none() -> None:
+    decision = RetrainPolicy().update(quiet(0, drift_share=0.2))
+    assert decision.action == NONE
+    assert decision.signals == () and decision.since_window is None
+
+
+def test_drift_share_threshold_is_inclusive() -> None:
+    config = PolicyConfig(drift_share=0.5)
+    assert RetrainPolicy(config).update(drifted(0, drift_share=0.5)).signals == ("drift",)
+    assert RetrainPolicy(config).update(drifted(0, drift_share=math.nextafter(0.5, 0))).signals == ()
+
+
+def test_single_flagged_window_only_watches() -> None:
+    decision = RetrainPolicy(PolicyConfig(consecutive=2)).update(drifted(3))
+    assert decision.action == WATCH
+    assert decision.signals == ("drift",)
+    assert decision.since_window == 3
+
+
+@pytest.mark.parametrize("consecutive", [1, 2, 3, 5])
+def test_consecutive_flagged_windows_retrain_from_the_first(consecutive: int) -> None:
+    policy = RetrainPolicy(PolicyConfig(consecutive=consecutive))
+    decisions = feed(policy, [quiet(0), quiet(1)] + [drifted(w) for w in range(2, 2 + consecutive)])
+    assert [d.action for d in decisions] == [NONE, NONE] + [WATCH] * (consecutive - 1) + [RETRAIN]
+    assert decisions[-1].since_window == 2
+    assert all(d.since_window == 2 for d in decisions[2:])
+
+
+def test_unflagged_window_resets_the_streak() -> None:
+    policy = RetrainPolicy(PolicyConfig(consecutive=2))
+    decisions = feed(policy, [drifted(0), quiet(1), drifted(2), drifted(3)])
+    assert [d.action for d in decisions] == [WATCH, NONE, WATCH, RETRAIN]
+    assert decisions[-1].since_window == 2  # not 0: the streak restarted after window 1
+
+
+def test_retrain_that_did_not_run_keeps_the_streak() -> None:
+    """The caller reports nothing (too few labels): the next flagged window retrains again."""
+    policy = RetrainPolicy(PolicyConfig(consecutive=2))
+    decisions = feed(policy, [drifted(0), drifted(1), drifted(2)])
+    assert [d.action for d in decisions] == [WATCH, RETRAIN, RETRAIN]
+    assert decisions[-1].since_window == 0
+
+
+@pytest.mark.parametrize("cooldown", [0, 1, 2, 4])
+def test_cooldown_after_a_retrain(cooldown: int) -> None:
+    policy = RetrainPolicy(PolicyConfig(consecutive=2, cooldown_windows=cooldown))
+    assert [d.action for d in feed(policy, [drifted(0), drifted(1)])] == [WATCH, RETRAIN]
+    policy.retrained(1)
+    during = feed(policy, [drifted(w) for w in range(2, 2 + cooldown)])
+    assert [d.action for d in during] == [COOLDOWN] * cooldown
+    assert all(d.signals == ("drift",) for d in during)
+    after = policy.update(drifted(2 + cooldown))
+    # Drift that lasted through the whole cool-down is acted on as soon as it ends
+    # (with no cool-down the streak restarts after the retrain and needs two windows again).
+    assert after.action == (WATCH if cooldown < 1 else RETRAIN)
+
+
+def test_cooldown_is_counted_in_windows_not_calls() -> None:
+    policy = RetrainPolicy(PolicyConfig(consecutive=1, cooldown_windows=2))
+    policy.retrained(10)
+    assert policy.update(drifted(12)).action == COOLDOWN
+    assert policy.update(drifted(13)).action == RETRAIN
+
+
+def test_quiet_window_during_cooldown_is_none() -> None:
+    policy = RetrainPolicy(PolicyConfig(consecutive=1, cooldown_windows=3))
+    policy.retrained(0)
+    assert policy.update(quiet(1)).action == NONE
+
+
+@pytest.mark.parametrize("consecutive", [1, 2, 3])
+def test_dry_run_alerts_and_never_retrains(consecutive: int) -> None:
+    policy = RetrainPolicy(PolicyConfig(consecutive=consecutive, dry_run=True))
+    decisions = feed(policy, [drifted(w) for w in range(consecutive + 3)])
+    actions = [d.action for d in decisions]
+    assert RETRAIN not in actions
+    assert actions == [WATCH] * (consecutive - 1) + [ALERT] * 4
+    assert all(d.since_window == 0 for d in decisions)
+
+
+@pytest.mark.parametrize(("labelled", "is_decay"), [(0, False), (99, False), (100, True), (1000, True)])
+def test_decay_needs_min_labels(labelled: int, is_decay: bool) -> None:
+    policy = RetrainPolicy(PolicyConfig(min_labels=100))
+    decision = policy.update(decayed(0, accuracy=0.3, labelled=labelled))
+    assert decision.signals == (("decay",) if is_decay else ())
+    assert decision.action == (WATCH if is_decay else NONE)
+
+
+def test_decay_needs_an_accuracy_and_a_baseline() -> None:
+    policy = RetrainPolicy()
+    assert policy.signals(decayed(0, accuracy=None)) == ()  # type: ignore[arg-type]
+    assert policy.signals(decayed(0, baseline_accuracy=None)) == ()
+    assert policy.signals(decayed(0)) == ("decay",)
+
+
+def test_decay_must_be_significant_when_the_baseline_sample_is_known() -> None:
+    """A 0.09 drop is noise against a 150-row baseline, but not a 0.25 drop."""
+    policy = RetrainPolicy(PolicyConfig(max_accuracy_drop=0.05, decay_z=2.33))
+    noisy = decayed(0, accuracy=0.68, labelled=400, baseline_accuracy=0.77, baseline_rows=150)
+    clear = decayed(0, accuracy=0.52, labelled=400, baseline_accuracy=0.77, baseline_rows=150)
+    assert 1.5 < RetrainPolicy.drop_z(noisy) < 2.33 and policy.signals(noisy) == ()
+    assert RetrainPolicy.drop_z(clear) > 5 and policy.signals(clear) == ("decay",)
+    exact = decayed(0, accuracy=0.68, labelled=400, baseline_accuracy=0.77)  # baseline_rows unknown
+    assert policy.signals(exact) == ("decay",)
+
+
+@pytest.mark.parametrize(("baseline", "max_drop"), [(0.8, 0.05), (0.9, 0.05), (0.75, 0.1), (0.6, 0.01)])
+def test_decay_threshold_boundary(baseline: float, max_drop: float) -> None:
+    policy = RetrainPolicy(PolicyConfig(max_accuracy_drop=max_drop))
+    limit = baseline - max_drop  # the very expression the policy compares with
+    at = decayed(0, accuracy=limit, baseline_accuracy=baseline)
+    below = decayed(0, accuracy=math.nextafter(limit, 0.0), baseline_accuracy=baseline)
+    clearly_below = decayed(0, accuracy=limit - 0.01, baseline_accuracy=baseline)
+    above = decayed(0, accuracy=limit + 0.01, baseline_accuracy=baseline)
+    assert policy.signals(at) == ()
+    assert policy.signals(above) == ()
+    assert policy.signals(below) == ("decay",)
+    assert policy.signals(clearly_below) == ("decay",)
+
+
+def test_both_signals_are_listed_and_described() -> None:
+    policy = RetrainPolicy(PolicyConfig(consecutive=1))
+    decision = policy.update(decayed(0, drift_share=0.9, accuracy=0.5, labelled=300))
+    assert decision.action == RETRAIN
+    assert decision.signals == ("drift", "decay")
+    assert "drift share 0.90" in decision.reason
+    assert "accuracy 0.500" in decision.reason and "300 labels" in decision.reason
+
+
+def test_mixed_signals_keep_one_streak() -> None:
+    """Drift in one window and decay in the next are two flagged windows in a row."""
+    policy = RetrainPolicy(PolicyConfig(consecutive=2))
+    decisions = feed(policy, [drifted(5), decayed(6)])
+    assert [d.signals for d in decisions] == [("drift",), ("decay",)]
+    assert decisions[-1].action == RETRAIN and decisions[-1].since_window == 5

@@ -1,0 +1,176 @@
+"""The buffered prediction-log writer. Synchronised with flush()/close() only, never sleeps."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitoring.store import PredictionStore
+from service.predlog import PredictionLogWriter
+
+LONG = 60.0  # a flush interval no test waits for: only close()/a full batch may trigger a write
+SHORT = 0.01
+
+
+class Sink:
+    """An insert function that records batches; it may fail its first ``failures`` calls."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.batches: list[list[dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> None:
+        with self.lock:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise ConnectionError(f"store down (call {self.calls})")
+            self.batches.append(list(rows))
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [r for b in self.batches for r in b]
+
+
+def rows(start: int, n: int) -> list[dict[str, Any]]:
+    return [{"i": i} for i in range(start, start + n)]
+
+
+@pytest.fixture
+def writers():
+    """Writers made by a test are closed even if it fails (their thread must not outlive it)."""
+    made: list[PredictionLogWriter] = []
+
+    def make(insert, **kw) -> PredictionLogWriter:  # noqa: ANN001
+        w = PredictionLogWriter(insert, **kw)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.close(timeout=5)
+
+
+@pytest.mark.parametrize(("n", "chunk", "batch_rows"), [(1, 1, 2000), (250, 7, 2000), (5000, 10, 2000),
+                                                        (1000, 1, 64)])
+def test_close_writes_every_submitted_row(writers, n: int, chunk: int, batch_rows: int) -> None:  # noqa: ANN001
+    sink = Sink()
+    written, dropped = [], []
+    w = writers(sink, flush_interval_s=LONG, batch_rows=batch_rows,
+                on_written=written.append, on_dropped=dropped.append)
+    for start in range(0, n, chunk):
+        w.submit(rows(start, min(chunk, n - start)))
+    w.close()
+    assert [r["i"] for r in sink.rows] == list(range(n))  # all, once each, in order
+    assert all(len(b) <= batch_rows for b in sink.batches)
+    assert w.written == n and sum(written) == n
+    assert w.dropped == 0 and dropped == []
+    assert w.pending() == 0
+
+
+def test_close_into_the_store(writers, tmp_path: Path) -> None:  # noqa: ANN001
+    store = PredictionStore(f"sqlite:///{tmp_path / 'log.db'}").create()
+    now = datetime.now(timezone.utc)
+    w = writers(store.insert_predictions, flush_interval_s=LONG, batch_rows=500)
+    n = 1234
+    for i in range(n):
+        w.submit([{"request_id": f"r{i}", "created_at": now, "model_version": "v1",
+                   "features": {"x": float(i)}, "prediction": i % 2, "confidence": 0.9}])
+    w.close()
+    try:
+        assert store.count_predictions() == n
+        assert list(store.window(0, n)["x"]) == [float(i) for i in range(n)]
+    finally:
+        store.close()
+
+
+def test_submit_beyond_max_rows_drops_and_counts(writers) -> None:  # noqa: ANN001
+    sink = Sink()
+    dropped: list[int] = []
+    # batch_rows above max_rows: nothing wakes the writer before close, so the queue stays full.
+    w = writers(sink, max_rows=100, flush_interval_s=LONG, batch_rows=1000, on_dropped=dropped.append)
+    w.submit(rows(0, 90))
+    w.submit(rows(90, 25))  # 10 fit, 15 are dropped
+    assert w.pending() == 100
+    w.submit(rows(115, 5))  # all 5 dropped
+    assert dropped == [15, 5] and w.dropped == 20
+    w.close()
+    assert [r["i"] for r in sink.rows] == list(range(100))  # the accepted prefix, nothing else
+    assert w.written == 100
+
+
+def test_submit_after_close_is_dropped(writers) -> None:  # noqa: ANN001
+    sink = Sink()
+    dropped: list[int] = []
+    w = writers(sink, flush_interval_s=LONG, on_dropped=dropped.append)
+    w.submit(rows(0, 3))
+    w.close()
+    w.submit(rows(3, 2))
+    assert dropped == [2] and len(sink.rows) == 3
+
+
+def test_failed_inserts_are_retried_until_written(writers) -> None:  # noqa: ANN001
+    sink = Sink(failures=2)
+    written, dropped = [], []
+    w = writers(sink, flush_interval_s=SHORT, batch_rows=50, on_written=written.append,
+                on_dropped=dropped.append)
+    w.submit(rows(0, 120))
+    assert w.flush(timeout=10) is True
+    assert sink.calls >= 3  # two failures, then successes
+    assert [r["i"] for r in sink.rows] == list(range(120))  # retried rows kept their place, no duplicates
+    assert w.written == 120 and sum(written) == 120
+    assert w.dropped == 0 and dropped == []
+    w.submit(rows(120, 5))  # the writer is healthy again
+    assert w.flush(timeout=10) is True
+    assert [r["i"] for r in sink.rows] == list(range(125))
+
+
+def test_retry_keeps_what_fits_in_the_queue(writers) -> None:  # noqa: ANN001
+    """A failed batch goes back to the queue; rows beyond max_rows are dropped and counted."""
+    gate = threading.Event()
+    entered = threading.Event()
+    calls = []
+
+    def insert(batch: Sequence[dict[str, Any]]) -> None:
+        calls.append(list(batch))
+        if len(calls) == 1:
+            entered.set()
+            gate.wait(10)
+            raise ConnectionError("down")
+
+    dropped: list[int] = []
+    w = writers(insert, max_rows=10, flush_interval_s=SHORT, batch_rows=6, on_dropped=dropped.append)
+    w.submit(rows(0, 6))  # a full batch: the writer takes it and blocks in the first insert
+    assert entered.wait(10)
+    w.submit(rows(6, 10))  # the queue is empty again: all 10 fit
+    gate.set()  # the first insert fails: only 0 of its 6 rows fit back
+    assert w.flush(timeout=10) is True
+    assert dropped == [6] and w.dropped == 6
+    written = [r["i"] for b in calls[1:] for r in b]
+    assert written == list(range(6, 16))
+
+
+def test_flush_returns_true_when_everything_is_written(writers) -> None:  # noqa: ANN001
+    sink = Sink()
+    w = writers(sink, flush_interval_s=SHORT)
+    assert w.flush(timeout=10) is True  # nothing to write
+    for start in range(0, 300, 30):
+        w.submit(rows(start, 30))
+    assert w.flush(timeout=10) is True
+    assert w.pending() == 0
+    assert [r["i"] for r in sink.rows] == list(range(300))
+    assert w.written == 300
+
+
+def test_flush_writes_now_rather_than_after_the_interval(writers) -> None:  # noqa: ANN001
+    sink = Sink()
+    w = writers(sink, flush_interval_s=LONG)
+    w.submit(rows(0, 10))
+    assert w.flush(timeout=1.0) is True
+    assert len(sink.rows) == 10

@@ -1,0 +1,100 @@
+"""The registry: versions with metadata, the champion pointer, and integrity on load."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from models.errors import IntegrityError, RegistryError
+from models.registry import MODEL_FILE, REFERENCE_FILE, Registry
+
+
+@pytest.fixture
+def registry(champion_home: Path, tmp_path: Path) -> Registry:
+    """A private copy of the session's registry (v1 champion), free to tamper with."""
+    home = tmp_path / "home"
+    shutil.copytree(champion_home / "bentoml", home)
+    return Registry(home, "loans")
+
+
+def test_version_carries_its_metadata(registry: Registry) -> None:
+    v1 = registry.get("v1")
+    meta = v1.metadata
+    assert meta["trigger"] == "initial" and meta["parent"] is None
+    assert set(meta["sha256"]) == {MODEL_FILE, REFERENCE_FILE}
+    assert 0.5 < meta["metrics"]["accuracy"] <= 1.0
+    assert meta["parity"]["label_agreement"] == 1.0 and meta["parity"]["max_abs_diff"] < 1e-4
+    assert len(meta["data_fingerprint"]) == 64
+    assert meta["libraries"]["scikit-learn"] and meta["code_revision"]
+    assert len(meta["time_range"]) == 2 and meta["time_range"][0] < meta["time_range"][1]
+    assert v1.schema.names == ["income", "age", "debt_ratio", "credit_lines", "region", "employment"]
+    assert list(v1.schema.labels) == [0, 1]
+    reference = registry.reference("v1")
+    assert list(reference.columns) == v1.schema.names and len(reference) == 2000
+
+
+def test_register_promote_rollback_history(registry: Registry) -> None:
+    v1 = registry.get("v1")
+    data = (v1.path / MODEL_FILE).read_bytes()
+    v2 = registry.register(data, v1.schema, registry.reference("v1"), {"metrics": {"accuracy": 0.9}},
+                           trigger="manual", parent="v1")
+    assert v2.version == "v2" and [v.version for v in registry.versions()] == ["v1", "v2"]
+    assert registry.champion().version == "v1"  # registering never promotes
+
+    registry.promote("v2", actor="alice", reason="better")
+    champion = registry.champion()
+    assert (champion.version, champion.actor, champion.reason, champion.lineage) == ("v2", "alice", "better", ("v1",))
+
+    registry.rollback(actor="bob", reason="regression")
+    assert registry.champion().version == "v1" and registry.champion().lineage == ()
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        registry.rollback(actor="bob", reason="again")
+    actions = [(h["action"], h["version"], h["actor"]) for h in registry.history()]
+    assert actions[-2:] == [("promote", "v2", "alice"), ("rollback", "v1", "bob")]
+
+
+def test_unknown_version_lists_the_known_ones(registry: Registry) -> None:
+    with pytest.raises(RegistryError, match=r"unknown version 'v9'.*\['v1'\]"):
+        registry.get("v9")
+
+
+def test_load_runs_the_graph(registry: Registry, loans) -> None:  # noqa: ANN001
+    model = registry.load("v1")
+    preds, proba = model.predict_frame(loans.head(5))
+    assert preds.shape == (5,) and proba.shape == (5, 2)
+    assert ((proba.sum(axis=1) - 1.0) ** 2 < 1e-10).all()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+@pytest.mark.parametrize("name", [MODEL_FILE, REFERENCE_FILE])
+def test_tampered_artifact_is_refused(registry: Registry, damage: str, name: str) -> None:
+    path = registry.get("v1").path / name
+    data = path.read_bytes()
+    if damage == "flip":
+        path.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    elif damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.unlink()
+    with pytest.raises(IntegrityError, match=name):
+        registry.load("v1")
+
+
+def test_a_tampered_version_is_never_promoted(registry: Registry) -> None:
+    v1 = registry.get("v1")
+    v2 = registry.register((v1.path / MODEL_FILE).read_bytes(), v1.schema, registry.reference("v1"), {},
+                           trigger="manual", parent="v1")
+    (v2.path / MODEL_FILE).write_bytes(b"not a model")
+    with pytest.raises(IntegrityError):
+        registry.promote("v2", actor="mallory", reason="sneak")
+    assert registry.champion().version == "v1"
+
+
+def test_a_graph_that_cannot_run_is_refused(registry: Registry) -> None:
+    """A checksum that matches garbage (written through the registry) still never serves."""
+    v1 = registry.get("v1")
+    registry.register(b"\x08\x07garbage", v1.schema, registry.reference("v1"), {}, trigger="manual", parent="v1")
+    with pytest.raises(Exception, match="onnxruntime refused|warm-up"):
+        registry.load("v2")

@@ -1,0 +1,146 @@
+"""The feature schema: inference, persistence and the request boundary."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.errors import DriftloopError, SchemaError
+from models.schema import Feature, FeatureSchema
+
+KINDS = {"income": "numeric", "age": "numeric", "region": "categorical"}
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "income": [52000.5, 31000.0, 78000.25, 45000.0],
+        "age": [30, 61, 19, 44],
+        "region": ["west", "east", "north", "east"],
+        "default": [0, 1, 0, 1],
+    })
+
+
+@pytest.fixture
+def schema(frame: pd.DataFrame) -> FeatureSchema:
+    return FeatureSchema.infer(frame, KINDS, task="classification", target="default", labels=(0, 1))
+
+
+def good_row(**kw) -> dict:
+    return {"income": 40000.0, "age": 33, "region": "east"} | kw
+
+
+def test_infer_numeric_range_and_sorted_categories(schema: FeatureSchema) -> None:
+    income, age, region = schema.features
+    assert income == Feature("income", "numeric", min=31000.0, max=78000.25)
+    assert (age.min, age.max) == (19.0, 61.0) and isinstance(age.min, float)
+    assert region.kind == "categorical" and region.categories == ("east", "north", "west")
+    assert region.min is None and region.max is None
+    assert schema.names == ["income", "age", "region"]
+    assert schema.numeric == ["income", "age"] and schema.categorical == ["region"]
+    assert schema.target == "default" and schema.labels == (0, 1) and schema.task == "classification"
+
+
+def test_infer_on_the_scenario(loans: pd.DataFrame) -> None:
+    from training.scenarios import FEATURES, TARGET
+
+    s = FeatureSchema.infer(loans, FEATURES, "classification", TARGET)
+    by_name = {f.name: f for f in s.features}
+    assert by_name["income"].min == loans["income"].min() and by_name["income"].max == loans["income"].max()
+    assert by_name["region"].categories == tuple(sorted(loans["region"].unique()))
+
+
+def test_infer_refuses_a_bad_kind_a_missing_column_and_non_numeric(frame: pd.DataFrame) -> None:
+    with pytest.raises(SchemaError, match="kind"):
+        FeatureSchema.infer(frame, {"income": "text"}, "classification", "default")
+    with pytest.raises(SchemaError, match="'salary' is not a column"):
+        FeatureSchema.infer(frame, {"salary": "numeric"}, "classification", "default")
+    with pytest.raises(SchemaError, match="'region' is declared numeric"):
+        FeatureSchema.infer(frame, {"region": "numeric"}, "classification", "default")
+
+
+def test_dict_round_trip(schema: FeatureSchema) -> None:
+    data = schema.to_dict()
+    assert json.loads(json.dumps(data)) == data  # JSON-safe
+    assert data["features"][2]["categories"] == ["east", "north", "west"]
+    again = FeatureSchema.from_dict(data)
+    assert again == schema
+    assert again.features[2].categories == ("east", "north", "west")
+    custom = FeatureSchema(schema.features, task="regression", target="y")
+    assert FeatureSchema.from_dict(json.loads(json.dumps(custom.to_dict()))) == custom
+    assert FeatureSchema.from_dict(custom.to_dict()) != schema  # task and target are kept
+    assert FeatureSchema.from_dict(custom.to_dict()).validate_rows([good_row()])  # index rebuilt
+
+
+def test_valid_request_gives_the_feeds(schema: FeatureSchema) -> None:
+    rows = [good_row(), good_row(income=12, age=70.5, region="mars")]  # unseen category is allowed
+    feeds = schema.validate_rows(rows)
+    assert set(feeds) == {"income", "age", "region"}
+    for name in ("income", "age"):
+        assert feeds[name].dtype == np.float32 and feeds[name].shape == (2, 1)
+    np.testing.assert_array_equal(feeds["income"][:, 0], np.array([40000.0, 12.0], dtype=np.float32))
+    np.testing.assert_array_equal(feeds["age"][:, 0], np.array([33.0, 70.5], dtype=np.float32))
+    assert feeds["region"].dtype == object and feeds["region"].shape == (2, 1)
+    assert feeds["region"][:, 0].tolist() == ["east", "mars"]
+
+
+def test_row_key_order_does_not_matter(schema: FeatureSchema) -> None:
+    feeds = schema.validate_rows([{"region": "west", "age": 1, "income": 2}])
+    assert feeds["income"][0, 0] == 2 and feeds["region"][0, 0] == "west"
+
+
+def test_max_rows_is_allowed(schema: FeatureSchema) -> None:
+    assert schema.validate_rows([good_row()] * 3, max_rows=3)["age"].shape == (3, 1)
+
+
+def _error(schema: FeatureSchema, rows, **kw) -> SchemaError:  # noqa: ANN001
+    with pytest.raises(SchemaError) as info:
+        schema.validate_rows(rows, **kw)
+    assert isinstance(info.value, DriftloopError)
+    return info.value
+
+
+@pytest.mark.parametrize(("rows", "field", "words"), [
+    ({"income": 1}, "rows", "must be a list"),
+    ("rows", "rows", "must be a list"),
+    (None, "rows", "must be a list"),
+    ([], "rows", "empty"),
+    ([good_row(), ["not", "a", "dict"]], "rows[1]", "rows[1] must be an object"),
+    ([good_row(), 5], "rows[1]", "rows[1] must be an object"),
+    ([good_row(), {"income": 1.0, "region": "east"}], "rows[1].age", "missing feature 'age'"),
+    ([good_row(), good_row(colour="red")], "rows[1].colour", "unknown field 'colour'"),
+    ([good_row(), {"income": 1.0, "age": 2, "zone": "east"}], "rows[1].region", "missing feature 'region'"),
+    ([good_row(), good_row(income="40000")], "rows[1].income", "must be a number, got str"),
+    ([good_row(), good_row(age=True)], "rows[1].age", "must be a number, got bool"),
+    ([good_row(), good_row(income=None)], "rows[1].income", "must be a number, got NoneType"),
+    ([good_row(), good_row(income=float("nan"))], "rows[1].income", "must be finite"),
+    ([good_row(), good_row(age=float("inf"))], "rows[1].age", "must be finite"),
+    ([good_row(), good_row(age=-math.inf)], "rows[1].age", "must be finite"),
+    ([good_row(), good_row(region=3)], "rows[1].region", "must be a string category, got int"),
+    ([good_row(), good_row(region=None)], "rows[1].region", "must be a string category"),
+])
+def test_invalid_rows_name_the_field(schema: FeatureSchema, rows, field: str, words: str) -> None:  # noqa: ANN001
+    err = _error(schema, rows)
+    assert err.field == field
+    assert words in str(err)
+
+
+def test_too_many_rows(schema: FeatureSchema) -> None:
+    err = _error(schema, [good_row()] * 4, max_rows=3)
+    assert err.field == "rows"
+    assert "4 rows" in str(err) and "at most 3" in str(err)
+
+
+def test_too_many_rows_by_default(schema: FeatureSchema) -> None:
+    assert schema.validate_rows([good_row()] * 10_000)["income"].shape == (10_000, 1)
+    err = _error(schema, [good_row()] * 10_001)
+    assert err.field == "rows" and "at most 10000" in str(err)
+
+
+def test_first_bad_row_is_reported(schema: FeatureSchema) -> None:
+    rows = [good_row(), good_row(), good_row(income="x"), good_row(age="y")]
+    assert _error(schema, rows).field == "rows[2].income"

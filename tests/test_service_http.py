@@ -1,0 +1,205 @@
+"""The HTTP contract against a real ``bentoml serve`` (two workers), started once per session."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from driftloop.demo import free_port
+from driftloop.launch import ServiceProcess, write_config
+from models.registry import MODEL_FILE, Registry
+from monitoring.store import PredictionStore
+
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.slow
+ROW = {"income": 52000.0, "age": 41.0, "debt_ratio": 0.31, "credit_lines": 6.0, "region": "north",
+       "employment": "salaried"}
+
+
+@pytest.fixture(scope="module")
+def server(champion_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("http")
+    shutil.copytree(champion_home / "bentoml", root / "bentoml")
+    settings = make_settings(root, serving={"port": free_port(), "workers": 2, "poll_interval_s": 0.2,
+                                            "max_rows": 50})
+    service = ServiceProcess(settings, write_config(settings, root / "driftloop.yaml"), log_path=root / "service.log")
+    with service, httpx.Client(base_url=service.url, timeout=10) as client:
+        yield {"client": client, "settings": settings, "root": root, "service": service,
+               "registry": Registry(settings.registry.home, "loans")}
+
+
+def predict(client: httpx.Client, rows: list[dict[str, Any]]) -> httpx.Response:
+    return client.post("/predict", json={"rows": rows})
+
+
+def test_predict_contract(server: dict[str, Any]) -> None:
+    resp = predict(server["client"], [ROW, ROW | {"debt_ratio": 0.9, "employment": "unemployed"}])
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["model_version"] == "v1"
+    assert len(body["predictions"]) == len(body["request_ids"]) == len(body["probabilities"]) == 2
+    assert len(set(body["request_ids"])) == 2
+    assert all(abs(sum(p) - 1.0) < 1e-5 for p in body["probabilities"])
+    assert body["probabilities"][1][1] > body["probabilities"][0][1]  # more debt, no job: riskier
+
+
+def test_feedback_right_after_predict_is_accepted(server: dict[str, Any]) -> None:
+    client = server["client"]
+    ids = predict(client, [ROW] * 3).json()["request_ids"]
+    resp = client.post("/feedback", json={"labels": [{"request_id": i, "label": 1} for i in ids]})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"accepted": 3, "duplicates": [], "unknown_request_ids": []}
+    again = client.post("/feedback", json={"labels": [{"request_id": ids[0], "label": 0}]}).json()
+    assert again["accepted"] == 0 and again["duplicates"] == [ids[0]]
+
+
+@pytest.mark.parametrize(("body", "status", "names"), [
+    ('{"rows": [', 400, "Invalid JSON"),
+    ('{"rowz": []}', 400, '"rows"'),
+    ('{"rows": "all"}', 400, '"rows"'),
+    ('{"rows": []}', 422, "rows"),
+    (json.dumps({"rows": [{k: v for k, v in ROW.items() if k != "income"}]}), 422, "rows[0].income"),
+    (json.dumps({"rows": [ROW, ROW | {"age": "forty"}]}), 422, "rows[1].age"),
+    (json.dumps({"rows": [ROW | {"region": 3}]}), 422, "rows[0].region"),
+    (json.dumps({"rows": [ROW | {"colour": "red"}]}), 422, "rows[0].colour"),
+    (json.dumps({"rows": [ROW] * 51}), 422, "at most 50"),
+])
+def test_bad_predict_requests_get_a_4xx_naming_the_problem(server: dict[str, Any], body: str, status: int,
+                                                           names: str) -> None:
+    client = server["client"]
+    resp = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == status, resp.text
+    assert names in resp.text
+    assert predict(client, [ROW]).status_code == 200  # and the service keeps serving
+
+
+@pytest.mark.parametrize(("labels", "status", "names"), [
+    ([{"request_id": "00000000-0000-4000-8000-000000000000", "label": 1}], 404, "00000000-0000-4000-8000"),
+    ([{"request_id": "x"}], 400, "label"),
+    ([], 400, "labels"),
+])
+def test_bad_feedback_gets_a_4xx_naming_the_problem(server: dict[str, Any], labels: list[Any], status: int,
+                                                    names: str) -> None:
+    resp = server["client"].post("/feedback", json={"labels": labels})
+    assert resp.status_code == status, resp.text
+    assert names in resp.text
+
+
+def test_feedback_label_must_be_a_class(server: dict[str, Any]) -> None:
+    client = server["client"]
+    (rid,) = predict(client, [ROW]).json()["request_ids"]
+    resp = client.post("/feedback", json={"labels": [{"request_id": rid, "label": 7}]})
+    assert resp.status_code == 422 and "labels[0].label" in resp.text and "[0, 1]" in resp.text
+
+
+def test_model_endpoint_and_probes(server: dict[str, Any]) -> None:
+    client = server["client"]
+    info = client.get("/model").json()
+    assert info["model_version"] == "v1" and info["task"] == "classification"
+    assert [f["name"] for f in info["schema"]["features"]] == list(ROW)
+    assert 0.5 < info["metrics"]["accuracy"] <= 1
+    for probe in ("/readyz", "/livez", "/healthz"):
+        assert client.get(probe).status_code == 200
+    spec = client.get("/docs.json").json()
+    assert {"/predict", "/feedback"} <= set(spec["paths"])
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f"{name}{{{want}}}" if want else f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_predictions_across_workers(server: dict[str, Any]) -> None:
+    client = server["client"]
+    before = metric(client, "driftloop_predictions_total", model_version="v1", predicted_class="0")
+    for _ in range(10):
+        assert predict(client, [ROW] * 5).status_code == 200  # ROW is a clear 0
+    after = metric(client, "driftloop_predictions_total", model_version="v1", predicted_class="0")
+    assert after - before == 50
+    assert metric(client, "driftloop_model_workers", model_version="v1") == 2
+
+
+def wait_for_version(client: httpx.Client, version: str, timeout: float = 10.0) -> float:
+    """Seconds until every worker serves ``version`` (the livesum gauge counts them)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if metric(client, "driftloop_model_workers", model_version=version) == 2:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"workers did not all reach {version} within {timeout}s")
+
+
+def test_swap_and_rollback_under_traffic(server: dict[str, Any]) -> None:
+    client, registry = server["client"], server["registry"]
+    v1 = registry.get("v1")
+    v2 = registry.register((v1.path / MODEL_FILE).read_bytes(), v1.schema, registry.reference("v1"),
+                           dict(v1.metadata), trigger="manual", parent="v1").version
+    seen, failures = [], []
+    import threading
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=server["service"].url, timeout=10) as c:
+            while not stop.is_set():
+                r = predict(c, [ROW])
+                (seen if r.status_code == 200 else failures).append(r.json().get("model_version", r.text))
+
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        registry.promote(v2, actor="test", reason="swap under load")
+        swap_s = wait_for_version(client, v2)
+        registry.rollback(actor="test", reason="back")
+        back_s = wait_for_version(client, "v1")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert swap_s < 2 and back_s < 2
+    assert v2 in seen and seen[-1] == "v1"
+
+
+def test_a_corrupt_champion_is_refused_and_the_old_model_keeps_serving(server: dict[str, Any]) -> None:
+    client, registry = server["client"], server["registry"]
+    v1 = registry.get("v1")
+    bad = registry.register((v1.path / MODEL_FILE).read_bytes(), v1.schema, registry.reference("v1"),
+                            dict(v1.metadata), trigger="manual", parent="v1")
+    refused_before = metric(client, "driftloop_model_swaps_total", outcome="refused")
+    data = (bad.path / MODEL_FILE).read_bytes()
+    (bad.path / MODEL_FILE).write_bytes(data[: len(data) // 2])  # truncated after registration
+    pointer = json.loads(registry.pointer_path.read_text())  # written around promote()'s own check
+    registry.pointer_path.write_text(json.dumps(pointer | {"version": bad.version, "lineage": ["v1"]}))
+    deadline = time.monotonic() + 10
+    while metric(client, "driftloop_model_swaps_total", outcome="refused") < refused_before + 2:
+        assert time.monotonic() < deadline, "the workers never looked at the corrupt champion"
+        time.sleep(0.05)
+    assert predict(client, [ROW]).json()["model_version"] == "v1"
+    assert client.get("/readyz").status_code == 200
+    registry.pointer_path.write_text(json.dumps(pointer))  # restore for later tests
+
+
+def test_sigterm_flushes_the_prediction_log(champion_home: Path, tmp_path: Path) -> None:
+    """A graceful stop writes every buffered row: N predictions in, N rows in the store."""
+    shutil.copytree(champion_home / "bentoml", tmp_path / "bentoml")
+    settings = make_settings(tmp_path, serving={"port": free_port(), "workers": 1, "log_flush_interval_s": 1.0})
+    service = ServiceProcess(settings, write_config(settings, tmp_path / "c.yaml"), log_path=tmp_path / "s.log")
+    sent = 0
+    with service, httpx.Client(base_url=service.url, timeout=10) as client:
+        for _ in range(40):
+            assert predict(client, [ROW] * 5).status_code == 200
+            sent += 5
+    assert service.proc.returncode == 0
+    assert PredictionStore(settings.store.url).count_predictions() == sent == 200

@@ -1,0 +1,153 @@
+"""Settings: defaults < YAML file < DRIFTLOOP_* environment, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from driftloop.settings import Settings, load_settings
+from models.errors import ConfigError
+from tests.conftest import make_settings
+from training import scenarios
+
+
+def write(tmp_path: Path, data: dict | str) -> Path:
+    path = tmp_path / "driftloop.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_fill_the_built_in_scenario() -> None:
+    s = load_settings()
+    assert isinstance(s, Settings)
+    assert s.data.path is None and s.data.scenario == "loans"
+    assert s.features == scenarios.FEATURES
+    assert s.data.target == scenarios.TARGET
+    assert s.data.timestamp == scenarios.TIMESTAMP
+    assert s.monitoring.window_rows == 500  # the documented default
+
+
+def test_conftest_settings_live_under_tmp_path(settings, tmp_path: Path) -> None:  # noqa: ANN001
+    assert Path(settings.registry.home) == tmp_path / "bentoml"
+    assert settings.store.url == f"sqlite:///{tmp_path / 'driftloop.db'}"
+    assert settings.monitoring.metrics_port == 0
+    assert settings.features == scenarios.FEATURES
+
+
+def test_yaml_file_overrides_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, {"seed": 7, "monitoring": {"window_rows": 200, "dry_run": True},
+                            "serving": {"port": 3123}})
+    s = load_settings(path)
+    assert s.seed == 7
+    assert s.monitoring.window_rows == 200 and s.monitoring.dry_run is True
+    assert s.serving.port == 3123
+    assert s.monitoring.interval_s == 5.0  # untouched keys of a section keep their defaults
+    assert s.features == scenarios.FEATURES
+
+
+def test_env_overrides_file_overrides_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, {"monitoring": {"window_rows": 200, "interval_s": 3.0}})
+    assert load_settings(path).monitoring.window_rows == 200
+    monkeypatch.setenv("DRIFTLOOP_MONITORING__WINDOW_ROWS", "300")
+    s = load_settings(path)
+    assert s.monitoring.window_rows == 300  # env beats the file
+    assert s.monitoring.interval_s == 3.0  # the file's other keys in the section survive
+    assert load_settings().monitoring.window_rows == 300  # env beats the default
+
+
+def test_env_top_level_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLOOP_SEED", "99")
+    assert load_settings().seed == 99
+
+
+def test_bad_env_value_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLOOP_MONITORING__WINDOW_ROWS", "lots")
+    with pytest.raises(ConfigError, match=r"monitoring\.window_rows"):
+        load_settings()
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"monitoring": {"windw": 100}}, "monitoring.windw"),
+    ({"serving": {"port": 3000, "hosst": "x"}}, "serving.hosst"),
+    ({"colour": "blue"}, "colour"),
+])
+def test_unknown_key_is_named(tmp_path: Path, data: dict, key: str) -> None:
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert f"{key}: unknown key" in message
+    assert str(path) in message
+
+
+def test_unknown_key_in_overrides_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"monitoring\.windw: unknown key"):
+        make_settings(tmp_path, monitoring={"windw": 3})
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"monitoring": {"window_rows": "many"}}, "monitoring.window_rows"),
+    ({"serving": {"port": 70000}}, "serving.port"),
+    ({"monitoring": {"window_rows": 5}}, "monitoring.window_rows"),  # below its minimum of 10
+    ({"task": "clustering"}, "task"),
+    ({"features": {"income": "text"}}, "features.income"),
+])
+def test_wrong_type_or_value_names_the_key(tmp_path: Path, data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, data))
+    assert f"\n  {key}: " in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        load_settings(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_data_path_without_features(tmp_path: Path) -> None:
+    path = write(tmp_path, {"data": {"path": str(tmp_path / "x.csv"), "target": "y"}})
+    with pytest.raises(ConfigError, match="features") as info:
+        load_settings(path)
+    assert "at least one feature" in str(info.value)
+
+
+def test_data_path_with_features_and_target(tmp_path: Path) -> None:
+    path = write(tmp_path, {"data": {"path": str(tmp_path / "x.csv"), "target": "y"},
+                            "features": {"a": "numeric", "b": "categorical"}})
+    s = load_settings(path)
+    assert s.data.path == tmp_path / "x.csv"
+    assert s.features == {"a": "numeric", "b": "categorical"} and s.data.target == "y"
+    assert s.data.timestamp is None
+
+
+def test_data_path_needs_a_target(tmp_path: Path) -> None:
+    path = write(tmp_path, {"data": {"path": "x.csv"}, "features": {"a": "numeric"}})
+    with pytest.raises(ConfigError, match="data.target: required"):
+        load_settings(path)
+
+
+def test_target_listed_as_a_feature_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, {"data": {"path": "x.csv", "target": "y"},
+                            "features": {"a": "numeric", "y": "numeric"}})
+    with pytest.raises(ConfigError, match="the target 'y' cannot also be a feature"):
+        load_settings(path)
+
+
+def test_scenario_target_listed_as_a_feature_is_refused() -> None:
+    with pytest.raises(ConfigError, match=f"the target '{scenarios.TARGET}' cannot also be a feature"):
+        load_settings(None, features={"income": "numeric", scenarios.TARGET: "numeric"})
+
+
+def test_unknown_scenario_is_refused() -> None:
+    with pytest.raises(ConfigError, match="data.scenario: unknown scenario 'moon'"):
+        load_settings(None, data={"scenario": "moon"})
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings()
+    with pytest.raises(ValidationError, match="frozen"):
+        s.seed = 1  # type: ignore[misc]

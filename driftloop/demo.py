@@ -305,7 +305,7 @@ def _plot(checks: list[dict[str, Any]], periods: list[str], path: Path) -> Path:
             ax.text(i - 0.45, 1.02, name, color="grey", fontsize=9)
     for c in checks:
         if c["outcome"] == "promoted":
-            ax.annotate(f"promoted\n(after {c['model_version']})", (c["window"], c["accuracy"] or 0.5),
+            ax.annotate("retrained,\npromoted", (c["window"], c["accuracy"] or 0.5),
                         textcoords="offset points", xytext=(0, -38), ha="center", fontsize=8, color="tab:green",
                         arrowprops={"arrowstyle": "->", "color": "tab:green"})
         elif c["decision"] in ("watch", "alert", "retrain"):

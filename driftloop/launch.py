@@ -26,8 +26,8 @@ SERVICE_NAME = "driftloop"
 
 
 def write_config(settings: Settings, path: Path) -> Path:
-    """The settings as a YAML file a service process can load (the admin token stays in the env)."""
-    data = settings.model_dump(mode="json", exclude={"admin_token"})
+    """The settings as a YAML file a service process can load."""
+    data = settings.model_dump(mode="json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -45,8 +45,6 @@ def service_command(settings: Settings, config_path: Path) -> tuple[list[str], d
         "DO_NOT_TRACK": "1",
         "BENTOML_CONFIG_OVERRIDES": json.dumps({"services": {SERVICE_NAME: {"workers": settings.serving.workers}}}),
     })
-    if settings.admin_token is not None:
-        env["DRIFTLOOP_ADMIN_TOKEN"] = settings.admin_token.get_secret_value()
     bentoml = Path(sys.executable).with_name("bentoml")
     argv = [str(bentoml), "serve", SERVICE, "--host", settings.serving.host, "--port", str(settings.serving.port)]
     return argv, env

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from models.errors import ConfigError
@@ -96,7 +96,6 @@ class Settings(BaseSettings):
     serving: ServingConfig = ServingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     retraining: RetrainingConfig = RetrainingConfig()
-    admin_token: SecretStr | None = None  # required by admin actions over HTTP
 
     @model_validator(mode="after")
     def _complete(self) -> Settings:

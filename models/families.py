@@ -83,5 +83,8 @@ def build_pipeline(schema: FeatureSchema, kind: str, params: dict[str, Any] | No
         transformers.append(("num", StandardScaler() if family.scaled else "passthrough", schema.numeric))
     if schema.categorical:
         transformers.append(("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), schema.categorical))
-    pre = ColumnTransformer(transformers)
-    return Pipeline([("pre", pre), ("model", family.build(schema.task, dict(params or {}), seed))])
+    try:
+        model = family.build(schema.task, dict(params or {}), seed)
+    except TypeError as exc:  # a parameter this estimator does not take
+        raise ConfigError(f"model.params: {kind!r} ({schema.task}) refused them: {exc}") from None
+    return Pipeline([("pre", ColumnTransformer(transformers)), ("model", model)])

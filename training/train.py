@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from sklearn.utils._param_validation import InvalidParameterError
 
+from models.errors import ConfigError
 from models.families import build_pipeline
 from models.onnx_model import OnnxModel, check_parity, export_onnx
 from models.registry import ModelVersion, Registry
@@ -71,7 +73,10 @@ def fit(settings: Settings, frame: pd.DataFrame) -> Fitted:
 
     train, valid = data_mod.split(frame, settings.training.validation_fraction, timestamp, settings.seed)
     pipeline = build_pipeline(schema, settings.model.kind, settings.model.params, settings.seed)
-    pipeline.fit(train[schema.names], train[target])
+    try:
+        pipeline.fit(train[schema.names], train[target])
+    except InvalidParameterError as exc:  # a parameter value out of range, found at fit time
+        raise ConfigError(f"model.params: {exc}") from None
 
     x_valid = valid[schema.names]
     proba = pipeline.predict_proba(x_valid) if settings.task == "classification" else None

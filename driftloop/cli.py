@@ -205,6 +205,136 @@ def models_rollback(config: ConfigOpt = None,
     typer.echo(f"champion: {c.version}")
 
 
+@models_app.command("diff")
+def models_diff(a: Annotated[str, typer.Argument(metavar="V1")], b: Annotated[str, typer.Argument(metavar="V2")],
+                config: ConfigOpt = None,
+                as_json: Annotated[bool, typer.Option("--json", help="Machine output (JSON).")] = False) -> None:
+    """V1 and V2 side by side: metrics, model, schema changes and feature importance."""
+    try:
+        diff = _registry(_settings(config)).diff(a, b)
+    except DriftloopError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(_finite(diff), indent=2, default=str, allow_nan=False))
+        return
+    for line in _diff_lines(diff):
+        typer.echo(line)
+
+
+@models_app.command("export")
+def models_export(version: str, file: Annotated[Path, typer.Argument(help="A .tar.gz, .tgz or .zip to write.")],
+                  config: ConfigOpt = None,
+                  force: Annotated[bool, typer.Option("--force", help="Replace FILE if it exists.")] = False) -> None:
+    """Write VERSION (verified first) and its metadata to one archive FILE."""
+    try:
+        registry = _registry(_settings(config))
+        path = registry.export(version, file, overwrite=force)
+    except DriftloopError as exc:
+        _fail(exc)
+    typer.echo(f"exported {registry.project}:{version} to {path} ({path.stat().st_size} bytes)")
+
+
+@models_app.command("import")
+def models_import(file: Annotated[Path, typer.Argument(help="An archive from `driftloop models export`.")],
+                  config: ConfigOpt = None) -> None:
+    """Verify every checksum in FILE, then register it as a new version (not promoted)."""
+    try:
+        mv = _registry(_settings(config)).import_(file, actor=_actor())
+    except DriftloopError as exc:
+        _fail(exc)
+    origin = mv.metadata["imported_from"]
+    typer.echo(f"imported {origin['project']}:{origin['version']} (exported {origin['exported_at']}) as {mv.tag}")
+
+
+@models_app.command("prune")
+def models_prune(keep_ancestors: Annotated[int, typer.Option(min=0, help="Earlier champions to keep (rollbacks).")],
+                 keep_candidates: Annotated[int, typer.Option(min=0, help="Newest other versions to keep.")],
+                 config: ConfigOpt = None,
+                 dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be deleted.")] = False,
+                 reason: Annotated[str, typer.Option(help="Why: kept in the history.")] = "manual prune",
+                 ) -> None:
+    """Delete versions that are not the champion, a recent earlier champion or a recent candidate."""
+    try:
+        registry = _registry(_settings(config))
+        plan = registry.retention_plan(keep_ancestors, keep_candidates)
+        deleted = registry.prune(keep_ancestors, keep_candidates, dry_run, actor=_actor(), reason=reason)
+    except DriftloopError as exc:
+        _fail(exc)
+    verb = "would delete" if dry_run else "deleted"
+    for v in deleted:
+        typer.echo(f"{verb} {v:<6} {plan.delete.get(v, '')}")
+    for v, why in plan.keep.items():
+        typer.echo(f"kept {v:<6} {why}")
+    typer.echo(f"{len(deleted)} version(s) {'would be ' if dry_run else ''}deleted")
+
+
+def _diff_lines(diff: dict) -> list[str]:
+    """The diff as an aligned table: one row per metric, field, schema change and feature."""
+    rows: list[tuple[str, ...]] = [("", diff["a"], diff["b"], "delta")]
+    rows.append(("metrics",))
+    rows += [(f"  {m['name']}", _cell(m["a"]), _cell(m["b"]), _delta(m["delta"])) for m in diff["metrics"]]
+    rows.append(("model",))
+    for f in diff["fields"]:
+        a, b = (_cell(x, field=f["name"]) for x in (f["a"], f["b"]))
+        rows.append((f"  {f['name'].replace('_', ' ')}", a, b, "" if f["same"] else "changed"))
+    schema = diff["schema"]
+    rows.append(("schema",) if not schema["same"] else ("schema", "", "", "identical"))
+    rows += [(f"  {f['name'].replace('_', ' ')}", _cell(f["a"]), _cell(f["b"]), "changed") for f in schema["fields"]]
+    rows += [(f"  {f['name']}", "-", f["kind"], "added") for f in schema["features_added"]]
+    rows += [(f"  {f['name']}", f["kind"], "-", "removed") for f in schema["features_removed"]]
+    for f in schema["features_changed"]:
+        if "kind" in f:
+            rows.append((f"  {f['name']}", f["kind"]["a"], f["kind"]["b"], "kind"))
+        elif "range" in f:
+            rows.append((f"  {f['name']}", *(_range(f["range"][k]) for k in "ab"), "range"))
+        else:
+            plus, minus = f["categories_added"], f["categories_removed"]
+            change = " ".join([*(f"+{c}" for c in plus[:6]), *(f"-{c}" for c in minus[:6])])
+            more = len(plus) + len(minus) - min(len(plus), 6) - min(len(minus), 6)
+            rows.append((f"  {f['name']}", "categorical", "categorical", change + (f" (+{more} more)" if more else "")))
+    if diff["importance"] is not None:
+        rows.append(("importance",))
+        rows += [(f"  {m['name']}", _cell(m["a"]), _cell(m["b"]), _delta(m["delta"])) for m in diff["importance"]]
+    elif diff["importance_recorded"]:
+        rows.append(("importance", "", "", f"recorded for {', '.join(diff['importance_recorded'])} only"))
+    widths = [max(len(r[i]) for r in rows if len(r) > i) for i in range(4)]
+    return [("  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip() if len(r) > 1 else r[0] for r in rows]
+
+
+def _cell(value: object, field: str = "") -> str:
+    if value is None or value == [] or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if field == "data_fingerprint" and isinstance(value, str):
+        return value[:12]  # a sha256 prefix; --json has it whole
+    if field == "time_range" and isinstance(value, list) and len(value) == 2:
+        return f"{value[0]} .. {value[1]}"
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _delta(value: float | None) -> str:
+    return "" if value is None else f"{value:+.4f}"
+
+
+def _range(bounds: list) -> str:
+    def num(x: object) -> str:
+        return "?" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x)
+
+    return f"numeric {num(bounds[0])} .. {num(bounds[1])}"
+
+
+def _finite(value: object) -> object:
+    """JSON-safe: NaN and infinities become null (json would write bare NaN)."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _actor() -> str:
     return os.environ.get("DRIFTLOOP_ACTOR") or os.environ.get("USER") or f"uid:{os.getuid()}"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from models.errors import ConfigError
@@ -33,6 +33,26 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     kind: str = "gradient_boosting"
     params: dict[str, Any] = Field(default_factory=dict)
+    warm_start: bool = False  # retraining fine-tunes the champion's weights (neural kinds)
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        from models.families import FAMILIES
+
+        if kind not in FAMILIES:
+            raise ValueError(f"unknown kind {kind!r}; available: {sorted(FAMILIES)}")
+        return kind
+
+    @model_validator(mode="after")
+    def _can_fine_tune(self) -> ModelConfig:
+        from models.families import FAMILIES
+
+        family = FAMILIES[self.kind]
+        if self.warm_start and not family.neural:
+            raise ValueError(f"warm_start: {self.kind!r} cannot fine-tune; only neural kinds "
+                             f"({sorted(k for k, f in FAMILIES.items() if f.neural)}) can")
+        return self
 
 
 class TrainingConfig(_Section):

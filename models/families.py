@@ -1,15 +1,21 @@
-"""Model families: config ``model.kind`` -> a scikit-learn pipeline with preprocessing inside.
+"""Model families: config ``model.kind`` -> a fitted model that can export itself to ONNX.
 
-Every family is a :class:`Family` in :data:`FAMILIES`; tests discover them from there. The
-pipeline always starts with the same preprocessing (scaling numeric, one-hot encoding
-categorical features), so the exported ONNX graph takes raw features.
+Every family is a :class:`Family` in :data:`FAMILIES`; tests discover them from there.
+:func:`fit_model` is the one entry point: it returns a :class:`Trained` model, whose native
+``predict``/``predict_proba`` the parity check compares with its own ONNX graph. Every graph
+starts with the same preprocessing (scaling numeric, one-hot encoding categorical features),
+so it takes raw features. scikit-learn families are pipelines; neural ones live in
+:mod:`models.neural` (PyTorch is imported only when such a model is trained).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
 
 from sklearn import ensemble, linear_model, neighbors, svm, tree
 from sklearn.base import BaseEstimator
@@ -22,14 +28,48 @@ from models.errors import ConfigError
 from models.schema import FeatureSchema
 
 
+class Trained(Protocol):
+    """A fitted model of any family."""
+
+    def predict(self, x: pd.DataFrame) -> np.ndarray: ...
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray | None: ...  # None unless a classifier
+
+    def to_onnx(self, schema: FeatureSchema) -> bytes: ...
+
+
+Fitter = Callable[[FeatureSchema, pd.DataFrame, pd.Series, dict[str, Any], int, bytes | None], Trained]
+
+
 @dataclass(frozen=True)
 class Family:
     kind: str
     tasks: tuple[str, ...]
-    build: Callable[[str, dict[str, Any], int], BaseEstimator]  # (task, params, seed) -> estimator
+    build: Callable[[str, dict[str, Any], int], BaseEstimator] | None = None  # scikit-learn: (task, params, seed)
     # Trees split on raw values: scaling them only adds float32 rounding that can flip a split
     # in the ONNX graph. Distance and linear models need it.
     scaled: bool = True
+    fitter: Fitter | None = None  # any other family: (schema, x, y, params, seed, warm_start) -> Trained
+    neural: bool = False  # can fine-tune from the champion's graph (warm start)
+
+
+class SklearnModel:
+    """A fitted scikit-learn pipeline as a :class:`Trained` model."""
+
+    def __init__(self, pipeline: Pipeline, task: str) -> None:
+        self.pipeline = pipeline
+        self.task = task
+
+    def predict(self, x: pd.DataFrame) -> np.ndarray:
+        return self.pipeline.predict(x)
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray | None:
+        return self.pipeline.predict_proba(x) if self.task == "classification" else None
+
+    def to_onnx(self, schema: FeatureSchema) -> bytes:
+        from models.onnx_model import export_onnx
+
+        return export_onnx(self.pipeline, schema)
 
 
 def _by_task(classifier: Callable[..., BaseEstimator], regressor: Callable[..., BaseEstimator],
@@ -70,21 +110,60 @@ FAMILIES: dict[str, Family] = {f.kind: f for f in (
 )}
 
 
-def build_pipeline(schema: FeatureSchema, kind: str, params: dict[str, Any] | None = None,
-                   seed: int = 42) -> Pipeline:
-    """An unfitted pipeline: preprocessing for ``schema``'s features, then the ``kind`` model."""
+def _mlp(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series, params: dict[str, Any], seed: int,
+         warm_start: bytes | None) -> Trained:
+    from models.neural import fit_mlp  # torch only when a neural model is trained
+
+    return fit_mlp(schema, x, y, params, seed, warm_start)
+
+
+FAMILIES["mlp"] = Family("mlp", CLS_REG, fitter=_mlp, neural=True)
+
+
+def family_of(kind: str, task: str) -> Family:
     family = FAMILIES.get(kind)
     if family is None:
         raise ConfigError(f"model.kind: unknown kind {kind!r}; available: {sorted(FAMILIES)}")
-    if schema.task not in family.tasks:
-        raise ConfigError(f"model.kind: {kind!r} does not support task {schema.task!r}; it supports {family.tasks}")
-    transformers = []
+    if task not in family.tasks:
+        raise ConfigError(f"model.kind: {kind!r} does not support task {task!r}; it supports {family.tasks}")
+    return family
+
+
+def preprocessor(schema: FeatureSchema, scaled: bool = True) -> ColumnTransformer:
+    """Scale numeric features (unless ``scaled`` is False), one-hot encode categorical ones."""
+    transformers: list[tuple[str, Any, list[str]]] = []
     if schema.numeric:
-        transformers.append(("num", StandardScaler() if family.scaled else "passthrough", schema.numeric))
+        transformers.append(("num", StandardScaler() if scaled else "passthrough", schema.numeric))
     if schema.categorical:
         transformers.append(("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), schema.categorical))
+    return ColumnTransformer(transformers)
+
+
+def fit_model(schema: FeatureSchema, kind: str, params: dict[str, Any] | None, seed: int,
+              x: pd.DataFrame, y: pd.Series, warm_start: bytes | None = None) -> Trained:
+    """Fit the ``kind`` family on features ``x`` and target ``y``; neural families may start
+    from the weights in ``warm_start`` (an earlier version's ONNX graph)."""
+    family = family_of(kind, schema.task)
+    if warm_start is not None and not family.neural:
+        raise ConfigError(f"model.warm_start: {kind!r} cannot fine-tune; only neural kinds can")
+    if family.fitter is not None:
+        try:
+            return family.fitter(schema, x, y, dict(params or {}), seed, warm_start)
+        except TypeError as exc:
+            raise ConfigError(f"model.params: {kind!r} ({schema.task}) refused them: {exc}") from None
+    pipeline = build_pipeline(schema, kind, params, seed)
+    pipeline.fit(x, y)
+    return SklearnModel(pipeline, schema.task)
+
+
+def build_pipeline(schema: FeatureSchema, kind: str, params: dict[str, Any] | None = None,
+                   seed: int = 42) -> Pipeline:
+    """An unfitted pipeline: preprocessing for ``schema``'s features, then the ``kind`` model."""
+    family = family_of(kind, schema.task)
+    if family.build is None:
+        raise ConfigError(f"model.kind: {kind!r} is not a scikit-learn family")
     try:
         model = family.build(schema.task, dict(params or {}), seed)
     except TypeError as exc:  # a parameter this estimator does not take
         raise ConfigError(f"model.params: {kind!r} ({schema.task}) refused them: {exc}") from None
-    return Pipeline([("pre", ColumnTransformer(transformers)), ("model", model)])
+    return Pipeline([("pre", preprocessor(schema, family.scaled)), ("model", model)])

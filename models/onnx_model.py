@@ -67,23 +67,24 @@ def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> tuple[np.nd
     return preds, proba
 
 
-def check_parity(pipeline: Pipeline, onnx_bytes: bytes, schema: FeatureSchema, frame: pd.DataFrame) -> Parity:
-    """ONNX against scikit-learn on ``frame``; raises :class:`ExportError` beyond tolerance."""
+def check_parity(native: Any, onnx_bytes: bytes, schema: FeatureSchema, frame: pd.DataFrame) -> Parity:
+    """The ONNX graph against the native model (``predict``, ``predict_proba``) on ``frame``;
+    raises :class:`ExportError` beyond tolerance."""
     preds, proba = run(session(onnx_bytes), schema.feeds(frame))
     x = frame[schema.names]
     if schema.task == "classification":
-        native = pipeline.predict_proba(x)
-        diff = float(np.max(np.abs(native - proba))) if len(x) else 0.0
-        agreement = float(np.mean(preds == pipeline.predict(x)))
+        native_proba = native.predict_proba(x)
+        diff = float(np.max(np.abs(native_proba - proba))) if len(x) else 0.0
+        agreement = float(np.mean(preds == native.predict(x)))
         parity = Parity(len(x), diff, agreement)
         if diff > PROBA_TOLERANCE or agreement < LABEL_AGREEMENT:
             raise ExportError(f"ONNX parity failed: max probability difference {diff:.2e} "
                               f"(tolerance {PROBA_TOLERANCE:.0e}), label agreement {agreement:.4f} "
                               f"(required {LABEL_AGREEMENT})")
         return parity
-    native = pipeline.predict(x)
-    diff = float(np.max(np.abs(native - preds))) if len(x) else 0.0
-    scale = float(np.max(np.abs(native))) or 1.0
+    native_preds = np.asarray(native.predict(x)).reshape(-1)
+    diff = float(np.max(np.abs(native_preds - preds))) if len(x) else 0.0
+    scale = float(np.max(np.abs(native_preds))) or 1.0
     if diff > REGRESSION_RTOL * scale:
         raise ExportError(f"ONNX parity failed: max prediction difference {diff:.3g} "
                           f"exceeds {REGRESSION_RTOL:.0e} of the prediction scale {scale:.3g}")

@@ -6,8 +6,12 @@ lineage, sha256 of every file, ...) in BentoML's own ``model.yaml``.
 
 The champion pointer is ``<home>/driftloop/<project>/champion.json``: a small file replaced
 atomically (write, fsync, rename) under a file lock, so every serving worker can poll it cheaply
-and never reads half a promotion. Every promotion and rollback is appended, with who and why,
-to ``history.jsonl`` beside it.
+and never reads half a promotion. Every promotion, rollback, import and deletion is appended, with
+who and why, to ``history.jsonl`` beside it. Version numbers are never reused: ``last_version``
+there remembers the highest one ever registered, so a pruned ``v7`` is never a different model
+later.
+
+Moving a version between registries (one archive file) lives in :mod:`models.archive`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -34,6 +39,7 @@ from models.schema import FeatureSchema
 MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.parquet"
 TRIGGERS = ("initial", "manual", "drift", "decay", "schedule")
+DIFF_FIELDS = ("kind", "params", "trigger", "parent", "data_fingerprint", "time_range")
 _VERSION = re.compile(r"^v(\d+)$")
 
 
@@ -69,12 +75,76 @@ class Champion:
     lineage: tuple[str, ...]  # earlier champions, oldest first (rollback pops the last)
 
 
+@dataclass(frozen=True)
+class RetentionPlan:
+    """What :meth:`Registry.prune` keeps and deletes, each version with why (oldest first)."""
+
+    keep: dict[str, str]
+    delete: dict[str, str]
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def diff_versions(a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
+    """``a`` and ``b`` side by side, as plain JSON-able data.
+
+    ``metrics`` and ``importance`` are rows ``{name, a, b, delta}`` (delta ``b - a`` when both
+    are numbers); ``importance`` is None unless both versions record one (a feature -> score
+    dict). ``fields`` compares :data:`DIFF_FIELDS`; ``schema`` lists what changed.
+    """
+    ia, ib = a.metadata.get("importance"), b.metadata.get("importance")
+    both = isinstance(ia, dict) and isinstance(ib, dict)
+    return {
+        "a": a.version, "b": b.version, "project": a.project,
+        "metrics": _side_by_side(a.metrics, b.metrics),
+        "fields": [{"name": k, "a": a.metadata.get(k), "b": b.metadata.get(k),
+                    "same": a.metadata.get(k) == b.metadata.get(k)} for k in DIFF_FIELDS],
+        "schema": _schema_diff(a.metadata.get("schema") or {}, b.metadata.get("schema") or {}),
+        "importance": _side_by_side(ia, ib) if both else None,
+        "importance_recorded": [mv.version for mv, imp in ((a, ia), (b, ib)) if isinstance(imp, dict)],
+    }
+
+
+def _side_by_side(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    return [{"name": k, "a": a.get(k), "b": b.get(k),
+             "delta": b[k] - a[k] if number(a.get(k)) and number(b.get(k)) else None} for k in {**a, **b}]
+
+
+def _schema_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    fa = {f["name"]: f for f in a.get("features", [])}
+    fb = {f["name"]: f for f in b.get("features", [])}
+    fields = [{"name": k, "a": a.get(k), "b": b.get(k)} for k in ("task", "target", "labels") if a.get(k) != b.get(k)]
+    common = [n for n in fa if n in fb]
+    if common != [n for n in fb if n in fa]:  # the graph's inputs are in schema order
+        fields.append({"name": "feature_order", "a": list(fa), "b": list(fb)})
+    changed = []
+    for name in common:
+        x, y = fa[name], fb[name]
+        change: dict[str, Any] = {}
+        if x["kind"] != y["kind"]:
+            change["kind"] = {"a": x["kind"], "b": y["kind"]}
+        elif x["kind"] == "categorical":
+            cx, cy = list(x.get("categories", ())), list(y.get("categories", ()))
+            plus, minus = [c for c in cy if c not in cx], [c for c in cx if c not in cy]
+            if plus or minus:
+                change |= {"categories_added": plus, "categories_removed": minus}
+        elif (x.get("min"), x.get("max")) != (y.get("min"), y.get("max")):
+            change["range"] = {"a": [x.get("min"), x.get("max")], "b": [y.get("min"), y.get("max")]}
+        if change:
+            changed.append({"name": name} | change)
+    added = [{"name": n, "kind": fb[n]["kind"]} for n in fb if n not in fa]
+    removed = [{"name": n, "kind": fa[n]["kind"]} for n in fa if n not in fb]
+    return {"same": not (fields or added or removed or changed), "fields": fields,
+            "features_added": added, "features_removed": removed, "features_changed": changed}
 
 
 def _now() -> str:
@@ -93,6 +163,7 @@ class Registry:
         self._dir = self.home / "driftloop" / project
         self.pointer_path = self._dir / "champion.json"
         self.history_path = self._dir / "history.jsonl"
+        self._last_version_path = self._dir / "last_version"
 
     # -- versions -------------------------------------------------------------------------------
     def versions(self) -> list[ModelVersion]:
@@ -136,8 +207,8 @@ class Registry:
             "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
         }
         with self._lock():
-            existing = [int(v.version[1:]) for v in self.versions()]
-            version = f"v{max(existing, default=0) + 1}"
+            number = self._high_water() + 1
+            version = f"v{number}"
             # One JSON string: BentoML's metadata refuses None and would coerce types.
             with bentoml.models.create(f"{self.project}:{version}", metadata={"driftloop": json.dumps(meta)},
                                        labels={"trigger": trigger, "task": schema.task},
@@ -145,7 +216,34 @@ class Registry:
                 for name, data in files.items():
                     with open(model.path_of(name), "wb") as fh:
                         fh.write(data)
+            self._last_version_path.write_text(f"{number}\n")
         return self.get(version)
+
+    def _high_water(self) -> int:
+        """The highest version number ever registered here (the store's or ``last_version``'s)."""
+        existing = [int(v.version[1:]) for v in self.versions()]
+        try:
+            recorded = int(self._last_version_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            recorded = 0
+        return max([recorded, *existing])
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        """Two versions side by side (see :func:`diff_versions`)."""
+        return diff_versions(self.get(a), self.get(b))
+
+    # -- moving versions between registries (models/archive.py) ----------------------------------
+    def export(self, version: str, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the verified ``version`` to one ``.tar.gz`` or ``.zip`` archive with a manifest."""
+        from models.archive import export_version
+
+        return export_version(self, version, Path(path), overwrite=overwrite)
+
+    def import_(self, path: str | Path, actor: str) -> ModelVersion:
+        """Register an archive from :meth:`export` as a new version, after verifying all of it."""
+        from models.archive import import_version
+
+        return import_version(self, Path(path), actor)
 
     # -- loading (always verified) ---------------------------------------------------------------
     def verify(self, version: str) -> ModelVersion:
@@ -196,8 +294,8 @@ class Registry:
         return st.st_mtime_ns, st.st_ino
 
     def promote(self, version: str, actor: str, reason: str) -> Champion:
-        self.verify(version)  # a broken artifact never becomes champion
-        with self._lock():
+        with self._lock():  # verified under the lock, so prune cannot delete it in between
+            self.verify(version)  # a broken artifact never becomes champion
             current = self.champion()
             if current and current.version == version:
                 return current
@@ -212,6 +310,64 @@ class Registry:
             target = current.lineage[-1]
             self.verify(target)
             return self._write_pointer("rollback", target, actor, reason, current.lineage[:-1])
+
+    # -- retention ------------------------------------------------------------------------------
+    def retention_plan(self, keep_ancestors: int, keep_candidates: int) -> RetentionPlan:
+        """Which versions :meth:`prune` would keep and delete.
+
+        Kept: the champion; the versions among the ``keep_ancestors`` most recent entries of its
+        lineage (so that many rollbacks still work); the ``keep_candidates`` most recent versions
+        that are neither the champion nor in its lineage. Everything else goes.
+        """
+        if keep_ancestors < 0 or keep_candidates < 0:
+            raise RegistryError(f"keep counts must be >= 0, got keep_ancestors={keep_ancestors}, "
+                                f"keep_candidates={keep_candidates}")
+        champion = self.champion()
+        if champion is None:
+            raise RegistryError(f"{self.project!r} has no champion; refusing to prune")
+        versions = [mv.version for mv in self.versions()]  # oldest first
+        ancestors = set(champion.lineage[-keep_ancestors:]) if keep_ancestors else set()
+        candidates = [v for v in versions if v != champion.version and v not in champion.lineage]
+        newest = set(candidates[::-1][:keep_candidates])
+        keep: dict[str, str] = {}
+        delete: dict[str, str] = {}
+        for v in versions:
+            if v == champion.version:
+                keep[v] = "champion"
+            elif v in ancestors:
+                keep[v] = f"earlier champion, within the {keep_ancestors} most recent of the lineage"
+            elif v in champion.lineage:
+                delete[v] = f"earlier champion beyond the {keep_ancestors} most recent of the lineage"
+            elif v in newest:
+                keep[v] = f"candidate, among the {keep_candidates} most recent"
+            else:
+                delete[v] = f"candidate beyond the {keep_candidates} most recent"
+        return RetentionPlan(keep, delete)
+
+    def prune(self, keep_ancestors: int, keep_candidates: int, dry_run: bool = False, *,
+              actor: str = "driftloop", reason: str = "prune") -> list[str]:
+        """Delete what :meth:`retention_plan` does not keep; returns those versions (oldest first).
+
+        With ``dry_run`` nothing is deleted. Each deletion is appended to the history.
+        """
+        import bentoml
+
+        with self._lock():
+            plan = self.retention_plan(keep_ancestors, keep_candidates)
+            if dry_run or not plan.delete:
+                return list(plan.delete)
+            self._last_version_path.write_text(f"{self._high_water()}\n")  # never reuse a pruned number
+            done: list[str] = []
+            for version, why in plan.delete.items():
+                try:
+                    bentoml.models.delete(f"{self.project}:{version}", _model_store=self._store)
+                except Exception as exc:
+                    raise RegistryError(f"could not delete {self.project}:{version}: {exc}; "
+                                        f"deleted before it: {done}") from exc
+                done.append(version)
+                self._append({"action": "delete", "version": version, "actor": actor,
+                              "reason": f"{reason}: {why}", "at": _now()})
+        return done
 
     def history(self) -> list[dict[str, Any]]:
         if not self.history_path.exists():
@@ -229,9 +385,20 @@ class Registry:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.pointer_path)
-        with open(self.history_path, "a") as fh:
-            fh.write(json.dumps({"action": action} | record) + "\n")
+        self._append({"action": action} | record)
         return champion
+
+    def append_history(self, action: str, version: str, actor: str, reason: str) -> None:
+        """Append one audit record: ``action``, ``version``, ``actor``, ``reason`` and ``at``."""
+        with self._lock():
+            self._append({"action": action, "version": version, "actor": actor, "reason": reason, "at": _now()})
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        with open(self.history_path, "a") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from models.errors import RegistryError
 from models.onnx_model import OnnxModel
-from models.registry import Registry
+from models.registry import MODEL_FILE, Registry
 from training import evaluate
 from training.train import fit, register
 
@@ -59,7 +59,10 @@ def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trig
     n_hold = max(1, int(round(len(fresh) * settings.retraining.holdout_fraction)))
     train_part, holdout = fresh.iloc[:-n_hold], fresh.iloc[-n_hold:]
 
-    fitted = fit(settings, train_part)
+    warm = None
+    if settings.model.warm_start:  # fine-tune from the champion's weights (neural kinds)
+        warm = (registry.verify(champion.version).path / MODEL_FILE).read_bytes()
+    fitted = fit(settings, train_part, warm_start=warm)
     metric, higher_is_better = evaluate.primary(settings.task)
     target = settings.data.target
 

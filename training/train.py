@@ -16,8 +16,8 @@ import pandas as pd
 from sklearn.utils._param_validation import InvalidParameterError
 
 from models.errors import ConfigError
-from models.families import build_pipeline
-from models.onnx_model import OnnxModel, check_parity, export_onnx
+from models.families import fit_model
+from models.onnx_model import OnnxModel, check_parity
 from models.registry import ModelVersion, Registry
 from models.schema import FeatureSchema
 from training import data as data_mod
@@ -62,8 +62,11 @@ class Fitted:
         return OnnxModel.from_bytes(name, self.schema, self.onnx_bytes, self.metadata)
 
 
-def fit(settings: Settings, frame: pd.DataFrame) -> Fitted:
-    """split -> fit -> evaluate -> export -> check parity, on ``frame`` (features and target)."""
+def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None) -> Fitted:
+    """split -> fit -> evaluate -> export -> check parity, on ``frame`` (features and target).
+
+    ``warm_start``: an earlier version's ONNX graph to fine-tune from (neural kinds only).
+    """
     started = time.perf_counter()
     target, timestamp = settings.data.target, settings.data.timestamp
     if timestamp not in frame.columns:
@@ -72,18 +75,18 @@ def fit(settings: Settings, frame: pd.DataFrame) -> Fitted:
     schema = FeatureSchema.infer(frame, dict(settings.features), settings.task, target, tuple(labels))
 
     train, valid = data_mod.split(frame, settings.training.validation_fraction, timestamp, settings.seed)
-    pipeline = build_pipeline(schema, settings.model.kind, settings.model.params, settings.seed)
     try:
-        pipeline.fit(train[schema.names], train[target])
+        model = fit_model(schema, settings.model.kind, settings.model.params, settings.seed,
+                          train[schema.names], train[target], warm_start)
     except InvalidParameterError as exc:  # a parameter value out of range, found at fit time
         raise ConfigError(f"model.params: {exc}") from None
 
     x_valid = valid[schema.names]
-    proba = pipeline.predict_proba(x_valid) if settings.task == "classification" else None
-    metrics = evaluate.score(settings.task, valid[target], pipeline.predict(x_valid), proba, labels)
+    metrics = evaluate.score(settings.task, valid[target], model.predict(x_valid), model.predict_proba(x_valid),
+                             labels)
 
-    onnx_bytes = export_onnx(pipeline, schema)
-    parity = check_parity(pipeline, onnx_bytes, schema, valid)
+    onnx_bytes = model.to_onnx(schema)
+    parity = check_parity(model, onnx_bytes, schema, valid)
 
     reference = frame[schema.names].sample(n=min(settings.training.reference_rows, len(frame)),
                                            random_state=settings.seed)
@@ -98,6 +101,7 @@ def fit(settings: Settings, frame: pd.DataFrame) -> Fitted:
         "libraries": library_versions(),
         "code_revision": code_revision(),
         "seed": settings.seed,
+        "warm_start": warm_start is not None,
         "training_seconds": round(time.perf_counter() - started, 3),
     }
     return Fitted(schema, onnx_bytes, metrics, reference, metadata, time.perf_counter() - started)

@@ -106,7 +106,7 @@ class Settings(BaseSettings):
                                       extra="forbid", frozen=True)
 
     seed: int = 42
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal["classification", "regression", "clustering", "anomaly"] = "classification"
     features: dict[str, Literal["numeric", "categorical"]] = Field(default_factory=dict)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -135,9 +135,10 @@ class Settings(BaseSettings):
                 object.__setattr__(self, key, value)
         if not self.features:
             raise ValueError("features: name at least one feature (name: numeric | categorical)")
-        if self.data.target is None:
+        supervised = self.task in ("classification", "regression")
+        if supervised and self.data.target is None:
             raise ValueError(f"data.target: required for task {self.task!r}")
-        if self.data.target in self.features:
+        if self.data.target is not None and self.data.target in self.features:
             raise ValueError(f"features: the target {self.data.target!r} cannot also be a feature")
         return self
 

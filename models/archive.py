@@ -26,6 +26,7 @@ import os
 import re
 import stat
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from datetime import datetime, timezone
@@ -75,7 +76,10 @@ def export_version(registry: Registry, version: str, path: Path, *, overwrite: b
     for name in FILES:
         if name not in listed:
             raise IntegrityError(f"{mv.tag}: metadata lists no checksum for {name}; refusing to export it")
-        data[name] = (mv.path / name).read_bytes()
+        try:
+            data[name] = (mv.path / name).read_bytes()
+        except FileNotFoundError:
+            raise RegistryError(f"{mv.tag}: {name} disappeared while it was being exported (pruned?)") from None
         if _sha256(data[name]) != listed[name]:  # what is archived is exactly what was verified
             raise IntegrityError(f"{mv.tag}: {name} changed while it was being exported")
     manifest = {
@@ -87,15 +91,16 @@ def export_version(registry: Registry, version: str, path: Path, *, overwrite: b
     }
     members = {MANIFEST: json.dumps(manifest, indent=2, default=str).encode(), **data}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(fd, "wb") as fh:
             (_write_tar if kind == "tar" else _write_zip)(fh, members)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would surprise whoever copies the archive on
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from sklearn import ensemble, linear_model, neighbors, svm, tree
+from sklearn import cluster, ensemble, linear_model, neighbors, svm, tree
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
@@ -34,6 +34,8 @@ class Trained(Protocol):
     def predict(self, x: pd.DataFrame) -> np.ndarray: ...
 
     def predict_proba(self, x: pd.DataFrame) -> np.ndarray | None: ...  # None unless a classifier
+
+    def scores(self, x: pd.DataFrame) -> np.ndarray | None: ...  # distances (clustering), anomaly scores
 
     def to_onnx(self, schema: FeatureSchema) -> bytes: ...
 
@@ -61,10 +63,19 @@ class SklearnModel:
         self.task = task
 
     def predict(self, x: pd.DataFrame) -> np.ndarray:
+        if self.task == "anomaly":  # scikit-learn says -1 for an outlier; we say 1 = anomaly
+            return (self.pipeline.predict(x) == -1).astype(np.int64)
         return self.pipeline.predict(x)
 
     def predict_proba(self, x: pd.DataFrame) -> np.ndarray | None:
         return self.pipeline.predict_proba(x) if self.task == "classification" else None
+
+    def scores(self, x: pd.DataFrame) -> np.ndarray | None:
+        if self.task == "clustering":
+            return self.pipeline.transform(x)
+        if self.task == "anomaly":
+            return -self.pipeline.decision_function(x)
+        return None
 
     def to_onnx(self, schema: FeatureSchema) -> bytes:
         from models.onnx_model import export_onnx
@@ -88,6 +99,13 @@ def _only(estimator: Callable[..., BaseEstimator], seeded: bool) -> Callable[[st
 
 
 CLS_REG = ("classification", "regression")
+DEFAULT_CONTAMINATION = 0.05  # isolation_forest: "auto" flagged 40% of the loans data as anomalies
+
+
+def expected_anomaly_rate(params: dict[str, Any]) -> float:
+    """The share of rows an anomaly model is meant to flag (its ``contamination``)."""
+    value = params.get("contamination", DEFAULT_CONTAMINATION)
+    return DEFAULT_CONTAMINATION if value == "auto" else float(value)
 FAMILIES: dict[str, Family] = {f.kind: f for f in (
     Family("linear_regression", ("regression",), _only(linear_model.LinearRegression, seeded=False)),
     Family("ridge", ("regression",), _only(linear_model.Ridge, seeded=True)),
@@ -107,6 +125,11 @@ FAMILIES: dict[str, Family] = {f.kind: f for f in (
         lambda random_state=None, **kw: svm.SVR(**kw))),
     Family("knn", CLS_REG, _by_task(neighbors.KNeighborsClassifier, neighbors.KNeighborsRegressor,
                                     seeded=False)),
+    Family("kmeans", ("clustering",),
+           _only(lambda **kw: cluster.KMeans(**({"n_clusters": 4, "n_init": 4} | kw)), seeded=True)),
+    Family("isolation_forest", ("anomaly",),
+           _only(lambda **kw: ensemble.IsolationForest(**({"contamination": DEFAULT_CONTAMINATION} | kw)),
+                 seeded=True), scaled=False),
 )}
 
 
@@ -140,9 +163,9 @@ def preprocessor(schema: FeatureSchema, scaled: bool = True) -> ColumnTransforme
 
 
 def fit_model(schema: FeatureSchema, kind: str, params: dict[str, Any] | None, seed: int,
-              x: pd.DataFrame, y: pd.Series, warm_start: bytes | None = None) -> Trained:
-    """Fit the ``kind`` family on features ``x`` and target ``y``; neural families may start
-    from the weights in ``warm_start`` (an earlier version's ONNX graph)."""
+              x: pd.DataFrame, y: pd.Series | None, warm_start: bytes | None = None) -> Trained:
+    """Fit the ``kind`` family on features ``x`` and target ``y`` (None for unsupervised tasks);
+    neural families may start from the weights in ``warm_start`` (an earlier version's graph)."""
     family = family_of(kind, schema.task)
     if warm_start is not None and not family.neural:
         raise ConfigError(f"model.warm_start: {kind!r} cannot fine-tune; only neural kinds can")
@@ -152,7 +175,7 @@ def fit_model(schema: FeatureSchema, kind: str, params: dict[str, Any] | None, s
         except TypeError as exc:
             raise ConfigError(f"model.params: {kind!r} ({schema.task}) refused them: {exc}") from None
     pipeline = build_pipeline(schema, kind, params, seed)
-    pipeline.fit(x, y)
+    pipeline.fit(x, y) if y is not None else pipeline.fit(x)
     return SklearnModel(pipeline, schema.task)
 
 

@@ -130,6 +130,9 @@ class TorchTabularModel:
             return None
         return self._outputs(x)[1].numpy()
 
+    def scores(self, x: pd.DataFrame) -> np.ndarray | None:
+        return None
+
     def to_onnx(self, schema: FeatureSchema) -> bytes:
         from skl2onnx import convert_sklearn
         from skl2onnx.common.data_types import FloatTensorType, StringTensorType

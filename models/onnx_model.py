@@ -49,7 +49,31 @@ def export_onnx(pipeline: Pipeline, schema: FeatureSchema) -> bytes:
             graph = convert_sklearn(pipeline, initial_types=inputs, options=options, target_opset=OPSET)
     except Exception as exc:  # converters raise anything from RuntimeError to NameError
         raise ExportError(f"skl2onnx could not convert {type(pipeline.steps[-1][1]).__name__}: {exc}") from exc
+    if schema.task == "anomaly":
+        graph = _anomaly_outputs(graph)
     return graph.SerializeToString()
+
+
+def _anomaly_outputs(graph: Any) -> Any:
+    """IsolationForest's outputs in driftloop's terms: label 1 = anomaly (scikit-learn: -1) and
+    a score that grows with anomaly (scikit-learn's decision function, negated), both ``(n,)``."""
+    from onnx import TensorProto, helper
+
+    label, scores = (o.name for o in graph.graph.output)
+    g = graph.graph
+    g.initializer.extend([helper.make_tensor("dl_zero", TensorProto.INT64, [], [0]),
+                          helper.make_tensor("dl_flat", TensorProto.INT64, [1], [-1])])
+    g.node.extend([
+        helper.make_node("Less", [label, "dl_zero"], ["dl_is_outlier"]),
+        helper.make_node("Cast", ["dl_is_outlier"], ["dl_label_2d"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["dl_label_2d", "dl_flat"], ["anomaly"]),
+        helper.make_node("Neg", [scores], ["dl_score_2d"]),
+        helper.make_node("Reshape", ["dl_score_2d", "dl_flat"], ["anomaly_score"]),
+    ])
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info("anomaly", TensorProto.INT64, [None]),
+                     helper.make_tensor_value_info("anomaly_score", TensorProto.FLOAT, [None])])
+    return graph
 
 
 def session(onnx_bytes: bytes, providers: list[str] | None = None, threads: int = 1) -> ort.InferenceSession:
@@ -72,6 +96,15 @@ def check_parity(native: Any, onnx_bytes: bytes, schema: FeatureSchema, frame: p
     raises :class:`ExportError` beyond tolerance."""
     preds, proba = run(session(onnx_bytes), schema.feeds(frame))
     x = frame[schema.names]
+    if schema.task in ("clustering", "anomaly"):
+        agreement = float(np.mean(preds == np.asarray(native.predict(x)).reshape(-1)))
+        native_scores = np.asarray(native.scores(x))
+        diff = float(np.max(np.abs(native_scores - proba))) if len(x) else 0.0
+        scale = max(float(np.max(np.abs(native_scores))), 1.0) if len(x) else 1.0
+        if diff > REGRESSION_RTOL * scale or agreement < LABEL_AGREEMENT:
+            raise ExportError(f"ONNX parity failed: max score difference {diff:.2e} (scale {scale:.3g}), "
+                              f"label agreement {agreement:.4f} (required {LABEL_AGREEMENT})")
+        return Parity(len(x), diff, agreement)
     if schema.task == "classification":
         native_proba = native.predict_proba(x)
         diff = float(np.max(np.abs(native_proba - proba))) if len(x) else 0.0

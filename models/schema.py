@@ -16,9 +16,17 @@ import pandas as pd
 from models.errors import SchemaError
 
 FeatureKind = Literal["numeric", "categorical"]
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "regression", "clustering", "anomaly"]
 FEATURE_KINDS: tuple[str, ...] = ("numeric", "categorical")
-TASKS: tuple[str, ...] = ("classification", "regression")
+TASKS: tuple[str, ...] = ("classification", "regression", "clustering", "anomaly")
+SUPERVISED: tuple[str, ...] = ("classification", "regression")
+# The graph's second output, by task, and its name in a /predict answer.
+SECOND_OUTPUT: dict[str, str | None] = {
+    "classification": "probabilities",  # (n, classes), in the order of the schema's labels
+    "regression": None,
+    "clustering": "distances",  # (n, clusters): distance to every cluster centre
+    "anomaly": "anomaly_scores",  # (n,): higher is more anomalous; predictions are 1 = anomaly
+}
 
 
 @dataclass(frozen=True)

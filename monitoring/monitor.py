@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from models.registry import Registry
+from models.schema import SUPERVISED
 from monitoring import policy as pol
 from monitoring.drift import check_drift
 from monitoring.metrics import MonitorMetrics
@@ -97,8 +98,8 @@ class Monitor:
         labelled = int(frame["label"].notna().sum())
         newest = _utc(frame["created_at"].max())
         waited = self.clock() - newest.timestamp()
-        if labelled / len(frame) < self.settings.monitoring.min_label_coverage and \
-                waited < self.settings.monitoring.label_wait_s:
+        if self.settings.task in SUPERVISED and labelled / len(frame) < self.settings.monitoring.min_label_coverage \
+                and waited < self.settings.monitoring.label_wait_s:
             return None  # labels are still arriving
         return self.check_window(index, frame)
 
@@ -151,8 +152,11 @@ class Monitor:
 
     def _retrain(self, index: int, decision: pol.Decision, frame: pd.DataFrame) -> str:
         first_id = self._first_id(decision.since_window, frame)
-        fresh = self.store.labelled_rows(first_id, int(frame["id"].iloc[-1]))
-        fresh = fresh.rename(columns={"label": self.settings.data.target})
+        last_id = int(frame["id"].iloc[-1])
+        if self.settings.task in SUPERVISED:
+            fresh = self.store.labelled_rows(first_id, last_id).rename(columns={"label": self.settings.data.target})
+        else:  # unsupervised kinds retrain on the inputs alone
+            fresh = self.store.rows_between(first_id, last_id)
         if self.settings.data.timestamp:
             fresh[self.settings.data.timestamp] = fresh["created_at"]
         trigger = "decay" if "decay" in decision.signals else "drift"

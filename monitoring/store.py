@@ -187,6 +187,15 @@ class PredictionStore:
             rows = conn.execute(q).mappings().all()
         return _frame(rows)
 
+    def rows_between(self, first_id: int, last_id: int) -> pd.DataFrame:
+        """Every prediction with an id in ``[first_id, last_id]``, labelled or not, in id order."""
+        q = (sa.select(predictions, feedback.c.label)
+             .select_from(predictions.outerjoin(feedback, predictions.c.request_id == feedback.c.request_id))
+             .where(predictions.c.id.between(first_id, last_id)).order_by(predictions.c.id))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        return _frame(rows)
+
     def labelled_rows(self, first_id: int, last_id: int) -> pd.DataFrame:
         """Predictions with ids in ``[first_id, last_id]`` that have a label, in id order."""
         q = (sa.select(predictions, feedback.c.label)

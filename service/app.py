@@ -40,8 +40,10 @@ class Label(BaseModel):
 
 class PredictResponse(BaseModel):
     model_version: str
-    predictions: list[Scalar]
-    probabilities: list[list[float]] | None = None
+    predictions: list[Scalar]  # class, value, cluster id, or 1 = anomaly / 0 = normal
+    probabilities: list[list[float]] | None = None  # classification
+    distances: list[list[float]] | None = None  # clustering: to every cluster centre
+    anomaly_scores: list[float] | None = None  # anomaly: higher is more anomalous
     request_ids: list[str]
 
 
@@ -98,7 +100,9 @@ class Driftloop:
     def predict(self, rows: Annotated[list[dict[str, Any]], Field(examples=[[ROW_EXAMPLE]])]) -> PredictResponse:
         """Predict one answer per row; every row gets a request id for later feedback."""
         try:
-            return PredictResponse(**self.serving.predict(rows))
+            # A ready Response: BentoML passes it through instead of re-validating the model
+            # against its schema; fields that do not apply to the task are left out.
+            return JSONResponse(self.serving.predict(rows))  # type: ignore[return-value]
         except SchemaError as exc:
             return _error(422, str(exc), exc.field)  # type: ignore[return-value]
         except NotReady as exc:

@@ -22,6 +22,7 @@ import numpy as np
 
 from models.errors import DriftloopError, SchemaError
 from models.onnx_model import OnnxModel
+from models.schema import SECOND_OUTPUT, SUPERVISED
 from models.registry import Registry
 from monitoring.store import PredictionStore, utcnow
 from service.metrics import ServingMetrics
@@ -144,10 +145,10 @@ class Serving:
         if model is None or self.stopping:
             raise NotReady("no champion model is loaded yet" if model is None else "the service is shutting down")
         feeds = model.schema.validate_rows(rows, self.max_rows)
-        preds, proba = model.predict(feeds)
+        preds, second = model.predict(feeds)
         predictions = preds.tolist()
         ids = [new_request_id() for _ in predictions]
-        confidence = proba.max(axis=1).tolist() if proba is not None else [None] * len(ids)
+        confidence = _confidence(model.schema.task, second, len(ids))
         now = utcnow()
         self.writer.submit([
             {"request_id": rid, "created_at": now, "model_version": model.version, "features": row,
@@ -156,8 +157,9 @@ class Serving:
         ])
         self._count(model.version, predictions)
         answer: dict[str, Any] = {"model_version": model.version, "predictions": predictions, "request_ids": ids}
-        if proba is not None:
-            answer["probabilities"] = np.round(proba.astype(np.float64), 6).tolist()
+        field = SECOND_OUTPUT[model.schema.task]
+        if field is not None and second is not None:
+            answer[field] = np.round(second.astype(np.float64), 6).tolist()
         return answer
 
     def feedback(self, labels: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -213,14 +215,31 @@ class Serving:
         self.metrics.swaps.labels("refused").inc()
 
     def _count(self, version: str, predictions: list[Any]) -> None:
-        values, counts = np.unique(np.asarray(predictions, dtype=object).astype(str), return_counts=True) \
-            if self.model and self.model.schema.task == "classification" else ([""], [len(predictions)])
+        """Predicted rows by class (cluster, anomaly flag); regression values are not labels."""
+        if self.model is not None and self.model.schema.task == "regression":
+            self.metrics.predictions.labels(version, "").inc(len(predictions))
+            return
+        values, counts = np.unique(np.asarray(predictions, dtype=object).astype(str), return_counts=True)
         for value, count in zip(values, counts):
             self.metrics.predictions.labels(version, str(value)).inc(int(count))
 
 
+def _confidence(task: str, second: np.ndarray | None, n: int) -> list[float | None]:
+    """The number logged beside each prediction: top-class probability (classification),
+    distance to the chosen cluster (clustering), anomaly score (anomaly)."""
+    if second is None:
+        return [None] * n
+    if task == "classification":
+        return second.max(axis=1).tolist()
+    if task == "clustering":
+        return second.min(axis=1).tolist()
+    return np.asarray(second, dtype=np.float64).reshape(-1).tolist()
+
+
 def _check_labels(labels: list[tuple[str, Any]], model: OnnxModel) -> None:
     schema = model.schema
+    if schema.task not in SUPERVISED:  # a label here is whatever the user knows (e.g. a confirmed anomaly)
+        return
     for i, (_, label) in enumerate(labels):
         if schema.task == "classification":
             if schema.labels and label not in schema.labels:

@@ -30,9 +30,9 @@ def regression_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
 
 @pytest.mark.parametrize(("kind", "task"), CASES, ids=[f"{k}-{t}" for k, t in CASES])
 def test_family_round_trip(kind: str, task: str, tmp_path: Path, loans: pd.DataFrame) -> None:
-    if task == "classification":
+    if task != "regression":
         frame = loans[loans["period"] == "train"].head(500).reset_index(drop=True)
-        settings = make_settings(tmp_path, model={"kind": kind})
+        settings = make_settings(tmp_path, task=task, model={"kind": kind})
     else:
         frame = regression_frame()
         # SVR's default C=1 underfits a target in the hundreds (no target scaling in the graph yet).
@@ -52,6 +52,12 @@ def test_family_round_trip(kind: str, task: str, tmp_path: Path, loans: pd.DataF
     if task == "classification":
         assert set(preds.tolist()) <= {0, 1} and proba.shape == (20, 2)
         assert result.metrics["accuracy"] > 0.6
+    elif task == "clustering":
+        assert set(preds.tolist()) <= set(range(4)) and proba.shape == (20, 4)  # distances to 4 centres
+        assert (proba.argmin(axis=1) == preds).all() and 0 < result.metrics["separation"] < 1
+    elif task == "anomaly":
+        assert set(preds.tolist()) <= {0, 1} and proba.shape == (20,)
+        assert result.metrics["rate_error"] < 0.05  # flags about the 5% it is meant to
     else:
         assert proba is None
         assert result.metrics["r2"] > 0.5, result.metrics

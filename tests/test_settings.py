@@ -92,7 +92,7 @@ def test_unknown_key_in_overrides_is_named(tmp_path: Path) -> None:
     ({"monitoring": {"window_rows": "many"}}, "monitoring.window_rows"),
     ({"serving": {"port": 70000}}, "serving.port"),
     ({"monitoring": {"window_rows": 5}}, "monitoring.window_rows"),  # below its minimum of 10
-    ({"task": "clustering"}, "task"),
+    ({"task": "forecasting"}, "task"),
     ({"features": {"income": "text"}}, "features.income"),
 ])
 def test_wrong_type_or_value_names_the_key(tmp_path: Path, data: dict, key: str) -> None:

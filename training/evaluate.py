@@ -22,7 +22,83 @@ def classification_metrics(y_true: Any, y_pred: Any, proba: np.ndarray | None,
         else:
             out["roc_auc"] = float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels))
         out["log_loss"] = float(skm.log_loss(y_true, proba, labels=labels))
+    if proba is not None and len(y_true) > 0 and np.shape(proba)[-1] == len(labels):
+        figures = calibration(y_true, proba, labels)
+        out["ece"], out["brier"] = figures["ece"], figures["brier"]
     return out
+
+
+def calibration(y_true: Any, proba: np.ndarray, labels: list[Any], bins: int = 10) -> dict[str, Any]:
+    """How far the classifier's probabilities can be taken at their word.
+
+    ``proba``'s columns are in the order of ``labels``. Returns
+
+    - ``ece``: expected calibration error of the top-label confidence (the largest probability
+      of a row) against accuracy, over ``bins`` equal-width bins of [0, 1]: the row-weighted
+      mean of ``|accuracy - mean confidence|`` per bin. 0 is perfectly calibrated.
+    - ``brier``: the Brier score. Binary: ``mean((y == labels[1]) - p1)^2``, in [0, 1];
+      multi-class: the squared distance between the one-hot label and the probability row,
+      summed over classes and averaged over rows, in [0, 2] (scikit-learn's convention).
+    - ``bins``: one row per bin, for a reliability diagram: ``lower``, ``upper`` (bin edges;
+      each bin holds ``lower <= confidence < upper``, the last one also 1.0), ``confidence``
+      (mean), ``accuracy`` and ``count``; confidence and accuracy are None in an empty bin.
+    """
+    y = np.asarray(y_true)
+    p = np.asarray(proba, dtype=float)
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    if p.ndim != 2 or p.shape != (len(y), len(labels)):
+        raise ValueError(f"proba has shape {p.shape}; expected ({len(y)}, {len(labels)}): "
+                         "one row per label and one column per class")
+    if len(y) == 0:
+        raise ValueError("calibration needs at least one row")
+    onehot = (y[:, None] == np.asarray(labels, dtype=object)[None, :]).astype(float)
+    if len(labels) == 2:
+        brier = float(np.mean((onehot[:, 1] - p[:, 1]) ** 2))
+    else:
+        brier = float(np.mean(np.sum((onehot - p) ** 2, axis=1)))
+
+    top = p.argmax(axis=1)
+    confidence = p[np.arange(len(y)), top]
+    correct = onehot[np.arange(len(y)), top]
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        in_bin = which == b
+        count = int(in_bin.sum())
+        row: dict[str, Any] = {"lower": float(edges[b]), "upper": float(edges[b + 1]),
+                               "confidence": None, "accuracy": None, "count": count}
+        if count:
+            row["confidence"] = float(confidence[in_bin].mean())
+            row["accuracy"] = float(correct[in_bin].mean())
+            ece += count / len(y) * abs(row["accuracy"] - row["confidence"])
+        table.append(row)
+    return {"ece": float(ece), "brier": brier, "bins": table}
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, labels: list[Any]) -> list[list[int]]:
+    """Counts, ``matrix[i][j]``: rows whose true label is ``labels[i]``, predicted ``labels[j]``.
+    Rows whose true or predicted label is not in ``labels`` are not counted."""
+    index = {label: i for i, label in enumerate(plain_labels(labels))}
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(plain_labels(y_true), plain_labels(y_pred), strict=True):
+        i, j = index.get(t), index.get(p)
+        if i is not None and j is not None:
+            matrix[i, j] += 1
+    return matrix.tolist()
+
+
+def residual_summary(y_true: Any, y_pred: Any) -> dict[str, float]:
+    """Summary of the residuals ``y_true - y_pred`` (positive: the model predicted too low)."""
+    residuals = np.asarray(y_true, dtype=float) - np.asarray(y_pred, dtype=float)
+    if residuals.size == 0:
+        raise ValueError("residual_summary needs at least one row")
+    q = np.quantile(residuals, [0.05, 0.25, 0.5, 0.75, 0.95])
+    return {"count": float(residuals.size), "mean": float(residuals.mean()), "std": float(residuals.std()),
+            "min": float(residuals.min()), "p05": float(q[0]), "p25": float(q[1]), "median": float(q[2]),
+            "p75": float(q[3]), "p95": float(q[4]), "max": float(residuals.max()),
+            "mean_abs": float(np.abs(residuals).mean())}
 
 
 def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
@@ -31,13 +107,47 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
             "r2": float(skm.r2_score(y_true, y_pred))}
 
 
+def clustering_metrics(distances: np.ndarray) -> dict[str, float]:
+    """From each row's distances to every centre (the graph's own output, so comparable between
+    versions whatever their scaling): how far rows sit from their centre, and ``separation``,
+    the simplified silhouette ``mean((d2 - d1) / d2)`` with d1, d2 the nearest and second
+    nearest centres (1: every row right on a centre and far from the next; 0: undecided)."""
+    d = np.sort(np.asarray(distances, dtype=float), axis=1)
+    nearest = d[:, 0]
+    second = d[:, 1] if d.shape[1] > 1 else d[:, 0]
+    separation = np.where(second > 0, (second - nearest) / np.where(second > 0, second, 1.0), 0.0)
+    return {"separation": float(separation.mean()), "mean_distance": float(nearest.mean()),
+            "inertia": float(np.mean(nearest ** 2)), "clusters_used": float(len(np.unique(d.argmin(axis=1))))}
+
+
+def anomaly_metrics(flags: Any, scores: np.ndarray, expected_rate: float) -> dict[str, float]:
+    """How many rows are flagged against how many the model is meant to flag (``rate_error``,
+    what the gate compares without labels), and the score distribution."""
+    rate = float(np.mean(np.asarray(flags, dtype=float)))
+    s = np.asarray(scores, dtype=float).reshape(-1)
+    return {"anomaly_rate": rate, "rate_error": abs(rate - expected_rate), "expected_rate": expected_rate,
+            "score_mean": float(s.mean()), "score_p95": float(np.quantile(s, 0.95))}
+
+
 def score(task: str, y_true: Any, y_pred: Any, proba: np.ndarray | None = None,
-          labels: list[Any] | None = None) -> dict[str, float]:
+          labels: list[Any] | None = None, *, scores: np.ndarray | None = None,
+          expected_anomaly_rate: float = 0.05) -> dict[str, float]:
+    """The metrics of ``task``; unsupervised tasks need no ``y_true`` but the graph's ``scores``."""
     if task == "classification":
         return classification_metrics(y_true, y_pred, proba, labels or sorted(set(np.asarray(y_true).tolist())))
+    if task == "clustering":
+        return clustering_metrics(scores)
+    if task == "anomaly":
+        return anomaly_metrics(y_pred, scores, expected_anomaly_rate)
     return regression_metrics(y_true, y_pred)
 
 
 def primary(task: str) -> tuple[str, bool]:
     """The metric the gate compares, and whether higher is better."""
-    return ("accuracy", True) if task == "classification" else ("rmse", False)
+    return {"classification": ("accuracy", True), "regression": ("rmse", False),
+            "clustering": ("separation", True), "anomaly": ("rate_error", False)}[task]
+
+
+def plain_labels(values: Any) -> list[Any]:
+    """Python scalars (``np.int64(1)`` -> ``1``), so labels compare and serialise as themselves."""
+    return [v.item() if isinstance(v, np.generic) else v for v in values]

@@ -18,7 +18,9 @@ import pandas as pd
 
 from models.errors import RegistryError
 from models.onnx_model import OnnxModel
+from models.families import expected_anomaly_rate
 from models.registry import MODEL_FILE, Registry
+from models.schema import SUPERVISED
 from training import evaluate
 from training.train import fit, register
 
@@ -47,14 +49,16 @@ class RetrainOutcome:
 
 def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trigger: str,
             reason: str, actor: str = "monitor") -> RetrainOutcome:
-    """Train a candidate on ``fresh`` (features, target, time order), gate it, register it."""
+    """Train a candidate on ``fresh`` (features, target if supervised, time order), gate it,
+    register it. Unsupervised kinds retrain on inputs alone."""
     started = time.perf_counter()
     champion = registry.champion()
     if champion is None:
         raise RegistryError("no champion to compare a candidate with; train and promote one first")
     need = settings.retraining.min_rows
     if len(fresh) < need:
-        return RetrainOutcome(WAITING, f"{len(fresh)} labelled rows since the drift began; {need} needed",
+        what = "labelled rows" if settings.task in SUPERVISED else "rows"
+        return RetrainOutcome(WAITING, f"{len(fresh)} {what} since the drift began; {need} needed",
                               champion.version)
     n_hold = max(1, int(round(len(fresh) * settings.retraining.holdout_fraction)))
     train_part, holdout = fresh.iloc[:-n_hold], fresh.iloc[-n_hold:]
@@ -66,9 +70,15 @@ def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trig
     metric, higher_is_better = evaluate.primary(settings.task)
     target = settings.data.target
 
+    task = settings.task
+    supervised = task in SUPERVISED
+    rate = expected_anomaly_rate(settings.model.params)
+
     def score(model: OnnxModel) -> float:
-        preds, proba = model.predict_frame(holdout)
-        return evaluate.score(settings.task, holdout[target], preds, proba, list(model.schema.labels) or None)[metric]
+        preds, second = model.predict_frame(holdout)
+        return evaluate.score(task, holdout[target] if supervised else None, preds,
+                              second if task == "classification" else None, list(model.schema.labels) or None,
+                              scores=None if supervised else second, expected_anomaly_rate=rate)[metric]
 
     candidate_score, champion_score = score(fitted.model()), score(registry.load(champion.version))
     gain = (candidate_score - champion_score) * (1 if higher_is_better else -1)

@@ -16,10 +16,10 @@ import pandas as pd
 from sklearn.utils._param_validation import InvalidParameterError
 
 from models.errors import ConfigError
-from models.families import fit_model
+from models.families import expected_anomaly_rate, fit_model
 from models.onnx_model import OnnxModel, check_parity
 from models.registry import ModelVersion, Registry
-from models.schema import FeatureSchema
+from models.schema import SUPERVISED, FeatureSchema
 from training import data as data_mod
 from training import evaluate, scenarios
 
@@ -68,22 +68,23 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
     ``warm_start``: an earlier version's ONNX graph to fine-tune from (neural kinds only).
     """
     started = time.perf_counter()
-    target, timestamp = settings.data.target, settings.data.timestamp
-    if timestamp not in frame.columns:
-        timestamp = None
+    supervised = settings.task in SUPERVISED
+    target = settings.data.target if supervised else None  # unsupervised kinds learn from inputs only
+    timestamp = settings.data.timestamp if settings.data.timestamp in frame.columns else None
     labels = sorted(frame[target].unique().tolist()) if settings.task == "classification" else []
     schema = FeatureSchema.infer(frame, dict(settings.features), settings.task, target, tuple(labels))
 
     train, valid = data_mod.split(frame, settings.training.validation_fraction, timestamp, settings.seed)
     try:
         model = fit_model(schema, settings.model.kind, settings.model.params, settings.seed,
-                          train[schema.names], train[target], warm_start)
+                          train[schema.names], train[target] if target else None, warm_start)
     except InvalidParameterError as exc:  # a parameter value out of range, found at fit time
         raise ConfigError(f"model.params: {exc}") from None
 
     x_valid = valid[schema.names]
-    metrics = evaluate.score(settings.task, valid[target], model.predict(x_valid), model.predict_proba(x_valid),
-                             labels)
+    metrics = evaluate.score(settings.task, valid[target] if target else None, model.predict(x_valid),
+                             model.predict_proba(x_valid), labels, scores=model.scores(x_valid),
+                             expected_anomaly_rate=expected_anomaly_rate(settings.model.params))
 
     onnx_bytes = model.to_onnx(schema)
     parity = check_parity(model, onnx_bytes, schema, valid)
@@ -96,7 +97,7 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
         "metrics": metrics,
         "parity": parity.to_dict(),
         "rows": {"train": len(train), "validation": len(valid)},
-        "data_fingerprint": fingerprint(frame[[*schema.names, target]]),
+        "data_fingerprint": fingerprint(frame[[*schema.names, *([target] if target else [])]]),
         "time_range": _time_range(frame, timestamp),
         "libraries": library_versions(),
         "code_revision": code_revision(),

@@ -51,18 +51,24 @@ def train(config: ConfigOpt = None,
           promote: Annotated[bool, typer.Option(help="Make the new version champion (always if there is none).")] = False,
           ) -> None:
     """Train a model on the configured data, export it to ONNX, register it."""
-    _logging()
+    logging.basicConfig(level=logging.WARNING)
     try:
-        from training.train import initial_frame, train_version
+        from training.report import metrics_table
+        from training.train import initial_frame, report_dir, train_version
 
         settings = _settings(config)
         registry = _registry(settings)
         champion = registry.champion()
-        result = train_version(settings, initial_frame(settings), registry, trigger="manual" if champion else "initial",
-                               parent=champion.version if champion else None)
+        frame = initial_frame(settings)
+        typer.echo(f"training {settings.model.kind} ({settings.task}) on {len(frame)} rows")
+        result = train_version(settings, frame, registry, trigger="manual" if champion else "initial",
+                               parent=champion.version if champion else None,
+                               progress=lambda line: typer.echo(f"  {line}"))
         typer.echo(f"registered {result.version.tag} in {result.seconds:.1f}s")
-        for name, value in result.metrics.items():
-            typer.echo(f"  {name:<10} {value:.4f}")
+        typer.echo(metrics_table(result.metrics))
+        report = report_dir(registry, result.version.version)
+        if report.exists():
+            typer.echo(f"report: {report}")
         if promote or champion is None:
             registry.promote(result.version.version, actor=_actor(), reason="driftloop train")
             typer.echo(f"champion: {result.version.version}")

@@ -140,7 +140,15 @@ def _mlp(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series, params: dict[str,
     return fit_mlp(schema, x, y, params, seed, warm_start)
 
 
+def _autoencoder(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None, params: dict[str, Any], seed: int,
+                 warm_start: bytes | None) -> Trained:
+    from models.neural import fit_autoencoder
+
+    return fit_autoencoder(schema, x, y, params, seed, warm_start)
+
+
 FAMILIES["mlp"] = Family("mlp", CLS_REG, fitter=_mlp, neural=True)
+FAMILIES["autoencoder"] = Family("autoencoder", ("anomaly",), fitter=_autoencoder, neural=True)
 
 
 def family_of(kind: str, task: str) -> Family:

@@ -159,7 +159,8 @@ def _export_network(head: Any, n_in: int, task: str) -> Any:
     import onnx
     import torch
 
-    outputs = ["label_index", "probabilities"] if task == "classification" else ["prediction"]
+    outputs = {"classification": ["label_index", "probabilities"], "regression": ["prediction"],
+               "anomaly": ["anomaly", "anomaly_score"]}[task]
     example = (torch.zeros(2, n_in),)
     chatty = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
     levels = [logger.level for logger in chatty]
@@ -199,6 +200,8 @@ def _compose(pre: Any, net: Any, task: str, classes: list[Any]) -> bytes:
         merged.graph.initializer.append(table)
         merged.graph.node.append(helper.make_node("Gather", ["class_labels", "label_index"], ["label"], axis=0))
         merged.graph.output.extend([label, outputs["probabilities"]])
+    elif task == "anomaly":
+        merged.graph.output.extend([outputs["anomaly"], outputs["anomaly_score"]])
     else:
         merged.graph.output.append(outputs["prediction"])
     onnx.checker.check_model(merged)
@@ -289,3 +292,129 @@ def _load_matching(net: Any, weights: dict[str, np.ndarray]) -> int:
     net.load_state_dict(state)
     log.info("warm start: %d of %d weight tensors copied from the champion", copied, len(state))
     return copied
+
+
+# -- the autoencoder: anomaly scores from reconstruction error ---------------------------------
+
+
+@dataclass(frozen=True)
+class AutoencoderParams(MLPParams):
+    hidden: tuple[int, ...] = (32, 8)  # encoder widths; the decoder mirrors them
+    contamination: float = 0.05  # share of training rows above the anomaly threshold
+
+
+class _Reconstruction:
+    @staticmethod
+    def build(net: Any, threshold: float) -> Any:
+        import torch
+
+        class Scorer(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                error = torch.mean((self.net(x) - x) ** 2, dim=1)
+                return (error > threshold).to(torch.int64), error
+
+        return Scorer().eval()
+
+
+class TorchAutoencoderModel:
+    """Preprocessing + autoencoder: a row is an anomaly when it reconstructs badly."""
+
+    task = "anomaly"
+
+    def __init__(self, pre: ColumnTransformer, net: Any, threshold: float, epochs: int = 0) -> None:
+        self.pre = pre
+        self.net = net.eval()
+        self.threshold = threshold
+        self.epochs = epochs
+
+    def _outputs(self, x: pd.DataFrame) -> Any:
+        import torch
+
+        with torch.no_grad():
+            matrix = torch.from_numpy(np.asarray(self.pre.transform(x), dtype=np.float32))
+            return _Reconstruction.build(self.net, self.threshold)(matrix)
+
+    def predict(self, x: pd.DataFrame) -> np.ndarray:
+        return self._outputs(x)[0].numpy()
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray | None:
+        return None
+
+    def scores(self, x: pd.DataFrame) -> np.ndarray:
+        return self._outputs(x)[1].numpy()
+
+    def to_onnx(self, schema: FeatureSchema) -> bytes:
+        from skl2onnx import convert_sklearn
+        from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+        inputs = [(f.name, FloatTensorType([None, 1]) if f.kind == "numeric" else StringTensorType([None, 1]))
+                  for f in schema.features]
+        try:
+            pre = convert_sklearn(self.pre, initial_types=inputs, target_opset={"": OPSET, "ai.onnx.ml": 3})
+            width = int(self.pre.transform(pd.DataFrame([{f.name: _example(f) for f in schema.features}])).shape[1])
+            net = _export_network(_Reconstruction.build(self.net, self.threshold), width, "anomaly")
+            return _compose(pre, net, "anomaly", [])
+        except Exception as exc:
+            raise ExportError(f"could not export the autoencoder to ONNX: {exc}") from exc
+
+
+def fit_autoencoder(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None, params: dict[str, Any],
+                    seed: int, warm_start: bytes | None = None) -> TorchAutoencoderModel:
+    import torch
+
+    from models.families import preprocessor
+
+    p = AutoencoderParams.parse(params)
+    if not 0.0 < p.contamination < 0.5:
+        raise ConfigError(f"model.params.contamination must be in (0, 0.5), got {p.contamination}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    pre = preprocessor(schema).fit(x)
+    xs = torch.from_numpy(np.asarray(pre.transform(x), dtype=np.float32))
+    widths = [xs.shape[1], *p.hidden]
+    layers: list[Any] = []
+    for a, b in zip(widths[:-1], widths[1:]):  # encoder
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    for a, b in zip(widths[::-1][:-1], widths[::-1][1:]):  # decoder
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    net = torch.nn.Sequential(*layers[:-1])  # linear output
+    if warm_start is not None:
+        _load_matching(net, warm_weights(warm_start))
+
+    order = rng.permutation(len(xs))
+    n_val = max(1, int(len(xs) * p.validation_fraction))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    opt = torch.optim.Adam(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    loss_fn = torch.nn.MSELoss()
+    best, best_state, waited, epoch = float("inf"), None, 0, 0
+    for epoch in range(1, p.epochs + 1):
+        net.train()
+        for start in range(0, len(train_idx), p.batch_size):
+            batch = xs[torch.from_numpy(train_idx[start:start + p.batch_size])]
+            opt.zero_grad()
+            loss_fn(net(batch), batch).backward()
+            opt.step()
+        rng.shuffle(train_idx)
+        net.eval()
+        with torch.no_grad():
+            val_loss = float(loss_fn(net(xs[val_idx]), xs[val_idx]))
+        if val_loss < best - 1e-6:
+            best, waited = val_loss, 0
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= p.patience:
+                break
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    net.eval()
+    with torch.no_grad():
+        errors = torch.mean((net(xs) - xs) ** 2, dim=1).numpy()
+    threshold = float(np.quantile(errors, 1.0 - p.contamination))
+    log.info("autoencoder trained for %d epochs; threshold %.4g flags %.1f%% of training rows", epoch, threshold,
+             100 * float(np.mean(errors > threshold)))
+    return TorchAutoencoderModel(pre, net, threshold, epochs=epoch)

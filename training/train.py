@@ -7,6 +7,7 @@ import logging
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -22,6 +23,7 @@ from models.registry import ModelVersion, Registry
 from models.schema import SUPERVISED, FeatureSchema
 from training import data as data_mod
 from training import evaluate, scenarios
+from training.report import permutation_importance, write_report
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings
@@ -46,6 +48,19 @@ def initial_frame(settings: Settings) -> pd.DataFrame:
     return frame[frame["period"] == "train"].reset_index(drop=True)
 
 
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the validation split showed: kept for the version's report."""
+
+    y_true: Any
+    y_pred: Any
+    proba: Any
+    importance: dict[str, dict[str, float]]
+
+
 @dataclass(frozen=True)
 class Fitted:
     """A trained, exported, parity-checked model that is not registered yet."""
@@ -56,18 +71,22 @@ class Fitted:
     reference: pd.DataFrame
     metadata: dict[str, Any]
     seconds: float
+    evaluation: Evaluation | None = None
 
     def model(self, name: str = "candidate") -> OnnxModel:
         """The exported graph in onnxruntime: what would serve it."""
         return OnnxModel.from_bytes(name, self.schema, self.onnx_bytes, self.metadata)
 
 
-def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None) -> Fitted:
+def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None,
+        progress: Progress | None = None) -> Fitted:
     """split -> fit -> evaluate -> export -> check parity, on ``frame`` (features and target).
 
     ``warm_start``: an earlier version's ONNX graph to fine-tune from (neural kinds only).
+    ``progress`` hears one line per finished step.
     """
     started = time.perf_counter()
+    step = _Steps(progress)
     supervised = settings.task in SUPERVISED
     target = settings.data.target if supervised else None  # unsupervised kinds learn from inputs only
     timestamp = settings.data.timestamp if settings.data.timestamp in frame.columns else None
@@ -75,19 +94,29 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
     schema = FeatureSchema.infer(frame, dict(settings.features), settings.task, target, tuple(labels))
 
     train, valid = data_mod.split(frame, settings.training.validation_fraction, timestamp, settings.seed)
+    step(f"split {len(frame)} rows: {len(train)} to train, {len(valid)} to validate"
+         f"{' (time-ordered)' if timestamp else ' (shuffled)'}")
     try:
         model = fit_model(schema, settings.model.kind, settings.model.params, settings.seed,
                           train[schema.names], train[target] if target else None, warm_start)
     except InvalidParameterError as exc:  # a parameter value out of range, found at fit time
         raise ConfigError(f"model.params: {exc}") from None
+    step(f"fit {settings.model.kind}{' (fine-tuned from the champion)' if warm_start else ''}")
 
     x_valid = valid[schema.names]
-    metrics = evaluate.score(settings.task, valid[target] if target else None, model.predict(x_valid),
-                             model.predict_proba(x_valid), labels, scores=model.scores(x_valid),
+    y_valid = valid[target] if target else None
+    preds, proba = model.predict(x_valid), model.predict_proba(x_valid)
+    metrics = evaluate.score(settings.task, y_valid, preds, proba, labels, scores=model.scores(x_valid),
                              expected_anomaly_rate=expected_anomaly_rate(settings.model.params))
+    importance: dict[str, dict[str, float]] = {}
+    if y_valid is not None:  # what the model relies on: permutation importance on the validation rows
+        importance = permutation_importance(model, x_valid, y_valid, settings.task, settings.seed, repeats=3,
+                                            max_rows=1000)
+    step("evaluated on the validation rows" + (f"; most important: {next(iter(importance))}" if importance else ""))
 
     onnx_bytes = model.to_onnx(schema)
     parity = check_parity(model, onnx_bytes, schema, valid)
+    step(f"exported to ONNX ({len(onnx_bytes) / 1024:.0f} KiB); parity: max difference {parity.max_abs_diff:.1e}")
 
     reference = frame[schema.names].sample(n=min(settings.training.reference_rows, len(frame)),
                                            random_state=settings.seed)
@@ -103,23 +132,50 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
         "code_revision": code_revision(),
         "seed": settings.seed,
         "warm_start": warm_start is not None,
+        "importance": {name: round(v["mean"], 6) for name, v in importance.items()},
         "training_seconds": round(time.perf_counter() - started, 3),
     }
-    return Fitted(schema, onnx_bytes, metrics, reference, metadata, time.perf_counter() - started)
+    return Fitted(schema, onnx_bytes, metrics, reference, metadata, time.perf_counter() - started,
+                  Evaluation(y_valid, preds, proba, importance))
 
 
 def register(registry: Registry, fitted: Fitted, *, trigger: str, parent: str | None = None,
              extra: dict[str, Any] | None = None) -> ModelVersion:
+    """Store the version, then write its evaluation report beside the registry."""
     version = registry.register(fitted.onnx_bytes, fitted.schema, fitted.reference,
                                 fitted.metadata | (extra or {}), trigger=trigger, parent=parent)
     log.info("registered %s (%s, %s): %s", version.tag, fitted.metadata["kind"], trigger, _fmt(fitted.metrics))
+    if fitted.evaluation is not None and fitted.schema.task in SUPERVISED:
+        ev = fitted.evaluation
+        write_report(report_dir(registry, version.version), version.tag, fitted.schema.task, ev.y_true, ev.y_pred,
+                     ev.proba, list(fitted.schema.labels) or None, fitted.metrics, ev.importance)
     return version
 
 
+def report_dir(registry: Registry, version: str) -> Path:
+    """Where a version's evaluation report lives: report.json and its PNG figures."""
+    return registry.home / "driftloop" / registry.project / "reports" / version
+
+
+class _Steps:
+    """Times the recipe's steps and reports each as it finishes."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._last = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        now = time.perf_counter()
+        if self._progress is not None:
+            self._progress(f"{message} [{now - self._last:.1f}s]")
+        self._last = now
+
+
 def train_version(settings: Settings, frame: pd.DataFrame, registry: Registry, *, trigger: str,
-                  parent: str | None = None, extra: dict[str, Any] | None = None) -> TrainResult:
+                  parent: str | None = None, extra: dict[str, Any] | None = None,
+                  progress: Progress | None = None) -> TrainResult:
     """The whole recipe: fit the configured model on ``frame`` and register it (not promoted)."""
-    fitted = fit(settings, frame)
+    fitted = fit(settings, frame, progress=progress)
     version = register(registry, fitted, trigger=trigger, parent=parent, extra=extra)
     return TrainResult(version, fitted.metrics, fitted.seconds)
 

@@ -147,6 +147,16 @@ def _autoencoder(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None, pa
     return fit_autoencoder(schema, x, y, params, seed, warm_start)
 
 
+def _lightgbm(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None, params: dict[str, Any], seed: int,
+              warm_start: bytes | None) -> Trained:
+    from models.boosting import fit_boosting  # lightgbm and onnxmltools only when used
+
+    return fit_boosting(schema, x, y, params, seed, warm_start)
+
+
+# Histogram gradient boosting: scikit-learn's HistGradientBoosting* do not convert with
+# skl2onnx 1.20 under protobuf 7 (a bool in an int attribute), LightGBM via onnxmltools does.
+FAMILIES["lightgbm"] = Family("lightgbm", CLS_REG, fitter=_lightgbm)
 FAMILIES["mlp"] = Family("mlp", CLS_REG, fitter=_mlp, neural=True)
 FAMILIES["autoencoder"] = Family("autoencoder", ("anomaly",), fitter=_autoencoder, neural=True)
 

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from driftloop.settings import Settings
 
 log = logging.getLogger("driftloop.training")
-LIBRARIES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pandas", "bentoml")
+LIBRARIES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pandas", "bentoml", "torch",
+             "lightgbm", "onnxmltools")
 
 
 @dataclass(frozen=True)

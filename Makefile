@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast bench-models lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
+
+bench-models: $(STAMP)
+	$(BIN)/driftloop bench
 
 clean:
 	rm -rf var .pytest_cache build *.egg-info

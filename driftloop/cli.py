@@ -163,6 +163,31 @@ def history(config: ConfigOpt = None,
                    f"model={c['model_version']} {c['decision']} {c['outcome'] or ''}  {c['reason']}")
 
 
+@app.command()
+def bench(rows: Annotated[int, typer.Option(min=10, help="Training rows per model.")] = 3000,
+          kinds: Annotated[Optional[str], typer.Option(help="Comma-separated kinds (default: every family).")] = None,
+          repeats: Annotated[int, typer.Option(min=1, help="Timed one-row calls; the batch gets a fifth.")] = 50,
+          batch: Annotated[int, typer.Option(min=1, help="Rows of the batch (and held-out rows for parity).")]
+          = 1024,
+          quick: Annotated[bool, typer.Option("--quick", help="Fewer epochs for the neural kinds.")] = False,
+          json_file: Annotated[Optional[Path], typer.Option("--json", help="Write every figure to this file.")]
+          = None) -> None:
+    """Benchmark every model family: training time, ONNX size, latency (native vs onnxruntime), parity."""
+    logging.basicConfig(level=logging.WARNING)
+    from training.benchmark import run_benchmark
+
+    names = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
+    try:
+        result = run_benchmark(rows=rows, kinds=names, repeats=repeats, batch=batch, quick=quick,
+                               progress=lambda line: typer.echo(f"  {line}", err=True))
+    except DriftloopError as exc:
+        _fail(exc)
+    typer.echo(result.table())
+    if json_file is not None:
+        typer.echo(f"figures: {result.write_json(json_file)}")
+    raise typer.Exit(1 if any(not r.ok for r in result.results) else 0)
+
+
 @models_app.command("list")
 def models_list(config: ConfigOpt = None) -> None:
     """Every version, oldest first; * marks the champion."""

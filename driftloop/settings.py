@@ -30,10 +30,25 @@ class DataConfig(_Section):
     timestamp: str | None = None
 
 
+class SearchConfig(_Section):
+    params: dict[str, list[Any]]  # name -> values to try (merged over model.params)
+    method: Literal["grid", "random"] = "grid"
+    iterations: int = Field(10, ge=1)  # random search: combinations tried
+    folds: int = Field(3, ge=2, le=20)  # scikit-learn kinds: cross-validation folds
+
+    @field_validator("params")
+    @classmethod
+    def _not_empty(cls, params: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not params or any(not values for values in params.values()):
+            raise ValueError("name at least one parameter, each with at least one value")
+        return params
+
+
 class ModelConfig(_Section):
     kind: str = "gradient_boosting"
     params: dict[str, Any] = Field(default_factory=dict)
     warm_start: bool = False  # retraining fine-tunes the champion's weights (neural kinds)
+    search: SearchConfig | None = None  # hyperparameter search before every fit
 
     @field_validator("kind")
     @classmethod

@@ -24,6 +24,7 @@ from models.schema import SUPERVISED, FeatureSchema
 from training import data as data_mod
 from training import evaluate, scenarios
 from training.report import permutation_importance, write_report
+from training.search import search
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings
@@ -97,8 +98,16 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
     train, valid = data_mod.split(frame, settings.training.validation_fraction, timestamp, settings.seed)
     step(f"split {len(frame)} rows: {len(train)} to train, {len(valid)} to validate"
          f"{' (time-ordered)' if timestamp else ' (shuffled)'}")
+    params = dict(settings.model.params)
+    found = None
+    if settings.model.search is not None:
+        found = search(schema, settings.model.kind, params, settings.model.search, settings.seed,
+                       train[schema.names], train[target], time_ordered=timestamp is not None)
+        params |= found.best_params
+        step(f"searched {found.candidates} candidates ({found.method}): best {found.best_params}, "
+             f"{found.metric} {found.best_score:.4f}")
     try:
-        model = fit_model(schema, settings.model.kind, settings.model.params, settings.seed,
+        model = fit_model(schema, settings.model.kind, params, settings.seed,
                           train[schema.names], train[target] if target else None, warm_start)
     except InvalidParameterError as exc:  # a parameter value out of range, found at fit time
         raise ConfigError(f"model.params: {exc}") from None
@@ -123,7 +132,8 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
                                            random_state=settings.seed)
     metadata = {
         "kind": settings.model.kind,
-        "params": dict(settings.model.params),
+        "params": params,
+        "search": found.to_dict() if found else None,
         "metrics": metrics,
         "parity": parity.to_dict(),
         "rows": {"train": len(train), "validation": len(valid)},

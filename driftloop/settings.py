@@ -116,13 +116,16 @@ class RetrainingConfig(_Section):
     margin: float = Field(0.01, ge=0.0)  # the candidate must beat the champion by this much
 
 
+FEATURE_KIND = Literal["numeric", "categorical", "image", "sequence"]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
                                       extra="forbid", frozen=True)
 
     seed: int = 42
     task: Literal["classification", "regression", "clustering", "anomaly"] = "classification"
-    features: dict[str, Literal["numeric", "categorical"]] = Field(default_factory=dict)
+    features: dict[str, FEATURE_KIND] = Field(default_factory=dict)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
@@ -137,15 +140,16 @@ class Settings(BaseSettings):
         if self.data.path is None:  # the built-in scenario brings its own schema
             from training import scenarios
 
-            if self.data.scenario not in scenarios.SCENARIOS:
+            scenario = scenarios.SCENARIOS.get(self.data.scenario)
+            if scenario is None:
                 raise ValueError(f"data.scenario: unknown scenario {self.data.scenario!r}; "
                                  f"available: {sorted(scenarios.SCENARIOS)}")
-            updates = {}
+            updates: dict[str, Any] = {}
             if not self.features:
-                updates["features"] = dict(scenarios.FEATURES)
+                updates["features"] = dict(scenario.features)
             if self.data.target is None:
-                updates["data"] = self.data.model_copy(update={"target": scenarios.TARGET,
-                                                               "timestamp": scenarios.TIMESTAMP})
+                updates["data"] = self.data.model_copy(update={"target": scenario.target,
+                                                               "timestamp": scenario.timestamp})
             for key, value in updates.items():
                 object.__setattr__(self, key, value)
         if not self.features:

@@ -53,6 +53,7 @@ class Family:
     scaled: bool = True
     fitter: Fitter | None = None  # any other family: (schema, x, y, params, seed, warm_start) -> Trained
     neural: bool = False  # can fine-tune from the champion's graph (warm start)
+    inputs: str = "tabular"  # or "image" / "sequence": one array feature
 
 
 class SklearnModel:
@@ -157,6 +158,20 @@ def _lightgbm(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None, param
 # Histogram gradient boosting: scikit-learn's HistGradientBoosting* do not convert with
 # skl2onnx 1.20 under protobuf 7 (a bool in an int attribute), LightGBM via onnxmltools does.
 FAMILIES["lightgbm"] = Family("lightgbm", CLS_REG, fitter=_lightgbm)
+
+
+def _array_net(kind: str) -> Fitter:
+    def fit(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None, params: dict[str, Any], seed: int,
+            warm_start: bytes | None) -> Trained:
+        from models.array_nets import fit_array_net
+
+        return fit_array_net(kind, schema, x, y, params, seed, warm_start)
+    return fit
+
+
+FAMILIES["cnn"] = Family("cnn", ("classification",), fitter=_array_net("cnn"), neural=True, inputs="image")
+FAMILIES["gru"] = Family("gru", CLS_REG, fitter=_array_net("gru"), neural=True, inputs="sequence")
+FAMILIES["lstm"] = Family("lstm", CLS_REG, fitter=_array_net("lstm"), neural=True, inputs="sequence")
 FAMILIES["mlp"] = Family("mlp", CLS_REG, fitter=_mlp, neural=True)
 FAMILIES["autoencoder"] = Family("autoencoder", ("anomaly",), fitter=_autoencoder, neural=True)
 

@@ -50,8 +50,9 @@ class MLPParams:
         if unknown:
             raise ConfigError(f"model.params: unknown parameter(s) {unknown} for an MLP; known: {sorted(known)}")
         values = dict(params)
-        if "hidden" in values:
-            values["hidden"] = tuple(int(h) for h in values["hidden"])
+        for name in ("hidden", "channels"):
+            if name in values:
+                values[name] = tuple(int(h) for h in values[name])
         return cls(**values)
 
 
@@ -155,13 +156,14 @@ def _example(feature: Any) -> Any:
     return feature.categories[0] if feature.kind == "categorical" else 0.0
 
 
-def _export_network(head: Any, n_in: int, task: str) -> Any:
+def _export_network(head: Any, shape: int | tuple[int, ...], task: str, input_name: str = "features") -> Any:
+    """The network alone as an ONNX graph with a dynamic row dimension; ``shape`` is one row's."""
     import onnx
     import torch
 
     outputs = {"classification": ["label_index", "probabilities"], "regression": ["prediction"],
                "anomaly": ["anomaly", "anomaly_score"]}[task]
-    example = (torch.zeros(2, n_in),)
+    example = (torch.zeros(2, *((shape,) if isinstance(shape, int) else shape)),)
     chatty = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
     levels = [logger.level for logger in chatty]
     try:
@@ -169,7 +171,7 @@ def _export_network(head: Any, n_in: int, task: str) -> Any:
             logger.setLevel(logging.ERROR)
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
-            program = torch.onnx.export(head, example, input_names=["features"], output_names=outputs,
+            program = torch.onnx.export(head, example, input_names=[input_name], output_names=outputs,
                                         dynamic_shapes=({0: torch.export.Dim("rows")},), opset_version=OPSET,
                                         verbose=False)
     finally:
@@ -179,14 +181,22 @@ def _export_network(head: Any, n_in: int, task: str) -> Any:
 
 
 def _compose(pre: Any, net: Any, task: str, classes: list[Any]) -> bytes:
-    import onnx
-    from onnx import TensorProto, compose, helper, version_converter
+    """The preprocessing graph feeding the network's graph, as one graph."""
+    from onnx import compose, version_converter
 
     pre = version_converter.convert_version(pre, OPSET)  # skl2onnx picks the lowest opset it needs
     domains = {o.domain for o in net.opset_import}
     net.opset_import.extend(o for o in pre.opset_import if o.domain not in domains)
     pre.ir_version = net.ir_version = max(pre.ir_version, net.ir_version)
     merged = compose.merge_models(pre, net, io_map=[(pre.graph.output[0].name, "features")])
+    return _finish(merged, task, classes)
+
+
+def _finish(merged: Any, task: str, classes: list[Any]) -> bytes:
+    """driftloop's outputs: class labels gathered from the arg-max, probabilities; or the value."""
+    import onnx
+    from onnx import TensorProto, helper
+
     outputs = {o.name: o for o in merged.graph.output}
     del merged.graph.output[:]
     if task == "classification":
@@ -229,29 +239,51 @@ def fit_mlp(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series, params: dict[s
     pre = preprocessor(schema).fit(x)
     features = np.asarray(pre.transform(x), dtype=np.float32)
 
-    classes: list[Any] = []
-    y_mean, y_std = 0.0, 1.0
-    if schema.task == "classification":
-        classes = sorted(pd.unique(y).tolist())
-        index = {c: i for i, c in enumerate(classes)}
-        target = torch.tensor([index[v] for v in y.tolist()], dtype=torch.long)
-        loss_fn: Any = torch.nn.CrossEntropyLoss()
-        n_out = len(classes)
-    else:
-        values = np.asarray(y, dtype=np.float64)
-        y_mean, y_std = float(values.mean()), float(values.std() or 1.0)
-        target = torch.tensor((values - y_mean) / y_std, dtype=torch.float32).reshape(-1, 1)
-        loss_fn = torch.nn.MSELoss()
-        n_out = 1
-
-    net = _network(features.shape[1], n_out, p)
+    t = Targets.of(schema.task, y)
+    net = _network(features.shape[1], t.n_out, p)
     if warm_start is not None:
         _load_matching(net, warm_weights(warm_start))
 
-    order = rng.permutation(len(features))
-    n_val = max(1, int(len(features) * p.validation_fraction))
+    epoch, best = train_network(net, torch.from_numpy(features), t.tensor, t.loss, p, rng)
+    log.info("MLP trained for %d epochs, best validation loss %.4f", epoch, best)
+    return TorchTabularModel(pre, net, schema.task, t.classes, t.mean, t.std, epochs=epoch)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The target as the network learns it: class indices, or a standardised value."""
+
+    tensor: Any
+    loss: Any
+    n_out: int
+    classes: list[Any]
+    mean: float = 0.0
+    std: float = 1.0
+
+    @classmethod
+    def of(cls, task: str, y: pd.Series) -> Targets:
+        import torch
+
+        if task == "classification":
+            classes = sorted(pd.unique(y).tolist())
+            index = {c: i for i, c in enumerate(classes)}
+            return cls(torch.tensor([index[v] for v in y.tolist()], dtype=torch.long), torch.nn.CrossEntropyLoss(),
+                       len(classes), classes)
+        values = np.asarray(y, dtype=np.float64)
+        mean, std = float(values.mean()), float(values.std() or 1.0)
+        return cls(torch.tensor((values - mean) / std, dtype=torch.float32).reshape(-1, 1), torch.nn.MSELoss(),
+                   1, [], mean, std)
+
+
+def train_network(net: Any, xs: Any, target: Any, loss_fn: Any, p: MLPParams,
+                  rng: np.random.Generator) -> tuple[int, float]:
+    """Adam on mini-batches, early stopping on a held-out share of the rows; the best weights
+    are restored. Returns (epochs run, best validation loss)."""
+    import torch
+
+    order = rng.permutation(len(xs))
+    n_val = max(1, int(len(xs) * p.validation_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:]
-    xs = torch.from_numpy(features)
     opt = torch.optim.Adam(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     best, best_state, waited, epoch = float("inf"), None, 0, 0
     for epoch in range(1, p.epochs + 1):
@@ -259,8 +291,7 @@ def fit_mlp(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series, params: dict[s
         for start in range(0, len(train_idx), p.batch_size):
             batch = torch.from_numpy(train_idx[start:start + p.batch_size])
             opt.zero_grad()
-            loss = loss_fn(net(xs[batch]), target[batch])
-            loss.backward()
+            loss_fn(net(xs[batch]), target[batch]).backward()
             opt.step()
         rng.shuffle(train_idx)
         net.eval()
@@ -275,8 +306,8 @@ def fit_mlp(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series, params: dict[s
                 break
     if best_state is not None:
         net.load_state_dict(best_state)
-    log.info("MLP trained for %d epochs, best validation loss %.4f", epoch, best)
-    return TorchTabularModel(pre, net, schema.task, classes, y_mean, y_std, epochs=epoch)
+    net.eval()
+    return epoch, best
 
 
 def _load_matching(net: Any, weights: dict[str, np.ndarray]) -> int:
@@ -385,32 +416,7 @@ def fit_autoencoder(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None,
     if warm_start is not None:
         _load_matching(net, warm_weights(warm_start))
 
-    order = rng.permutation(len(xs))
-    n_val = max(1, int(len(xs) * p.validation_fraction))
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    opt = torch.optim.Adam(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    loss_fn = torch.nn.MSELoss()
-    best, best_state, waited, epoch = float("inf"), None, 0, 0
-    for epoch in range(1, p.epochs + 1):
-        net.train()
-        for start in range(0, len(train_idx), p.batch_size):
-            batch = xs[torch.from_numpy(train_idx[start:start + p.batch_size])]
-            opt.zero_grad()
-            loss_fn(net(batch), batch).backward()
-            opt.step()
-        rng.shuffle(train_idx)
-        net.eval()
-        with torch.no_grad():
-            val_loss = float(loss_fn(net(xs[val_idx]), xs[val_idx]))
-        if val_loss < best - 1e-6:
-            best, waited = val_loss, 0
-            best_state = {k: v.clone() for k, v in net.state_dict().items()}
-        else:
-            waited += 1
-            if waited >= p.patience:
-                break
-    if best_state is not None:
-        net.load_state_dict(best_state)
+    epoch, _ = train_network(net, xs, xs, torch.nn.MSELoss(), p, rng)
     net.eval()
     with torch.no_grad():
         errors = torch.mean((net(xs) - xs) ** 2, dim=1).numpy()

@@ -15,9 +15,10 @@ import pandas as pd
 
 from models.errors import SchemaError
 
-FeatureKind = Literal["numeric", "categorical"]
+FeatureKind = Literal["numeric", "categorical", "image", "sequence"]
 Task = Literal["classification", "regression", "clustering", "anomaly"]
-FEATURE_KINDS: tuple[str, ...] = ("numeric", "categorical")
+FEATURE_KINDS: tuple[str, ...] = ("numeric", "categorical", "image", "sequence")
+MEDIA_KINDS: tuple[str, ...] = ("image", "sequence")  # arrays: image (height, width), sequence (steps, channels)
 TASKS: tuple[str, ...] = ("classification", "regression", "clustering", "anomaly")
 SUPERVISED: tuple[str, ...] = ("classification", "regression")
 # The graph's second output, by task, and its name in a /predict answer.
@@ -34,8 +35,9 @@ class Feature:
     name: str
     kind: FeatureKind
     categories: tuple[str, ...] = ()  # seen in training (categorical only)
-    min: float | None = None  # observed in training (numeric only)
+    min: float | None = None  # observed in training (numeric, image, sequence)
     max: float | None = None
+    shape: tuple[int, ...] = ()  # image: (height, width); sequence: (steps, channels)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,11 @@ class FeatureSchema:
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.features]
+
+    @property
+    def media(self) -> list[Feature]:
+        """Image and sequence features (array-valued)."""
+        return [f for f in self.features if f.kind in MEDIA_KINDS]
 
     @property
     def numeric(self) -> list[str]:
@@ -78,6 +85,17 @@ class FeatureSchema:
                 if values.isna().any():
                     raise SchemaError(f"feature {name!r} is declared numeric but holds non-numeric or missing values")
                 features.append(Feature(name, "numeric", min=float(values.min()), max=float(values.max())))
+            elif kind in MEDIA_KINDS:
+                try:
+                    arrays = np.stack([as_array(v) for v in col])
+                except (TypeError, ValueError) as exc:
+                    raise SchemaError(f"feature {name!r} is declared {kind} but its values are not arrays of "
+                                      f"one shape: {exc}") from None
+                if arrays.ndim != 3 or not np.isfinite(arrays).all():
+                    raise SchemaError(f"feature {name!r}: each {kind} must be a finite 2-D array "
+                                      f"({'height x width' if kind == 'image' else 'steps x channels'})")
+                features.append(Feature(name, kind, min=float(arrays.min()), max=float(arrays.max()),  # type: ignore[arg-type]
+                                        shape=tuple(int(d) for d in arrays.shape[1:])))
             else:
                 cats = tuple(sorted(col.astype(str).unique()))
                 features.append(Feature(name, "categorical", categories=cats))
@@ -88,13 +106,14 @@ class FeatureSchema:
             "task": self.task,
             "target": self.target,
             "labels": list(self.labels),
-            "features": [asdict(f) | {"categories": list(f.categories)} for f in self.features],
+            "features": [asdict(f) | {"categories": list(f.categories), "shape": list(f.shape)} for f in self.features],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSchema:
         feats = tuple(
-            Feature(f["name"], f["kind"], tuple(f.get("categories", ())), f.get("min"), f.get("max"))
+            Feature(f["name"], f["kind"], tuple(f.get("categories", ())), f.get("min"), f.get("max"),
+                    tuple(f.get("shape", ())))
             for f in data["features"]
         )
         return cls(feats, task=data["task"], target=data.get("target"), labels=tuple(data.get("labels", ())))
@@ -130,6 +149,8 @@ class FeatureSchema:
                                           field=f"rows[{i}].{name}")
                     if not math.isfinite(value):
                         raise SchemaError(f"rows[{i}].{name} must be finite, got {value}", field=f"rows[{i}].{name}")
+                elif feat.kind in MEDIA_KINDS:
+                    value = _array(value, feat, f"rows[{i}].{name}")
                 elif not isinstance(value, str):
                     raise SchemaError(f"rows[{i}].{name} must be a string category, got {type(value).__name__}",
                                       field=f"rows[{i}].{name}")
@@ -137,12 +158,42 @@ class FeatureSchema:
         return self.feeds(columns)
 
     def feeds(self, columns: dict[str, Any] | pd.DataFrame) -> dict[str, np.ndarray]:
-        """Columns (a frame or name -> values) as the graph's inputs: float32 or string, ``(n, 1)``."""
+        """Columns (a frame or name -> values) as the graph's inputs: float32 or string ``(n, 1)``
+        for tabular features, float32 ``(n, *shape)`` for images and sequences."""
         out = {}
         for feat in self.features:
             values = columns[feat.name]
             if feat.kind == "numeric":
                 out[feat.name] = np.asarray(values, dtype=np.float32).reshape(-1, 1)
+            elif feat.kind in MEDIA_KINDS:  # (n, height, width) or (n, steps, channels)
+                out[feat.name] = np.stack([as_array(v) for v in values]).reshape(-1, *feat.shape)
             else:
                 out[feat.name] = np.asarray(values, dtype=object).astype(str).astype(object).reshape(-1, 1)
         return out
+
+
+def _array(value: Any, feat: Feature, where: str) -> np.ndarray:
+    """An image or sequence from JSON (nested lists of numbers), checked against the schema."""
+    what = "height x width" if feat.kind == "image" else "steps x channels"
+    article = "an image" if feat.kind == "image" else "a sequence"
+    try:
+        raw = np.asarray(value)
+    except (TypeError, ValueError):  # ragged lists
+        raw = np.asarray([])
+    if raw.dtype.kind not in "iuf" or raw.ndim != len(feat.shape):
+        raise SchemaError(f"{where} must be {article}: nested lists of numbers ({what} = "
+                          f"{' x '.join(map(str, feat.shape))})", field=where)
+    array = raw.astype(np.float32)
+    if array.shape != feat.shape:
+        raise SchemaError(f"{where} has shape {list(array.shape)}; the model takes {list(feat.shape)} ({what})",
+                          field=where)
+    if not np.isfinite(array).all():
+        raise SchemaError(f"{where} must hold finite numbers only", field=where)
+    return array
+
+
+def as_array(value: Any, dtype: Any = np.float32) -> np.ndarray:
+    """An image or sequence as a 2-D array, from nested lists or from Parquet's arrays of arrays."""
+    if isinstance(value, np.ndarray) and value.dtype == object:
+        return np.stack([np.asarray(row, dtype=dtype) for row in value])
+    return np.asarray(value, dtype=dtype)

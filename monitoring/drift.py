@@ -3,7 +3,9 @@
 One :func:`check_drift` call runs ``Report([DataDriftPreset()], include_tests=True)`` with the
 column types from the model's feature schema and returns, per feature, the method Evidently
 chose, its score, threshold and verdict (the verdict is Evidently's own test status), plus
-the share of drifted features. The snapshot is kept so the caller can save the HTML report.
+the share of drifted features. Images and sequences are compared through a few summary
+columns (:func:`summarise`); drift on a network's embeddings is the next step. The snapshot is
+kept so the caller can save the HTML report.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from models.schema import FeatureSchema
+from models.schema import MEDIA_KINDS, FeatureSchema, as_array
 
 # stattests whose score is a p-value (drift when score < threshold); the rest are distances.
 _PVALUE_METHODS = {"K-S p_value", "chi-square p_value", "Z-test p_value", "Anderson-Darling", "Cramer-von Mises",
@@ -37,12 +40,45 @@ class DriftResult:
         return path
 
 
-def _frame(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
-    out = pd.DataFrame(index=range(len(frame)))
+def summarise(values: pd.Series, kind: str, name: str) -> pd.DataFrame:
+    """Images and sequences as a few numeric columns Evidently can compare: an image's mean
+    intensity (brightness), spread (noise, contrast) and centre of mass (rotation, shift); a
+    sequence's mean and spread per channel."""
+    arrays = np.stack([as_array(v, np.float64) for v in values])
+    if kind == "image":
+        total = arrays.sum(axis=(1, 2))
+        safe = np.where(total > 0, total, 1.0)
+        rows = np.arange(arrays.shape[1])[None, :, None]
+        cols = np.arange(arrays.shape[2])[None, None, :]
+        return pd.DataFrame({
+            f"{name}.mean": arrays.mean(axis=(1, 2)),
+            f"{name}.std": arrays.std(axis=(1, 2)),
+            f"{name}.row_centre": (arrays * rows).sum(axis=(1, 2)) / safe,
+            f"{name}.col_centre": (arrays * cols).sum(axis=(1, 2)) / safe,
+        })
+    out = {}
+    for c in range(arrays.shape[2]):
+        out[f"{name}.ch{c}.mean"] = arrays[:, :, c].mean(axis=1)
+        out[f"{name}.ch{c}.std"] = arrays[:, :, c].std(axis=1)
+    return pd.DataFrame(out)
+
+
+def _frame(frame: pd.DataFrame, schema: FeatureSchema) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The columns Evidently compares, and which of them are numeric and categorical."""
+    parts, numeric, categorical = [], [], []
     for feat in schema.features:
         col = frame[feat.name].reset_index(drop=True)
-        out[feat.name] = pd.to_numeric(col).astype(float) if feat.kind == "numeric" else col.astype(str)
-    return out
+        if feat.kind in MEDIA_KINDS:
+            summary = summarise(col, feat.kind, feat.name)
+            parts.append(summary)
+            numeric += list(summary.columns)
+        elif feat.kind == "numeric":
+            parts.append(pd.to_numeric(col).astype(float).rename(feat.name).to_frame())
+            numeric.append(feat.name)
+        else:
+            parts.append(col.astype(str).rename(feat.name).to_frame())
+            categorical.append(feat.name)
+    return pd.concat(parts, axis=1), numeric, categorical
 
 
 def check_drift(reference: pd.DataFrame, current: pd.DataFrame, schema: FeatureSchema) -> DriftResult:
@@ -50,13 +86,16 @@ def check_drift(reference: pd.DataFrame, current: pd.DataFrame, schema: FeatureS
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    definition = DataDefinition(numerical_columns=schema.numeric, categorical_columns=schema.categorical)
-    ref = Dataset.from_pandas(_frame(reference, schema), data_definition=definition)
-    cur = Dataset.from_pandas(_frame(current, schema), data_definition=definition)
+    ref_frame, numeric, categorical = _frame(reference, schema)
+    cur_frame, _, _ = _frame(current, schema)
+    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
+    ref = Dataset.from_pandas(ref_frame, data_definition=definition)
+    cur = Dataset.from_pandas(cur_frame, data_definition=definition)
     snapshot = Report([DataDriftPreset()], include_tests=True).run(cur, ref)
     columns = _columns(snapshot.dict())
-    drifted = [name for name in schema.names if columns.get(name, {}).get("drifted")]
-    return DriftResult(len(drifted) / len(schema.names), drifted, columns, snapshot)
+    names = list(ref_frame.columns)
+    drifted = [name for name in names if columns.get(name, {}).get("drifted")]
+    return DriftResult(len(drifted) / len(names), drifted, columns, snapshot)
 
 
 def _columns(result: dict[str, Any]) -> dict[str, dict[str, Any]]:

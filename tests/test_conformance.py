@@ -4,6 +4,7 @@ feedback over HTTP -> retrain on fresh data through the gate."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,46 +12,27 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
 
 from driftloop.demo import free_port
 from driftloop.launch import ServiceProcess, write_config
 from models.families import FAMILIES
 from models.registry import Registry
+from tests.cases import case
 from tests.conftest import make_settings
-from training import scenarios
 from training.retrain import retrain
 from training.train import train_version
 
 pytestmark = pytest.mark.slow
 CASES = [(kind, task) for kind, family in sorted(FAMILIES.items()) for task in family.tasks]
-QUICK = {"mlp": {"hidden": [16], "epochs": 40, "patience": 5},
-         "autoencoder": {"hidden": [8, 4], "epochs": 40, "patience": 5},
-         "svm": {"C": 10.0}}
-
-
-def data_for(task: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """(train rows, fresh post-drift rows, settings overrides) for a task, on the loans scenario."""
-    frame = scenarios.generate(scenarios.loans_periods(train_rows=1200, window=400, stable=0, covariate=2,
-                                                       concept=0), seed=11)
-    if task == "regression":  # the loan amount a customer can carry
-        frame["amount"] = (frame["income"] * (1.0 - frame["debt_ratio"]) / 10.0
-                           + np.where(frame["region"] == "east", 800.0, 0.0))
-        return (frame[frame["period"] == "train"], frame[frame["period"] == "covariate"],
-                {"task": "regression", "data": {"target": "amount"}})
-    return frame[frame["period"] == "train"], frame[frame["period"] == "covariate"].reset_index(drop=True), \
-        {"task": task}
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("conformance")
     settings = make_settings(root, serving={"port": free_port(), "workers": 2, "poll_interval_s": 0.1})
     # The service needs a champion to start: any family will do.
     registry = Registry(settings.registry.home, "loans")
-    train, _, _ = data_for("classification")
-    first = train_version(settings, train, registry, trigger="initial")
+    train, _, first_settings = case("gradient_boosting", "classification", root)
+    first = train_version(first_settings, train, registry, trigger="initial")
     registry.promote(first.version.version, actor="test", reason="start")
     with ServiceProcess(settings, write_config(settings, root / "c.yaml"), log_path=root / "s.log") as service, \
             httpx.Client(base_url=service.url, timeout=30) as client:
@@ -67,15 +49,13 @@ def serve_version(world: dict[str, Any], version: str, timeout: float = 20.0) ->
 
 @pytest.mark.parametrize(("kind", "task"), CASES, ids=[f"{k}-{t}" for k, t in CASES])
 def test_family_end_to_end(world: dict[str, Any], kind: str, task: str) -> None:
-    train, fresh, overrides = data_for(task)
-    settings = make_settings(world["root"], model={"kind": kind, "params": QUICK.get(kind, {})},
-                             retraining={"min_rows": 200}, **overrides)
+    train, fresh, settings = case(kind, task, world["root"], retraining={"min_rows": 200})
     registry: Registry = world["registry"]
     version = train_version(settings, train, registry, trigger="manual").version  # parity checked inside
     serve_version(world, version.version)
 
     schema = version.schema
-    rows = fresh[schema.names].head(8).to_dict(orient="records")
+    rows = json.loads(fresh[schema.names].head(8).to_json(orient="records"))  # as a client would send them
     resp = world["client"].post("/predict", json={"rows": rows})
     assert resp.status_code == 200, resp.text
     body = resp.json()

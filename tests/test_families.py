@@ -14,6 +14,7 @@ from models.registry import Registry
 from models.schema import FeatureSchema
 from training.train import train_version
 
+from tests.cases import case
 from tests.conftest import make_settings
 
 CASES = [(kind, task) for kind, family in sorted(FAMILIES.items()) for task in family.tasks]
@@ -29,10 +30,10 @@ def regression_frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize(("kind", "task"), CASES, ids=[f"{k}-{t}" for k, t in CASES])
-def test_family_round_trip(kind: str, task: str, tmp_path: Path, loans: pd.DataFrame) -> None:
-    if task != "regression":
-        frame = loans[loans["period"] == "train"].head(500).reset_index(drop=True)
-        settings = make_settings(tmp_path, task=task, model={"kind": kind})
+def test_family_round_trip(kind: str, task: str, tmp_path: Path) -> None:
+    inputs = FAMILIES[kind].inputs
+    if task != "regression" or inputs != "tabular":
+        frame, _, settings = case(kind, task, tmp_path, train_rows=500)
     else:
         frame = regression_frame()
         # SVR's default C=1 underfits a target in the hundreds (no target scaling in the graph yet).
@@ -50,14 +51,15 @@ def test_family_round_trip(kind: str, task: str, tmp_path: Path, loans: pd.DataF
     preds, proba = model.predict(model.schema.validate_rows(rows))
     assert preds.shape == (20,)
     if task == "classification":
-        assert set(preds.tolist()) <= {0, 1} and proba.shape == (20, 2)
-        assert result.metrics["accuracy"] > 0.6
+        classes = list(model.schema.labels)
+        assert set(preds.tolist()) <= set(classes) and proba.shape == (20, len(classes))
+        assert result.metrics["accuracy"] > (0.8 if inputs == "image" else 0.6), result.metrics
     elif task == "clustering":
         assert set(preds.tolist()) <= set(range(4)) and proba.shape == (20, 4)  # distances to 4 centres
         assert (proba.argmin(axis=1) == preds).all() and 0 < result.metrics["separation"] < 1
     elif task == "anomaly":
         assert set(preds.tolist()) <= {0, 1} and proba.shape == (20,)
-        assert result.metrics["rate_error"] < 0.05  # flags about the 5% it is meant to
+        assert result.metrics["rate_error"] <= 0.06  # flags about the 5% it is meant to (100 rows: +-2.2%)
     else:
         assert proba is None
         assert result.metrics["r2"] > 0.5, result.metrics

@@ -16,6 +16,7 @@ Everything is generated from a seed, so every run sees the same rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,13 +135,40 @@ def generate(periods: list[Period], seed: int = 42,
     return df
 
 
-SCENARIOS = {"loans": loans_periods}
+@dataclass(frozen=True)
+class Scenario:
+    """A built-in scenario: its columns, the model kind that suits it, and its frame."""
+
+    features: dict[str, str]
+    target: str
+    timestamp: str
+    kind: str  # the model kind its demo and tests use
+    frame: Callable[..., pd.DataFrame]  # (seed, **sizes) -> every period, in time order
+
+
+def _loans_frame(seed: int = 42, **sizes: int) -> pd.DataFrame:
+    return generate(loans_periods(**sizes), seed=seed)
+
+
+def _scenarios() -> dict[str, Scenario]:
+    from training import media  # images and sequences (see training/media.py)
+
+    return {
+        "loans": Scenario(FEATURES, TARGET, TIMESTAMP, "gradient_boosting", _loans_frame),
+        "digits": Scenario(media.DIGITS_FEATURES, media.DIGITS_TARGET, media.DIGITS_TIMESTAMP, "cnn",
+                           media.digits_frame),
+        "sensors": Scenario(media.SENSOR_FEATURES, media.SENSOR_TARGET, media.SENSOR_TIMESTAMP, "gru",
+                            media.sensors_frame),
+    }
+
+
+SCENARIOS = _scenarios()
 
 
 def scenario_frame(name: str, seed: int = 42, **sizes: int) -> pd.DataFrame:
     """The named built-in scenario as one frame; ``sizes`` override the default timeline."""
     try:
-        periods = SCENARIOS[name](**sizes)
+        scenario = SCENARIOS[name]
     except KeyError:
         raise ValueError(f"unknown scenario {name!r}; available: {sorted(SCENARIOS)}") from None
-    return generate(periods, seed=seed)
+    return scenario.frame(seed=seed, **sizes)

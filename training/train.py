@@ -13,6 +13,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from sklearn.utils._param_validation import InvalidParameterError
 
@@ -20,7 +21,7 @@ from models.errors import ConfigError
 from models.families import expected_anomaly_rate, fit_model
 from models.onnx_model import OnnxModel, check_parity
 from models.registry import ModelVersion, Registry
-from models.schema import SUPERVISED, FeatureSchema
+from models.schema import SUPERVISED, FeatureSchema, as_array
 from training import data as data_mod
 from training import evaluate, scenarios
 from training.report import permutation_importance, write_report
@@ -192,7 +193,12 @@ def train_version(settings: Settings, frame: pd.DataFrame, registry: Registry, *
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
-    hashed = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False).to_numpy()
+    """sha256 of the rows' contents (array values, images and sequences, by their bytes)."""
+    frame = frame.reset_index(drop=True).copy()
+    for name in frame.columns:
+        if frame[name].dtype == object and len(frame) and isinstance(frame[name].iloc[0], (list, np.ndarray)):
+            frame[name] = frame[name].map(lambda v: as_array(v, np.float64).tobytes())
+    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
     return hashlib.sha256(hashed.tobytes()).hexdigest()
 
 

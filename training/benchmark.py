@@ -1,8 +1,9 @@
 """Benchmark every model family: training time, ONNX size, latency (native against onnxruntime), parity.
 
 One case per kind and task in :data:`models.families.FAMILIES` (discovered, never listed here).
-Classification, clustering and anomaly kinds learn from the built-in ``loans`` scenario; regression
-kinds from the same inputs with a generated target (:func:`regression_frame`). Each case:
+Tabular kinds learn from the built-in ``loans`` scenario (regression: the same inputs with a
+generated target, :func:`regression_frame`); the CNN from the ``digits`` images, GRU and LSTM
+from the ``sensors`` sequences (:func:`array_frame`). Each case:
 
 1. fits through :func:`models.families.fit_model` (wall time, all threads the library wants);
 2. exports with the model's own ``to_onnx`` and opens the graph with
@@ -148,13 +149,33 @@ def regression_frame(rows: int, seed: int = 42) -> pd.DataFrame:
     return frame
 
 
-def task_data(task: str, rows: int, held_out: int, seed: int) -> tuple[FeatureSchema, pd.DataFrame, pd.DataFrame]:
-    """The schema, ``rows`` training rows and ``held_out`` further rows for ``task``."""
-    frame = regression_frame(rows + held_out, seed) if task == "regression" else loans_frame(rows + held_out, seed)
-    train, test = frame.iloc[:rows].reset_index(drop=True), frame.iloc[rows:].reset_index(drop=True)
+def array_frame(inputs: str, task: str, rows: int, seed: int) -> tuple[pd.DataFrame, dict[str, str], str]:
+    """Images (digits) or sequences (sensors) from the ``train`` period; regression on sequences
+    predicts the machine's mean current draw."""
+    scenario = scenarios.SCENARIOS["digits" if inputs == "image" else "sensors"]
+    frame = scenario.frame(seed=seed, train_rows=rows)
+    frame = frame[frame["period"] == "train"].reset_index(drop=True)
+    target = scenario.target
+    if task == "regression":
+        name = next(iter(scenario.features))
+        frame[REGRESSION_TARGET] = [float(np.mean(np.asarray(v)[:, -1])) * 10.0 for v in frame[name]]
+        target = REGRESSION_TARGET
+    return frame, dict(scenario.features), target
+
+
+def task_data(task: str, rows: int, held_out: int, seed: int,
+              inputs: str = "tabular") -> tuple[FeatureSchema, pd.DataFrame, pd.DataFrame]:
+    """The schema, ``rows`` training rows and ``held_out`` further rows for ``task`` on
+    ``inputs`` (tabular: the loans scenario; image: digits; sequence: sensors)."""
+    features = dict(scenarios.FEATURES)
     target = {"classification": scenarios.TARGET, "regression": REGRESSION_TARGET}.get(task)
+    if inputs != "tabular":
+        frame, features, target = array_frame(inputs, task, rows + held_out, seed)
+    else:
+        frame = regression_frame(rows + held_out, seed) if task == "regression" else loans_frame(rows + held_out, seed)
+    train, test = frame.iloc[:rows].reset_index(drop=True), frame.iloc[rows:].reset_index(drop=True)
     labels = tuple(sorted(train[target].unique().tolist())) if task == "classification" else ()
-    schema = FeatureSchema.infer(train, dict(scenarios.FEATURES), task, target, labels)
+    schema = FeatureSchema.infer(train, features, task, target, labels)
     return schema, train, test
 
 
@@ -170,12 +191,13 @@ def run_benchmark(rows: int = ROWS, kinds: Sequence[str] | None = None, repeats:
     batch_repeats = batch_repeats or max(1, repeats // 5)
     started = time.perf_counter()
     machine = machine_info()
-    data: dict[str, tuple[FeatureSchema, pd.DataFrame, pd.DataFrame]] = {}
+    data: dict[tuple[str, str], tuple[FeatureSchema, pd.DataFrame, pd.DataFrame]] = {}
     results = []
     for kind, task in todo:
-        if task not in data:
-            data[task] = task_data(task, rows, batch, seed)
-        schema, train, test = data[task]
+        key = (FAMILIES[kind].inputs, task)
+        if key not in data:
+            data[key] = task_data(task, rows, batch, seed, inputs=key[0])
+        schema, train, test = data[key]
         result = run_case(kind, task, schema, train, test, params_for(kind, quick), repeats, batch_repeats, seed)
         results.append(result)
         if progress is not None:
@@ -340,7 +362,8 @@ def header(bench: Benchmark) -> list[str]:
     lines = [f"machine: {m['cpus']} CPUs ({m['machine']}, {m['system']}), Python {v['python']}; "
              f"onnxruntime {v['onnxruntime']}, scikit-learn {v['scikit-learn']}, torch {v['torch']}"
              + (f"; load average {load[0]:.2f} at start" if load else "")]
-    lines.append(f"data: {s['rows']} training rows (loans; regression: generated target), {s['batch_rows']} "
+    lines.append(f"data: {s['rows']} training rows (loans, digits images, sensor sequences; regression: generated "
+                 f"target), {s['batch_rows']} "
                  f"held-out rows; latency: median of {s['repeats_1_row']} (1 row) / {s['repeats_batch']} "
                  f"({s['batch_rows']} rows) calls after {s['warmup']} warm-up calls; one thread each"
                  + ("; neural kinds quick" if s["quick"] else ""))

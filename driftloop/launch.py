@@ -26,8 +26,9 @@ SERVICE_NAME = "driftloop"
 
 
 def write_config(settings: Settings, path: Path) -> Path:
-    """The settings as a YAML file a service process can load."""
-    data = settings.model_dump(mode="json")
+    """The settings as a YAML file a service process can load; tokens are left out (they travel
+    in the service's environment, see :func:`service_command`)."""
+    data = settings.model_dump(mode="json", exclude={"serving": {"admin_token", "predict_token"}})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -45,6 +46,10 @@ def service_command(settings: Settings, config_path: Path) -> tuple[list[str], d
         "DO_NOT_TRACK": "1",
         "BENTOML_CONFIG_OVERRIDES": json.dumps({"services": {SERVICE_NAME: {"workers": settings.serving.workers}}}),
     })
+    for name in ("admin_token", "predict_token"):
+        token = getattr(settings.serving, name)
+        if token is not None:
+            env[f"DRIFTLOOP_SERVING__{name.upper()}"] = token.get_secret_value()
     bentoml = Path(sys.executable).with_name("bentoml")
     argv = [str(bentoml), "serve", SERVICE, "--host", settings.serving.host, "--port", str(settings.serving.port)]
     return argv, env

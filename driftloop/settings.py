@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 from models.errors import ConfigError
@@ -92,6 +92,20 @@ class ServingConfig(_Section):
     max_rows: int = Field(1000, ge=1)  # rows per /predict request
     log_flush_interval_s: float = Field(0.2, gt=0.0, le=1.0)  # most a hard kill can lose
     log_queue_rows: int = Field(100_000, ge=100)  # bound on buffered prediction-log rows
+    # Bearer tokens. Unset admin token: the admin endpoints are disabled. Unset predict token:
+    # /predict and /feedback are open. Give them by environment, never in a file you commit:
+    # DRIFTLOOP_SERVING__ADMIN_TOKEN, DRIFTLOOP_SERVING__PREDICT_TOKEN.
+    admin_token: SecretStr | None = None
+    predict_token: SecretStr | None = None
+
+    @field_validator("admin_token", "predict_token")
+    @classmethod
+    def _strong(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None:
+            value = token.get_secret_value()
+            if len(value) < 16 or value.lower() in ("changethis", "changeme", "secret", "token"):
+                raise ValueError("a token must be at least 16 characters and not a placeholder")
+        return token
 
 
 class MonitoringConfig(_Section):

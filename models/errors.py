@@ -4,7 +4,8 @@
     ├── ConfigError          a settings file or environment variable is wrong
     ├── SchemaError          request rows or training data do not fit the feature schema
     ├── ExportError          a model could not be exported to ONNX, or failed the parity check
-    └── RegistryError        a version is unknown or cannot be promoted
+    └── RegistryError        a version cannot be promoted, rolled back, imported
+        ├── UnknownVersion   no such version
         └── IntegrityError   an artifact's checksum does not match: it is refused, never loaded
 """
 
@@ -30,6 +31,10 @@ class ExportError(DriftloopError):
 
 
 class RegistryError(DriftloopError):
+    pass
+
+
+class UnknownVersion(RegistryError):
     pass
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from models.errors import IntegrityError, RegistryError
+from models.errors import IntegrityError, RegistryError, UnknownVersion
 from models.onnx_model import OnnxModel
 from models.schema import FeatureSchema
 
@@ -184,7 +184,7 @@ class Registry:
             return self._version_of(bentoml.models.get(f"{self.project}:{version}", _model_store=self._store))
         except Exception:
             known = [v.version for v in self.versions()]
-            raise RegistryError(f"unknown version {version!r} of {self.project!r}; known: {known}") from None
+            raise UnknownVersion(f"unknown version {version!r} of {self.project!r}; known: {known}") from None
 
     def _version_of(self, model: Any) -> ModelVersion:
         meta = json.loads(model.info.metadata.get("driftloop", "{}"))

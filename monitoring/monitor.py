@@ -81,7 +81,9 @@ class Monitor:
 
     # -- the job --------------------------------------------------------------------------------
     def run_once(self) -> list[dict[str, Any]]:
-        """Check every window that is ready; returns the checks recorded, oldest first."""
+        """Serve queued retrain requests, then check every window that is ready; returns the
+        checks recorded, oldest first."""
+        self.handle_requests()
         done = []
         while (check := self._next_window()) is not None:
             done.append(check)
@@ -150,15 +152,45 @@ class Monitor:
             self.on_check(check)
         return check
 
-    def _retrain(self, index: int, decision: pol.Decision, frame: pd.DataFrame) -> str:
-        first_id = self._first_id(decision.since_window, frame)
-        last_id = int(frame["id"].iloc[-1])
+    def handle_requests(self) -> list[dict[str, Any]]:
+        """Retrain for every ``retrain_requested`` event (``POST /admin/retrain``) not yet handled,
+        on the rows of the newest ``consecutive`` checked windows. Returns what was done."""
+        handled = {e["detail"].get("request") for e in self.store.events("retrain_request_done")}
+        done = []
+        for request in self.store.events("retrain_requested"):
+            if request["id"] in handled:
+                continue
+            checks = self.store.checks()[-self.settings.monitoring.consecutive:]
+            detail: dict[str, Any] = {"request": request["id"]}
+            if not checks:
+                detail |= {"outcome": "no data", "reason": "no window has been checked yet"}
+            else:
+                reason = f"requested by {request['detail'].get('actor')}: {request['detail'].get('reason')}"
+                fresh = self._fresh_rows(int(checks[0]["first_id"]), int(checks[-1]["last_id"]))
+                try:
+                    result = self.retrainer(self.settings, self.registry, fresh, trigger="manual", reason=reason)
+                    detail |= result.to_dict() | {"outcome": result.status}
+                    self.metrics.retrains.labels(result.status).inc()
+                except Exception as exc:  # the champion is untouched
+                    log.exception("requested retrain failed")
+                    detail |= {"outcome": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                    self.metrics.retrains.labels("failed").inc()
+            self.store.record_event("retrain_request_done", detail)
+            done.append(detail)
+        return done
+
+    def _fresh_rows(self, first_id: int, last_id: int) -> pd.DataFrame:
+        """The rows a retrain learns from: labelled ones (supervised) or all (unsupervised)."""
         if self.settings.task in SUPERVISED:
             fresh = self.store.labelled_rows(first_id, last_id).rename(columns={"label": self.settings.data.target})
-        else:  # unsupervised kinds retrain on the inputs alone
+        else:
             fresh = self.store.rows_between(first_id, last_id)
         if self.settings.data.timestamp:
             fresh[self.settings.data.timestamp] = fresh["created_at"]
+        return fresh
+
+    def _retrain(self, index: int, decision: pol.Decision, frame: pd.DataFrame) -> str:
+        fresh = self._fresh_rows(self._first_id(decision.since_window, frame), int(frame["id"].iloc[-1]))
         trigger = "decay" if "decay" in decision.signals else "drift"
         self.store.record_event("retrain_started", {"rows": len(fresh), "since_window": decision.since_window,
                                                     "trigger": trigger}, index)

@@ -225,11 +225,13 @@ class PredictionStore:
             return [_check(r) for r in conn.execute(q).mappings()]
 
     def record_event(self, kind: str, detail: dict[str, Any], window: int | None = None,
-                     model_version: str | None = None) -> None:
+                     model_version: str | None = None) -> int:
+        """Append to the audit trail; returns the event's id."""
         with self.engine.begin() as conn:
-            conn.execute(events.insert(), {"created_at": utcnow(), "kind": kind, "window": window,
-                                           "model_version": model_version,
-                                           "detail": json.dumps(detail, default=str)})
+            result = conn.execute(events.insert(), {"created_at": utcnow(), "kind": kind, "window": window,
+                                                    "model_version": model_version,
+                                                    "detail": json.dumps(detail, default=str)})
+            return int(result.inserted_primary_key[0])
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         q = sa.select(events).order_by(events.c.id)

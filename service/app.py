@@ -5,6 +5,8 @@
     POST /feedback  {"labels": [{"request_id": ..., "label": ...}, ...]}
                     -> {"accepted", "duplicates", "unknown_request_ids"}
     GET  /model     the serving version, its metrics and feature schema
+    POST /admin/promote {"version", "reason"} | /admin/rollback {"reason"} | /admin/reload
+         | /admin/retrain {"reason"}: bearer token (serving.admin_token) required
     BentoML's own   /metrics /healthz /livez /readyz /docs.json
 
 Run it with ``driftloop serve`` (which sets ``DRIFTLOOP_CONFIG`` and ``BENTOML_HOME``) or
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import bentoml
@@ -25,8 +28,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from models.errors import SchemaError
-from service.serving import NotReady, Serving
+from models.errors import DriftloopError, RegistryError, SchemaError, UnknownVersion
+from service.serving import NotReady, Serving, token_ok
 
 Scalar = int | float | str
 ROW_EXAMPLE = {"income": 52000.0, "age": 41.0, "debt_ratio": 0.31, "credit_lines": 6.0,
@@ -53,7 +56,11 @@ class FeedbackResponse(BaseModel):
     unknown_request_ids: list[str]
 
 
-def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
+def _error(status: int, message: str, field: str | None = None, ctx: bentoml.Context | None = None) -> JSONResponse:
+    """An error answer. BentoML gives an api that takes a ``ctx`` the status of ``ctx.response``
+    whatever it returns, so the status is set there too."""
+    if ctx is not None:
+        ctx.response.status_code = status
     return JSONResponse({"error": message, "field": field}, status_code=status)
 
 
@@ -78,6 +85,8 @@ class Driftloop:
 
         logging.getLogger("driftloop").setLevel(os.environ.get("DRIFTLOOP_LOG_LEVEL", "INFO"))
         settings = load_settings(os.environ.get("DRIFTLOOP_CONFIG") or None)
+        self.admin_token = settings.serving.admin_token
+        self.predict_token = settings.serving.predict_token
         self.serving = Serving(
             Registry(settings.registry.home, settings.registry.project),
             PredictionStore(settings.store.url).create(),
@@ -96,28 +105,81 @@ class Driftloop:
     def _shutdown(self) -> None:
         self.serving.shutdown()
 
+    def _denied(self, ctx: bentoml.Context, admin: bool) -> JSONResponse | None:
+        """None if the request may go on; else the 401/403 answer."""
+        token = self.admin_token if admin else self.predict_token
+        if token is None:
+            return _error(403, "admin endpoints are disabled: set serving.admin_token "
+                               "(DRIFTLOOP_SERVING__ADMIN_TOKEN)", ctx=ctx) if admin else None
+        if token_ok(ctx.request.headers.get("authorization"), token):
+            return None
+        ctx.response.metadata["WWW-Authenticate"] = "Bearer"
+        return _error(401, "missing or wrong bearer token", "Authorization", ctx=ctx)
+
     @bentoml.api(route="/predict")
-    def predict(self, rows: Annotated[list[dict[str, Any]], Field(examples=[[ROW_EXAMPLE]])]) -> PredictResponse:
+    def predict(self, rows: Annotated[list[dict[str, Any]], Field(examples=[[ROW_EXAMPLE]])],
+                ctx: bentoml.Context) -> PredictResponse:
         """Predict one answer per row; every row gets a request id for later feedback."""
+        if self.predict_token is not None and (denied := self._denied(ctx, admin=False)):
+            return denied  # type: ignore[return-value]
         try:
             # A ready Response: BentoML passes it through instead of re-validating the model
             # against its schema; fields that do not apply to the task are left out.
             return JSONResponse(self.serving.predict(rows))  # type: ignore[return-value]
         except SchemaError as exc:
-            return _error(422, str(exc), exc.field)  # type: ignore[return-value]
+            return _error(422, str(exc), exc.field, ctx)  # type: ignore[return-value]
         except NotReady as exc:
-            return _error(503, str(exc))  # type: ignore[return-value]
+            return _error(503, str(exc), ctx=ctx)  # type: ignore[return-value]
 
     @bentoml.api(route="/feedback")
-    def feedback(self, labels: Annotated[list[Label], Field(min_length=1, max_length=10_000)]) -> FeedbackResponse:
+    def feedback(self, labels: Annotated[list[Label], Field(min_length=1, max_length=10_000)],
+                 ctx: bentoml.Context) -> FeedbackResponse:
         """Record true labels of earlier predictions, by request id (the first label wins)."""
+        if self.predict_token is not None and (denied := self._denied(ctx, admin=False)):
+            return denied  # type: ignore[return-value]
         try:
             result = self.serving.feedback([(item.request_id, item.label) for item in labels])
         except SchemaError as exc:
-            return _error(422, str(exc), exc.field)  # type: ignore[return-value]
+            return _error(422, str(exc), exc.field, ctx)  # type: ignore[return-value]
         unknown = result["unknown_request_ids"]
         if unknown and not result["accepted"] and not result["duplicates"]:  # nothing usable: a client error
             body = result | {"error": f"unknown request_id(s): {', '.join(unknown[:5])}"
                                       f"{' ...' if len(unknown) > 5 else ''}", "field": "labels[].request_id"}
+            ctx.response.status_code = 404
             return JSONResponse(body, status_code=404)  # type: ignore[return-value]
         return FeedbackResponse(**result)  # known ids are stored; any unknown ones are listed
+
+    # -- admin: bearer token required (serving.admin_token) ------------------------------------
+    def _admin(self, ctx: bentoml.Context, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if denied := self._denied(ctx, admin=True):
+            return denied  # type: ignore[return-value]
+        try:
+            return JSONResponse(action())  # type: ignore[return-value]
+        except DriftloopError as exc:  # unknown version, nothing to roll back to, a refused artifact
+            status = 404 if isinstance(exc, UnknownVersion) else 409 if isinstance(exc, RegistryError) else 422
+            return _error(status, str(exc), ctx=ctx)  # type: ignore[return-value]
+
+    @bentoml.api(route="/admin/promote")
+    def admin_promote(self, version: str, ctx: bentoml.Context, reason: str = "promoted over HTTP") -> dict[str, Any]:
+        """Make a registered version the champion (its checksums are verified first)."""
+        return self._admin(ctx, lambda: self.serving.promote(version, reason, actor=_actor(ctx)))
+
+    @bentoml.api(route="/admin/rollback")
+    def admin_rollback(self, ctx: bentoml.Context, reason: str = "rolled back over HTTP") -> dict[str, Any]:
+        """Make the previous champion the champion again."""
+        return self._admin(ctx, lambda: self.serving.rollback(reason, actor=_actor(ctx)))
+
+    @bentoml.api(route="/admin/reload")
+    def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """Re-read the champion pointer now in the worker that answers (the others poll)."""
+        return self._admin(ctx, self.serving.reload)
+
+    @bentoml.api(route="/admin/retrain")
+    def admin_retrain(self, ctx: bentoml.Context, reason: str = "requested over HTTP") -> dict[str, Any]:
+        """Queue a retrain on the newest labelled windows; the monitor runs it."""
+        return self._admin(ctx, lambda: self.serving.request_retrain(reason, actor=_actor(ctx)))
+
+
+def _actor(ctx: bentoml.Context) -> str:
+    client = ctx.request.client
+    return f"http:{client.host if client else 'unknown'}"

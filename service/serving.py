@@ -79,14 +79,15 @@ class ChampionWatcher:
         if self._thread.is_alive():
             self._thread.join(5)
 
-    def check(self) -> None:
-        """Look at the pointer once; swap if it names another version."""
+    def check(self, force: bool = False) -> None:
+        """Look at the pointer once; swap if it names another version (``force``: even if the
+        pointer file looks unchanged, e.g. to retry a version refused earlier)."""
         stamp = self._registry.pointer_stamp()
-        if stamp is None or stamp == self._stamp:
+        if stamp is None or (stamp == self._stamp and not force):
             return
         self._stamp = stamp
         champion = self._registry.champion()
-        if champion is None or champion.version == self._current:
+        if champion is None or (champion.version == self._current and not force):
             return
         try:
             model = self._registry.load(champion.version, providers=self._providers)
@@ -201,6 +202,27 @@ class Serving:
             "worker_pid": os.getpid(),
         }
 
+    # -- admin actions (the HTTP layer checks the token first) ---------------------------------
+    def reload(self) -> dict[str, Any]:
+        """Re-read the champion pointer now, in this worker (the others poll within their interval)."""
+        self.watcher.check(force=True)
+        return {"model_version": self.model.version if self.model else None, "worker_pid": os.getpid()}
+
+    def promote(self, version: str, reason: str, actor: str) -> dict[str, Any]:
+        champion = self.registry.promote(version, actor=actor, reason=reason)
+        self.watcher.check()
+        return {"champion": champion.version, "promoted_at": champion.promoted_at}
+
+    def rollback(self, reason: str, actor: str) -> dict[str, Any]:
+        champion = self.registry.rollback(actor=actor, reason=reason)
+        self.watcher.check()
+        return {"champion": champion.version, "promoted_at": champion.promoted_at}
+
+    def request_retrain(self, reason: str, actor: str) -> dict[str, Any]:
+        """Ask the monitor for a retrain on the newest labelled windows (the service never trains)."""
+        event_id = self.store.record_event("retrain_requested", {"reason": reason, "actor": actor})
+        return {"request": event_id, "status": "queued for the monitor's next run"}
+
     # -- swaps ----------------------------------------------------------------------------------
     def _swap(self, model: OnnxModel) -> None:
         old = self.model
@@ -247,3 +269,14 @@ def _check_labels(labels: list[tuple[str, Any]], model: OnnxModel) -> None:
                                   f"classes are {list(schema.labels)}", field=f"labels[{i}].label")
         elif isinstance(label, bool) or not isinstance(label, (int, float)):
             raise SchemaError(f"labels[{i}].label must be a number for a regression model", field=f"labels[{i}].label")
+
+
+def token_ok(header: str | None, token: Any) -> bool:
+    """``Authorization: Bearer <token>`` against the configured secret, in constant time."""
+    import hmac
+
+    if token is None:
+        return False
+    scheme, _, given = (header or "").partition(" ")
+    match = hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
+    return scheme.lower() == "bearer" and match

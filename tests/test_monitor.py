@@ -123,3 +123,21 @@ def test_a_restarted_monitor_resumes_after_the_last_check(world: dict[str, Any])
     assert check["window"] == before[-1]["window"] + 1
     if before[-1]["outcome"] == "promoted" or any(c["outcome"] == "promoted" for c in before[-2:]):
         assert check["decision"] in ("none", "cooldown")  # the cool-down survived the restart
+
+
+def test_a_requested_retrain_runs_once_on_the_newest_windows(world: dict[str, Any]) -> None:
+    monitor = Monitor(world["settings"], world["store"], world["registry"])
+    store = world["store"]
+    store.record_event("retrain_requested", {"reason": "before any data", "actor": "test"})
+    assert monitor.handle_requests()[0]["outcome"] == "no data"
+    live = world["frame"][world["frame"]["period"] == "covariate"].reset_index(drop=True)
+    for start in range(0, 2 * WINDOW, WINDOW):
+        serve(store, world["registry"], live.iloc[start:start + WINDOW])
+    monitor.run_once()
+    request = store.record_event("retrain_requested", {"reason": "new segment", "actor": "test"})
+    (done,) = monitor.handle_requests()
+    assert done["request"] == request and done["outcome"] in ("promoted", "rejected")
+    assert done["train_rows"] + done["holdout_rows"] == 2 * WINDOW  # the newest `consecutive` windows
+    candidate = world["registry"].get(done["candidate"]).metadata
+    assert candidate["trigger"] == "manual" and "new segment" in candidate["retrain_reason"]
+    assert monitor.handle_requests() == []  # handled once

@@ -20,6 +20,7 @@ from monitoring.store import PredictionStore
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.slow
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 ROW = {"income": 52000.0, "age": 41.0, "debt_ratio": 0.31, "credit_lines": 6.0, "region": "north",
        "employment": "salaried"}
 
@@ -29,7 +30,7 @@ def server(champion_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     root = tmp_path_factory.mktemp("http")
     shutil.copytree(champion_home / "bentoml", root / "bentoml")
     settings = make_settings(root, serving={"port": free_port(), "workers": 2, "poll_interval_s": 0.2,
-                                            "max_rows": 50})
+                                            "max_rows": 50, "admin_token": ADMIN_TOKEN})
     service = ServiceProcess(settings, write_config(settings, root / "driftloop.yaml"), log_path=root / "service.log")
     with service, httpx.Client(base_url=service.url, timeout=10) as client:
         yield {"client": client, "settings": settings, "root": root, "service": service,
@@ -191,13 +192,39 @@ def test_a_corrupt_champion_is_refused_and_the_old_model_keeps_serving(server: d
     registry.pointer_path.write_text(json.dumps(pointer))  # restore for later tests
 
 
+def test_admin_actions_need_the_token(server: dict[str, Any]) -> None:
+    client, registry = server["client"], server["registry"]
+    for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": ADMIN_TOKEN}):
+        resp = client.post("/admin/promote", json={"version": "v1"}, headers=headers)
+        assert resp.status_code == 401 and resp.headers["www-authenticate"] == "Bearer", resp.text
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    missing = client.post("/admin/promote", json={"version": "v99"}, headers=auth)
+    assert missing.status_code == 404 and "unknown version 'v99'" in missing.text
+    before = registry.champion()
+    promoted = client.post("/admin/promote", json={"version": "v1", "reason": "api test"}, headers=auth)
+    assert promoted.status_code == 200 and promoted.json()["champion"] == "v1"
+    assert registry.history()[-1]["actor"].startswith("http:") or before.version == "v1"
+    assert client.post("/admin/reload", json={}, headers=auth).json()["model_version"] == "v1"
+    queued = client.post("/admin/retrain", json={"reason": "test"}, headers=auth)
+    assert queued.status_code == 200
+    events = PredictionStore(server["settings"].store.url).events("retrain_requested")
+    assert events[-1]["id"] == queued.json()["request"] and events[-1]["detail"]["reason"] == "test"
+
+
 def test_sigterm_flushes_the_prediction_log(champion_home: Path, tmp_path: Path) -> None:
-    """A graceful stop writes every buffered row: N predictions in, N rows in the store."""
+    """A graceful stop writes every buffered row: N predictions in, N rows in the store. This
+    server also requires a predict token and has no admin token (admin endpoints disabled)."""
     shutil.copytree(champion_home / "bentoml", tmp_path / "bentoml")
-    settings = make_settings(tmp_path, serving={"port": free_port(), "workers": 1, "log_flush_interval_s": 1.0})
+    token = "predict-token-for-tests-42"
+    settings = make_settings(tmp_path, serving={"port": free_port(), "workers": 1, "log_flush_interval_s": 1.0,
+                                                "predict_token": token})
     service = ServiceProcess(settings, write_config(settings, tmp_path / "c.yaml"), log_path=tmp_path / "s.log")
+    assert token not in (tmp_path / "c.yaml").read_text()  # secrets travel in the environment only
     sent = 0
     with service, httpx.Client(base_url=service.url, timeout=10) as client:
+        assert predict(client, [ROW]).status_code == 401
+        assert client.post("/admin/reload", json={}).status_code == 403
+        client.headers["Authorization"] = f"Bearer {token}"
         for _ in range(40):
             assert predict(client, [ROW] * 5).status_code == 200
             sent += 5

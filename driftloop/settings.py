@@ -78,6 +78,11 @@ class TrainingConfig(_Section):
 class RegistryConfig(_Section):
     home: Path = Path("var/bentoml")  # BentoML's home: models live in <home>/models
     project: str = Field("loans", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    # Retention, run by the monitor's scheduler: keep the champion, the last keep_ancestors
+    # champions before it (rollbacks) and the keep_candidates newest other versions.
+    keep_ancestors: int = Field(5, ge=0)
+    keep_candidates: int = Field(10, ge=0)
+    retention_interval_s: float = Field(86_400.0, ge=0.0)  # 0: never prune automatically
 
 
 class StoreConfig(_Section):

@@ -141,3 +141,23 @@ def test_a_requested_retrain_runs_once_on_the_newest_windows(world: dict[str, An
     candidate = world["registry"].get(done["candidate"]).metadata
     assert candidate["trigger"] == "manual" and "new segment" in candidate["retrain_reason"]
     assert monitor.handle_requests() == []  # handled once
+
+
+def test_retention_keeps_the_champion_and_its_lineage(world: dict[str, Any]) -> None:
+    from monitoring.scheduler import build_scheduler, run_retention
+    from tests.conftest import make_settings as settings_for
+
+    registry: Registry = world["registry"]
+    v1 = registry.get("v1")
+    for _ in range(4):  # v2..v5: candidates nobody promoted
+        registry.register((v1.path / "model.onnx").read_bytes(), v1.schema, registry.reference("v1"),
+                          dict(v1.metadata), trigger="manual", parent="v1")
+    registry.promote("v3", actor="test", reason="lineage: v1 -> v3")
+    root = Path(world["settings"].registry.home).parent
+    settings = settings_for(root, registry={"home": str(registry.home), "keep_ancestors": 1, "keep_candidates": 1})
+    monitor = Monitor(settings, world["store"], registry)
+    assert run_retention(monitor) == ["v2", "v4"]  # kept: v3 (champion), v1 (its lineage), v5 (newest other)
+    assert [v.version for v in registry.versions()] == ["v1", "v3", "v5"]
+    assert world["store"].events("versions_deleted")[-1]["detail"]["versions"] == ["v2", "v4"]
+    scheduler = build_scheduler(monitor, 60)
+    assert {job.id for job in scheduler.get_jobs()} == {"check", "retention"}

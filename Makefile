@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench-models lint clean
+.PHONY: install demo test test-fast bench-models bench-serving lint clean
 
 install: $(STAMP)
 
@@ -29,6 +29,14 @@ test-fast: $(STAMP)
 
 bench-models: $(STAMP)
 	$(BIN)/driftloop bench
+
+# The service against a bare Starlette + onnxruntime app (bench/serving.py); wrk drives the closed-loop levels.
+bench-serving: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "bench-serving: wrk is not installed; installing the Debian package: apt-get install -y wrk"; \
+	  apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; } || \
+	  echo "bench-serving: could not install wrk (needs root and Debian's apt); the Python generator runs instead"; }
+	$(BIN)/python -m bench.serving --json var/bench-serving.json
 
 clean:
 	rm -rf var .pytest_cache build *.egg-info

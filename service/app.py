@@ -72,6 +72,26 @@ async def _model_route(request: Request) -> JSONResponse:
 
 
 info_app = Starlette(routes=[Route("/model", _model_route, methods=["GET"])])
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+class JsonBodiesOnly:
+    """ASGI middleware: the API takes JSON. BentoML parses a form body itself (multipart or
+    urlencoded) and answers a malformed one (no boundary, bad parts) with a 500, so form
+    media types are refused with a 415 before they reach it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            header = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+            media_type = header.split(";")[0].strip().lower()
+            if media_type in FORM_TYPES:
+                await _error(415, f"Content-Type {media_type} is not accepted: send the body as "
+                                  "application/json", "Content-Type")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @bentoml.asgi_app(info_app, path="/")
@@ -178,6 +198,9 @@ class Driftloop:
     def admin_retrain(self, ctx: bentoml.Context, reason: str = "requested over HTTP") -> dict[str, Any]:
         """Queue a retrain on the newest labelled windows; the monitor runs it."""
         return self._admin(ctx, lambda: self.serving.request_retrain(reason, actor=_actor(ctx)))
+
+
+Driftloop.add_asgi_middleware(JsonBodiesOnly)
 
 
 def _actor(ctx: bentoml.Context) -> str:

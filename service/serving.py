@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -117,6 +118,7 @@ class Serving:
         self.stopping = False
         self.flush_interval_s = flush_interval_s
         self.max_rows = max_rows
+        self._counters: dict[tuple[str, str], Any] = {}
         self.started_at = time.time()
         self.writer = PredictionLogWriter(
             store.insert_predictions, max_rows=log_queue_rows, flush_interval_s=flush_interval_s,
@@ -237,13 +239,15 @@ class Serving:
         self.metrics.swaps.labels("refused").inc()
 
     def _count(self, version: str, predictions: list[Any]) -> None:
-        """Predicted rows by class (cluster, anomaly flag); regression values are not labels."""
-        if self.model is not None and self.model.schema.task == "regression":
-            self.metrics.predictions.labels(version, "").inc(len(predictions))
-            return
-        values, counts = np.unique(np.asarray(predictions, dtype=object).astype(str), return_counts=True)
-        for value, count in zip(values, counts):
-            self.metrics.predictions.labels(version, str(value)).inc(int(count))
+        """Predicted rows by class (cluster, anomaly flag); regression values are not labels.
+        The labelled counters are cached: a label lookup costs more than the increment."""
+        regression = self.model is not None and self.model.schema.task == "regression"
+        counts = {"": len(predictions)} if regression else Counter(map(str, predictions))
+        for value, n in counts.items():
+            child = self._counters.get((version, value))
+            if child is None:
+                child = self._counters[(version, value)] = self.metrics.predictions.labels(version, value)
+            child.inc(n)
 
 
 def _confidence(task: str, second: np.ndarray | None, n: int) -> list[float | None]:

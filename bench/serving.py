@@ -67,7 +67,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -703,12 +702,9 @@ def _finite(value: Any) -> Any:
 
 
 def machine_info() -> dict[str, Any]:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = "absent"
+    from training.train import library_versions
+
+    versions = library_versions(LIBRARIES)
     exe = wrk_path()
     if exe:
         out = subprocess.run([exe, "--version"], capture_output=True, text=True)

@@ -33,7 +33,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from models.errors import ConfigError
 from models.families import FAMILIES, fit_model
 from models.schema import FeatureSchema
 from training import scenarios
+from training.train import library_versions
 
 ROWS = 3000  # training rows
 BATCH = 1024  # rows of the batch latency; also the held-out rows of the parity check
@@ -338,12 +338,7 @@ def single_thread() -> Iterator[None]:
 # -- the machine and the report ---------------------------------------------------------------------
 
 def machine_info() -> dict[str, Any]:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            versions[name] = "absent"
+    versions = library_versions(LIBRARIES)
     return {"cpus": os.cpu_count(), "machine": platform.machine(), "system": f"{platform.system()} {platform.release()}",
             "processor": platform.processor() or None, "versions": versions,
             "load_average_start": _load_average()}

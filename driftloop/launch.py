@@ -34,6 +34,20 @@ def write_config(settings: Settings, path: Path) -> Path:
     return path
 
 
+def bentoml_config(settings: Settings) -> dict[str, Any]:
+    """The BentoML service configuration driftloop's settings imply.
+
+    BentoML's access log (a log line per request) and OpenTelemetry spans cost about half of a
+    worker's time on one-row requests (py-spy, see the serving benchmark); both are off unless
+    asked for. Request counts and latencies stay in ``/metrics``.
+    """
+    config: dict[str, Any] = {"workers": settings.serving.workers,
+                              "logging": {"access": {"enabled": settings.serving.access_log}}}
+    if not settings.serving.tracing:
+        config["tracing"] = {"excluded_urls": [".*"]}
+    return config
+
+
 def service_command(settings: Settings, config_path: Path) -> tuple[list[str], dict[str, str]]:
     """argv and environment for ``bentoml serve`` of the driftloop service."""
     home = Path(settings.registry.home).resolve()
@@ -44,7 +58,7 @@ def service_command(settings: Settings, config_path: Path) -> tuple[list[str], d
         "BENTOML_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "true",
         "DO_NOT_TRACK": "1",
-        "BENTOML_CONFIG_OVERRIDES": json.dumps({"services": {SERVICE_NAME: {"workers": settings.serving.workers}}}),
+        "BENTOML_CONFIG_OVERRIDES": json.dumps({"services": {SERVICE_NAME: bentoml_config(settings)}}),
     })
     for name in ("admin_token", "predict_token"):
         token = getattr(settings.serving, name)

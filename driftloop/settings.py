@@ -97,6 +97,8 @@ class ServingConfig(_Section):
     max_rows: int = Field(1000, ge=1)  # rows per /predict request
     log_flush_interval_s: float = Field(0.2, gt=0.0, le=1.0)  # most a hard kill can lose
     log_queue_rows: int = Field(100_000, ge=100)  # bound on buffered prediction-log rows
+    access_log: bool = False  # BentoML's log line per request (metrics carry the same counts)
+    tracing: bool = False  # OpenTelemetry spans per request (configure an exporter through BentoML)
     # Bearer tokens. Unset admin token: the admin endpoints are disabled. Unset predict token:
     # /predict and /feedback are open. Give them by environment, never in a file you commit:
     # DRIFTLOOP_SERVING__ADMIN_TOKEN, DRIFTLOOP_SERVING__PREDICT_TOKEN.

@@ -230,3 +230,15 @@ def test_sigterm_flushes_the_prediction_log(champion_home: Path, tmp_path: Path)
             sent += 5
     assert service.proc.returncode == 0
     assert PredictionStore(settings.store.url).count_predictions() == sent == 200
+
+
+def test_no_access_log_line_per_request_by_default(server: dict[str, Any]) -> None:
+    """BentoML's access log and tracing are off unless asked for (serving.access_log/tracing):
+    together they cost more than half a worker's time on one-row requests."""
+    from driftloop.launch import bentoml_config
+
+    assert predict(server["client"], [ROW]).status_code == 200
+    log = (server["root"] / "service.log").read_text()
+    assert "now serves v1" in log and "/predict" not in log
+    on = make_settings(server["root"], serving={"access_log": True, "tracing": True})
+    assert bentoml_config(on) == {"workers": 1, "logging": {"access": {"enabled": True}}}

@@ -681,24 +681,15 @@ class ServingBenchmark:
         return format_table(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return _finite(asdict(self))
+        from training.report import jsonable
+
+        return jsonable(asdict(self))
 
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
-
-
-def _finite(value: Any) -> Any:
-    """JSON without NaN: a figure that could not be measured is ``null``."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def machine_info() -> dict[str, Any]:

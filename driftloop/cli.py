@@ -246,7 +246,9 @@ def models_diff(a: Annotated[str, typer.Argument(metavar="V1")], b: Annotated[st
     except DriftloopError as exc:
         _fail(exc)
     if as_json:
-        typer.echo(json.dumps(_finite(diff), indent=2, default=str, allow_nan=False))
+        from training.report import jsonable
+
+        typer.echo(json.dumps(jsonable(diff), indent=2, default=str, allow_nan=False))
         return
     for line in _diff_lines(diff):
         typer.echo(line)
@@ -353,17 +355,6 @@ def _range(bounds: list) -> str:
         return "?" if x is None else f"{x:.6g}" if isinstance(x, float) else str(x)
 
     return f"numeric {num(bounds[0])} .. {num(bounds[1])}"
-
-
-def _finite(value: object) -> object:
-    """JSON-safe: NaN and infinities become null (json would write bare NaN)."""
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _actor() -> str:

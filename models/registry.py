@@ -249,27 +249,35 @@ class Registry:
     def verify(self, version: str) -> ModelVersion:
         """Check every file's sha256 against the metadata; raises :class:`IntegrityError`."""
         mv = self.get(version)
+        self._check(mv)
+        return mv
+
+    def _check(self, mv: ModelVersion, loaded: dict[str, bytes] | None = None) -> None:
+        """Every file against its recorded sha256; ``loaded`` files are hashed from the bytes
+        about to be used, so what is checked is what runs."""
+        loaded = loaded or {}
         expected = mv.metadata.get("sha256") or {}
         if MODEL_FILE not in expected:
             raise IntegrityError(f"{mv.tag}: metadata lists no checksum for {MODEL_FILE}; refusing to load it")
         for name, digest in expected.items():
             path = mv.path / name
-            if not path.is_file():
+            if name not in loaded and not path.is_file():
                 raise IntegrityError(f"{mv.tag}: {name} is missing")
-            actual = sha256_file(path)
+            actual = hashlib.sha256(loaded[name]).hexdigest() if name in loaded else sha256_file(path)
             if actual != digest:
                 raise IntegrityError(f"{mv.tag}: {name} checksum mismatch (expected {digest[:12]}..., "
                                      f"found {actual[:12]}...); the file was changed or truncated")
-        return mv
 
     def load(self, version: str, providers: list[str] | None = None) -> OnnxModel:
         """The verified version as a ready ONNX model (a warm-up prediction has run)."""
-        mv = self.verify(version)
-        onnx_bytes = (mv.path / MODEL_FILE).read_bytes()
-        if hashlib.sha256(onnx_bytes).hexdigest() != mv.metadata["sha256"][MODEL_FILE]:
-            raise IntegrityError(f"{mv.tag}: {MODEL_FILE} changed while it was being loaded")
+        mv = self.get(version)
+        try:
+            onnx_bytes = (mv.path / MODEL_FILE).read_bytes()
+        except FileNotFoundError:
+            raise IntegrityError(f"{mv.tag}: {MODEL_FILE} is missing") from None
+        self._check(mv, {MODEL_FILE: onnx_bytes})
         model = OnnxModel.from_bytes(version, mv.schema, onnx_bytes, mv.metadata, providers=providers)
-        model.warm_up(self.reference(version).head(1))
+        model.warm_up(pd.read_parquet(mv.path / REFERENCE_FILE).head(1))
         return model
 
     def reference(self, version: str) -> pd.DataFrame:

@@ -180,27 +180,22 @@ class PredictionStore:
         Columns: id, request_id, created_at, model_version, prediction, confidence, label
         (``None`` where no feedback yet), then one column per feature.
         """
-        q = (sa.select(predictions, feedback.c.label)
-             .select_from(predictions.outerjoin(feedback, predictions.c.request_id == feedback.c.request_id))
-             .where(predictions.c.id > after_id).order_by(predictions.c.id).limit(limit))
-        with self.engine.connect() as conn:
-            rows = conn.execute(q).mappings().all()
-        return _frame(rows)
+        return self._joined(predictions.c.id > after_id, limit=limit)
 
     def rows_between(self, first_id: int, last_id: int) -> pd.DataFrame:
         """Every prediction with an id in ``[first_id, last_id]``, labelled or not, in id order."""
-        q = (sa.select(predictions, feedback.c.label)
-             .select_from(predictions.outerjoin(feedback, predictions.c.request_id == feedback.c.request_id))
-             .where(predictions.c.id.between(first_id, last_id)).order_by(predictions.c.id))
-        with self.engine.connect() as conn:
-            rows = conn.execute(q).mappings().all()
-        return _frame(rows)
+        return self._joined(predictions.c.id.between(first_id, last_id))
 
     def labelled_rows(self, first_id: int, last_id: int) -> pd.DataFrame:
         """Predictions with ids in ``[first_id, last_id]`` that have a label, in id order."""
-        q = (sa.select(predictions, feedback.c.label)
-             .select_from(predictions.join(feedback, predictions.c.request_id == feedback.c.request_id))
-             .where(predictions.c.id.between(first_id, last_id)).order_by(predictions.c.id))
+        return self._joined(predictions.c.id.between(first_id, last_id), labelled_only=True)
+
+    def _joined(self, where: Any, labelled_only: bool = False, limit: int | None = None) -> pd.DataFrame:
+        on = predictions.c.request_id == feedback.c.request_id
+        joined = predictions.join(feedback, on) if labelled_only else predictions.outerjoin(feedback, on)
+        q = sa.select(predictions, feedback.c.label).select_from(joined).where(where).order_by(predictions.c.id)
+        if limit is not None:
+            q = q.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
         return _frame(rows)

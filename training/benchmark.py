@@ -44,6 +44,7 @@ from models.errors import ConfigError
 from models.families import FAMILIES, fit_model
 from models.schema import FeatureSchema
 from training import scenarios
+from training.report import jsonable
 from training.train import library_versions
 
 ROWS = 3000  # training rows
@@ -90,7 +91,7 @@ class CaseResult:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return _finite(asdict(self))
+        return jsonable(asdict(self))
 
 
 @dataclass
@@ -402,14 +403,3 @@ def _num(value: float | None, spec: str, suffix: str = "") -> str:
 def _shorten(text: str, limit: int = 80) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become null."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value

@@ -160,7 +160,7 @@ def _format_value(value: Any) -> str:
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     """Strict JSON (NaN and infinity become null), written atomically."""
-    text = json.dumps(_jsonable(payload), indent=2, allow_nan=False)
+    text = json.dumps(jsonable(payload), indent=2, allow_nan=False)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         tmp.write_text(text + "\n", encoding="utf-8")
@@ -170,13 +170,14 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """JSON-safe: numpy values as Python ones, NaN and infinities as null (json would write NaN)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

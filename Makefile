@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench-models bench-serving lint clean
+.PHONY: install system-deps demo test test-fast bench-models bench-serving lint clean
 
 install: $(STAMP)
 
@@ -18,13 +18,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian's prometheus, postgresql and wrk: the tests run them for real (installed if missing).
+system-deps:
+	scripts/system-deps.sh
+
 demo: $(STAMP)
 	$(BIN)/driftloop demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-deps
 	$(BIN)/pytest -m "not slow"
 
 bench-models: $(STAMP)
@@ -32,10 +36,7 @@ bench-models: $(STAMP)
 
 # The service against a bare Starlette + onnxruntime app (bench/serving.py); wrk drives the closed-loop levels.
 bench-serving: $(STAMP)
-	@command -v wrk >/dev/null 2>&1 || { \
-	  echo "bench-serving: wrk is not installed; installing the Debian package: apt-get install -y wrk"; \
-	  apt-get install -y -qq wrk || { apt-get update -qq && apt-get install -y -qq wrk; } || \
-	  echo "bench-serving: could not install wrk (needs root and Debian's apt); the Python generator runs instead"; }
+	@scripts/system-deps.sh || echo "bench-serving: without wrk the Python generator runs instead"
 	$(BIN)/python -m bench.serving --json var/bench-serving.json
 
 clean:

@@ -639,8 +639,7 @@ def inprocess_costs(prep: Prepared, workdir: Path, calls: int = 2000) -> dict[st
     s = prep.settings.serving
     serving = Serving(Registry(prep.settings.registry.home, prep.settings.registry.project),
                       PredictionStore(f"sqlite:///{workdir / 'inprocess.db'}").create(), serving_metrics(),
-                      poll_interval_s=3600.0, flush_interval_s=s.log_flush_interval_s, log_queue_rows=10 * calls + 1000,
-                      max_rows=s.max_rows)
+                      s.model_copy(update={"poll_interval_s": 3600.0, "log_queue_rows": 10 * calls + 1000}))
     try:
         serving.start()  # loads the champion (verified, warmed up)
         model = serving.model

@@ -45,6 +45,10 @@ def bentoml_config(settings: Settings) -> dict[str, Any]:
                               "logging": {"access": {"enabled": settings.serving.access_log}}}
     if not settings.serving.tracing:
         config["tracing"] = {"excluded_urls": [".*"]}
+    from models.onnx_model import providers_for
+
+    if providers_for(settings.serving.device)[0] == "cuda":  # raises for cuda without a GPU
+        config["resources"] = {"gpu": 1}
     return config
 
 
@@ -87,7 +91,11 @@ class ServiceProcess:
             self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log or subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_ready(ready_timeout)
+        try:
+            self.wait_ready(ready_timeout)
+        except BaseException:  # never leave a half-started server behind
+            self.stop(timeout=10)
+            raise
         return self
 
     def wait_ready(self, timeout: float) -> float:

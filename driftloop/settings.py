@@ -99,6 +99,27 @@ class ServingConfig(_Section):
     log_queue_rows: int = Field(100_000, ge=100)  # bound on buffered prediction-log rows
     access_log: bool = False  # BentoML's log line per request (metrics carry the same counts)
     tracing: bool = False  # OpenTelemetry spans per request (configure an exporter through BentoML)
+    prediction_log: bool = True  # every predicted row into the store (the monitor needs it)
+    metrics: bool = True  # driftloop's per-request metrics (predictions by class, batch sizes)
+    # Where the graph runs. auto: onnxruntime's CUDA provider when it is installed and sees a GPU
+    # (the `gpu` extra), else the CPU; cuda: refuse to start without one.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Load: a worker answers 503 + Retry-After at once, rather than queueing, once this many
+    # requests are in flight in it; bodies larger than max_body_bytes get a 413.
+    max_in_flight: int = Field(128, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # Adaptive batching: rows of concurrent requests run through the graph together (a batch
+    # forms while the previous one runs; no fixed wait). auto: on for neural kinds.
+    batching: Literal["auto", "on", "off"] = "auto"
+    max_batch_rows: int = Field(512, ge=1)
+    # Input policies. unknown_category: accept (the graph encodes it as no known category, and
+    # it is counted) or reject (422). missing_values: reject null/NaN/inf in numeric features
+    # (422), or impute the training median.
+    unknown_category: Literal["accept", "reject"] = "accept"
+    missing_values: Literal["reject", "impute"] = "reject"
+    # SIGTERM: readiness fails and new requests get 503 for drain_s (load balancers notice),
+    # then in-flight requests finish, the prediction log is flushed and the worker exits.
+    drain_s: float = Field(2.0, ge=0.0, le=60.0)
     # Bearer tokens. Unset admin token: the admin endpoints are disabled. Unset predict token:
     # /predict and /feedback are open. Give them by environment, never in a file you commit:
     # DRIFTLOOP_SERVING__ADMIN_TOKEN, DRIFTLOOP_SERVING__PREDICT_TOKEN.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,11 +77,65 @@ def _anomaly_outputs(graph: Any) -> Any:
     return graph
 
 
-def session(onnx_bytes: bytes, providers: list[str] | None = None, threads: int = 1) -> ort.InferenceSession:
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def providers_for(device: str) -> tuple[str, list[str]]:
+    """``serving.device`` (auto | cpu | cuda) as the device name and onnxruntime's providers.
+
+    ``auto`` takes the GPU when onnxruntime's CUDA provider is installed (onnxruntime-gpu, the
+    ``gpu`` extra); ``cuda`` without it is a configuration error, raised at start.
+    """
+    available = ort.get_available_providers()
+    if device == "cuda" and CUDA not in available:
+        raise ExportError(f"serving.device is cuda but onnxruntime offers only {available}: "
+                          "install the gpu extra (onnxruntime-gpu) on a machine with an NVIDIA GPU")
+    if device in ("auto", "cuda") and CUDA in available:
+        return "cuda", [CUDA, CPU]
+    return "cpu", [CPU]
+
+
+def check_external_data(onnx_bytes: bytes, model_dir: Path) -> list[Path]:
+    """The external-data files a graph names, each resolved inside ``model_dir``.
+
+    A graph can keep its weights in side files named by relative paths; a path that leaves the
+    model's directory (``../``, an absolute path, a link out) could read any file of the host,
+    so it is refused with :class:`IntegrityError`, as is a named file that does not exist.
+    """
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    from models.errors import IntegrityError
+
+    try:
+        proto = onnx.load_from_string(onnx_bytes)  # never reads external data itself
+    except Exception as exc:  # DecodeError and friends: the caller refuses the graph
+        raise ExportError(f"not a readable ONNX graph: {exc}") from exc
+    root = Path(model_dir).resolve()
+    files: list[Path] = []
+    for tensor in _get_all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        path = (root / location).resolve()
+        if not location or Path(location).is_absolute() or not path.is_relative_to(root):
+            raise IntegrityError(f"tensor {tensor.name!r}: external data path {location!r} points outside "
+                                 f"the model directory {root}; refused")
+        if not path.is_file():
+            raise IntegrityError(f"tensor {tensor.name!r}: external data file {location!r} is missing")
+        files.append(path)
+    return files
+
+
+def session(onnx_bytes: bytes, providers: list[str] | None = None, threads: int = 1,
+            source: Path | None = None) -> ort.InferenceSession:
+    """An onnxruntime session on the graph's bytes (``source``: load from that file instead, for
+    a graph whose weights are in external-data files beside it)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
+    return ort.InferenceSession(str(source) if source else onnx_bytes, sess_options=opts, providers=providers or [CPU])
 
 
 def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -137,9 +192,9 @@ class OnnxModel:
 
     @classmethod
     def from_bytes(cls, version: str, schema: FeatureSchema, onnx_bytes: bytes, metadata: dict[str, Any],
-                   providers: list[str] | None = None) -> OnnxModel:
+                   providers: list[str] | None = None, source: Path | None = None) -> OnnxModel:
         try:
-            sess = session(onnx_bytes, providers)
+            sess = session(onnx_bytes, providers, source=source)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ExportError(f"version {version}: onnxruntime refused the graph: {exc}") from exc
         names = [i.name for i in sess.get_inputs()]

@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 
 from models.errors import IntegrityError, RegistryError, UnknownVersion
-from models.onnx_model import OnnxModel
+from models.onnx_model import OnnxModel, check_external_data
 from models.schema import FeatureSchema
 
 MODEL_FILE = "model.onnx"
@@ -276,7 +276,12 @@ class Registry:
         except FileNotFoundError:
             raise IntegrityError(f"{mv.tag}: {MODEL_FILE} is missing") from None
         self._check(mv, {MODEL_FILE: onnx_bytes})
-        model = OnnxModel.from_bytes(version, mv.schema, onnx_bytes, mv.metadata, providers=providers)
+        external = check_external_data(onnx_bytes, mv.path)  # side files must live in the version's directory
+        unchecked = [p.name for p in external if p.relative_to(mv.path.resolve()).as_posix() not in mv.metadata["sha256"]]
+        if unchecked:
+            raise IntegrityError(f"{mv.tag}: external data {unchecked} has no recorded checksum; refusing to load it")
+        model = OnnxModel.from_bytes(version, mv.schema, onnx_bytes, mv.metadata, providers=providers,
+                                     source=mv.path / MODEL_FILE if external else None)
         model.warm_up(pd.read_parquet(mv.path / REFERENCE_FILE).head(1))
         return model
 

@@ -38,6 +38,15 @@ class Feature:
     min: float | None = None  # observed in training (numeric, image, sequence)
     max: float | None = None
     shape: tuple[int, ...] = ()  # image: (height, width); sequence: (steps, channels)
+    median: float | None = None  # in training (numeric): what ``missing_values: impute`` fills in
+
+    @property
+    def fill(self) -> float:
+        """The value imputed for a missing numeric input (the training median; older versions,
+        which did not record it, the middle of the training range)."""
+        if self.median is not None:
+            return self.median
+        return ((self.min or 0.0) + (self.max or 0.0)) / 2.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,8 @@ class FeatureSchema:
                 values = pd.to_numeric(col, errors="coerce")
                 if values.isna().any():
                     raise SchemaError(f"feature {name!r} is declared numeric but holds non-numeric or missing values")
-                features.append(Feature(name, "numeric", min=float(values.min()), max=float(values.max())))
+                features.append(Feature(name, "numeric", min=float(values.min()), max=float(values.max()),
+                                        median=float(values.median())))
             elif kind in MEDIA_KINDS:
                 try:
                     arrays = np.stack([as_array(v) for v in col])
@@ -113,16 +123,21 @@ class FeatureSchema:
     def from_dict(cls, data: dict[str, Any]) -> FeatureSchema:
         feats = tuple(
             Feature(f["name"], f["kind"], tuple(f.get("categories", ())), f.get("min"), f.get("max"),
-                    tuple(f.get("shape", ())))
+                    tuple(f.get("shape", ())), f.get("median"))
             for f in data["features"]
         )
         return cls(feats, task=data["task"], target=data.get("target"), labels=tuple(data.get("labels", ())))
 
     # -- the request boundary -----------------------------------------------------------------
-    def validate_rows(self, rows: Any, max_rows: int = 10_000) -> dict[str, np.ndarray]:
+    def validate_rows(self, rows: Any, max_rows: int = 10_000, *, unknown_category: str = "accept",
+                      missing_values: str = "reject", repairs: dict[str, int] | None = None) -> dict[str, np.ndarray]:
         """Check request rows and return the ONNX feeds (one ``(n, 1)`` array per feature).
 
         Raises :class:`SchemaError` naming the row and the field for the first problem found.
+        ``unknown_category``: ``accept`` passes a category unseen in training to the graph (its
+        encoders treat it as none of the known ones) or ``reject`` refuses it. ``missing_values``:
+        ``reject`` refuses a null, NaN or infinite numeric value, ``impute`` replaces it with the
+        training median. ``repairs`` (if given) counts both, as ``"<kind>:<feature>"`` -> rows.
         """
         if not isinstance(rows, list):
             raise SchemaError("'rows' must be a list of objects", field="rows")
@@ -144,16 +159,28 @@ class FeatureSchema:
             for name, feat in self._index.items():
                 value = row[name]
                 if feat.kind == "numeric":
-                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    if isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
                         raise SchemaError(f"rows[{i}].{name} must be a number, got {type(value).__name__}",
                                           field=f"rows[{i}].{name}")
-                    if not math.isfinite(value):
-                        raise SchemaError(f"rows[{i}].{name} must be finite, got {value}", field=f"rows[{i}].{name}")
+                    if value is None or not math.isfinite(value):
+                        if missing_values != "impute":
+                            raise SchemaError(f"rows[{i}].{name} must be a finite number, got {value} "
+                                              "(serving.missing_values: reject)", field=f"rows[{i}].{name}")
+                        value = feat.fill
+                        if repairs is not None:
+                            repairs[f"imputed:{name}"] = repairs.get(f"imputed:{name}", 0) + 1
                 elif feat.kind in MEDIA_KINDS:
                     value = _array(value, feat, f"rows[{i}].{name}")
                 elif not isinstance(value, str):
                     raise SchemaError(f"rows[{i}].{name} must be a string category, got {type(value).__name__}",
                                       field=f"rows[{i}].{name}")
+                elif feat.categories and value not in feat.categories:
+                    if unknown_category == "reject":
+                        raise SchemaError(f"rows[{i}].{name}: {value!r} is not a category seen in training "
+                                          f"(serving.unknown_category: reject); known: {list(feat.categories)[:10]}",
+                                          field=f"rows[{i}].{name}")
+                    if repairs is not None:
+                        repairs[f"unknown_category:{name}"] = repairs.get(f"unknown_category:{name}", 0) + 1
                 columns[name].append(value)
         return self.feeds(columns)
 

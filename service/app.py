@@ -11,13 +11,22 @@
 
 Run it with ``driftloop serve`` (which sets ``DRIFTLOOP_CONFIG`` and ``BENTOML_HOME``) or
 ``bentoml serve service.app:Driftloop``. Each worker builds its own :class:`Serving` in
-``__init__``; nothing is loaded at import time.
+``__init__``; nothing is loaded at import time. Every request first passes
+:class:`service.gate.RequestGate` (draining, overload, body limits), which also answers
+``POST /predict`` itself; the other routes are BentoML's.
+
+A graceful stop (SIGTERM): readiness fails and new requests get 503 for ``serving.drain_s``,
+then uvicorn lets the running requests finish, ``on_shutdown`` flushes the prediction log, and
+the worker exits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import os
+import signal
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -29,7 +38,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from models.errors import DriftloopError, RegistryError, SchemaError, UnknownVersion
+from service.gate import RequestGate, predict_answer
 from service.serving import NotReady, Serving, token_ok
+
+log = logging.getLogger("driftloop.service")
 
 Scalar = int | float | str
 ROW_EXAMPLE = {"income": 52000.0, "age": 41.0, "debt_ratio": 0.31, "credit_lines": 6.0,
@@ -72,28 +84,6 @@ async def _model_route(request: Request) -> JSONResponse:
 
 
 info_app = Starlette(routes=[Route("/model", _model_route, methods=["GET"])])
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-
-
-class JsonBodiesOnly:
-    """ASGI middleware: the API takes JSON. BentoML parses a form body itself (multipart or
-    urlencoded) and answers a malformed one (no boundary, bad parts) with a 500, so form
-    media types are refused with a 415 before they reach it."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            header = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
-            media_type = header.split(";")[0].strip().lower()
-            if media_type in FORM_TYPES:
-                await _error(415, f"Content-Type {media_type} is not accepted: send the body as "
-                                  "application/json", "Content-Type")(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 @bentoml.asgi_app(info_app, path="/")
 @bentoml.service(name="driftloop", workers=1, traffic={"timeout": 30})
 class Driftloop:
@@ -107,16 +97,38 @@ class Driftloop:
         settings = load_settings(os.environ.get("DRIFTLOOP_CONFIG") or None)
         self.admin_token = settings.serving.admin_token
         self.predict_token = settings.serving.predict_token
-        self.serving = Serving(
-            Registry(settings.registry.home, settings.registry.project),
-            PredictionStore(settings.store.url).create(),
-            serving_metrics(),
-            poll_interval_s=settings.serving.poll_interval_s,
-            flush_interval_s=settings.serving.log_flush_interval_s,
-            log_queue_rows=settings.serving.log_queue_rows,
-            max_rows=settings.serving.max_rows,
-        )
+        self.serving = Serving(Registry(settings.registry.home, settings.registry.project),
+                               PredictionStore(settings.store.url).create(), serving_metrics(), settings.serving)
         self.serving.start()
+        self._drain_on_sigterm(settings.serving.drain_s)
+        # Everything loaded so far (BentoML, onnxruntime, pandas, the model) lives as long as the
+        # worker: keep it out of the garbage collector's full passes, which otherwise walk it all
+        # and stall requests (the p99 spikes of the serving benchmark).
+        gc.collect()
+        gc.freeze()
+
+    def _drain_on_sigterm(self, drain_s: float) -> None:
+        """Put draining in front of uvicorn's own SIGTERM handling: BentoML builds the service on
+        the worker's event loop, after uvicorn installed its handler, so that handler is chained."""
+        try:
+            loop = asyncio.get_running_loop()
+            previous = signal.getsignal(signal.SIGTERM)
+        except RuntimeError:  # not on an event loop (an in-process use): nothing to chain
+            return
+        if not callable(previous):
+            return
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if self.serving.draining:  # a second SIGTERM: stop draining, shut down now
+                previous(signum, frame)
+                return
+            self.serving.drain()
+            loop.call_soon_threadsafe(loop.call_later, drain_s, previous, signum, None)
+
+        try:
+            signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:  # not the main thread
+            log.warning("SIGTERM is not chained in this worker: no drain period before shutdown")
 
     def __is_ready__(self) -> bool:
         return self.serving.ready()
@@ -137,15 +149,17 @@ class Driftloop:
         return _error(401, "missing or wrong bearer token", "Authorization", ctx=ctx)
 
     @bentoml.api(route="/predict")
-    def predict(self, rows: Annotated[list[dict[str, Any]], Field(examples=[[ROW_EXAMPLE]])],
-                ctx: bentoml.Context) -> PredictResponse:
+    async def predict(self, rows: Annotated[list[dict[str, Any]], Field(examples=[[ROW_EXAMPLE]])],
+                      ctx: bentoml.Context) -> PredictResponse:
         """Predict one answer per row; every row gets a request id for later feedback."""
+        # RequestGate answers POST /predict before BentoML routes it; this method documents the
+        # route in the OpenAPI schema and answers the same way if it is ever reached.
         if self.predict_token is not None and (denied := self._denied(ctx, admin=False)):
             return denied  # type: ignore[return-value]
         try:
             # A ready Response: BentoML passes it through instead of re-validating the model
             # against its schema; fields that do not apply to the task are left out.
-            return JSONResponse(self.serving.predict(rows))  # type: ignore[return-value]
+            return JSONResponse(await predict_answer(self.serving, rows))  # type: ignore[return-value]
         except SchemaError as exc:
             return _error(422, str(exc), exc.field, ctx)  # type: ignore[return-value]
         except NotReady as exc:
@@ -200,7 +214,7 @@ class Driftloop:
         return self._admin(ctx, lambda: self.serving.request_retrain(reason, actor=_actor(ctx)))
 
 
-Driftloop.add_asgi_middleware(JsonBodiesOnly)
+Driftloop.add_asgi_middleware(RequestGate)
 
 
 def _actor(ctx: bentoml.Context) -> str:

@@ -18,9 +18,12 @@ class ServingMetrics:
     predictions: Any  # Counter{model_version, predicted_class}: predicted rows
     feedback: Any  # Counter{outcome}: labels accepted, duplicate, unknown
     swaps: Any  # Counter{outcome}: model swaps done or refused, per worker
-    model_workers: Any  # Gauge{model_version}: workers serving each version
+    model_workers: Any  # Gauge{model_version, device}: workers serving each version
     log_rows: Any  # Counter{outcome}: prediction-log rows written or dropped
     log_queue: Any  # Gauge: rows waiting in the prediction-log buffers
+    batch_rows: Any  # Histogram: rows per graph run (one request, or a batch of several)
+    shed: Any  # Counter{reason}: requests refused at once with 503 (overloaded, draining)
+    input_repairs: Any  # Counter{feature, kind}: unknown categories accepted, missing values imputed
 
 
 @functools.cache
@@ -33,10 +36,15 @@ def serving_metrics() -> ServingMetrics:
         feedback=pc.Counter("driftloop_feedback_labels", "Feedback labels received, by outcome.", ["outcome"]),
         swaps=pc.Counter("driftloop_model_swaps", "Champion swaps attempted by service workers, by outcome.",
                          ["outcome"]),
-        model_workers=pc.Gauge("driftloop_model_workers", "Service workers serving each model version.",
-                               ["model_version"], multiprocess_mode="livesum"),
+        model_workers=pc.Gauge("driftloop_model_workers", "Service workers serving each model version, by device.",
+                               ["model_version", "device"], multiprocess_mode="livesum"),
         log_rows=pc.Counter("driftloop_prediction_log_rows", "Prediction-log rows, by outcome (written, dropped).",
                             ["outcome"]),
         log_queue=pc.Gauge("driftloop_prediction_log_queue_rows", "Prediction-log rows waiting to be written.",
                            multiprocess_mode="livesum"),
+        batch_rows=pc.Histogram("driftloop_batch_rows", "Rows per run of the model's graph.",
+                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)),
+        shed=pc.Counter("driftloop_requests_shed", "Requests refused at once with 503, by reason.", ["reason"]),
+        input_repairs=pc.Counter("driftloop_input_repairs", "Input values repaired by policy: unknown categories "
+                                 "accepted, missing values imputed.", ["feature", "kind"]),
     )

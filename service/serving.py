@@ -1,9 +1,10 @@
 """What a serving worker does, free of HTTP: predict, take feedback, follow the champion.
 
-A request's path: :meth:`Serving.predict` takes the current model (one attribute read, so a
-request never mixes two models), validates the rows against *that* model's schema, runs the
-ONNX graph, hands the rows to the prediction-log writer and returns the answer with the
-version that produced it. :class:`ChampionWatcher` polls the registry's champion pointer and
+A request's path (:mod:`service.gate` receives it from HTTP): :meth:`Serving.prepare` takes the
+current model (one attribute read, so a request never mixes two models) and validates the rows
+against *that* model's schema; the ONNX graph runs (inline, or in a batch with other requests,
+:mod:`service.batching`); :meth:`Serving.answer` hands the rows to the prediction-log writer and
+returns the answer with the version that produced it. :meth:`Serving.predict` is the three in one. :class:`ChampionWatcher` polls the registry's champion pointer and
 swaps in a verified, warmed-up model; a broken artifact is refused and the old model keeps
 serving.
 """
@@ -17,17 +18,21 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models.errors import DriftloopError, SchemaError
-from models.onnx_model import OnnxModel
+from models.onnx_model import OnnxModel, providers_for
 from models.schema import SECOND_OUTPUT, SUPERVISED
 from models.registry import Registry
 from monitoring.store import PredictionStore, utcnow
+from service.batching import Batcher, batching_enabled
 from service.metrics import ServingMetrics
 from service.predlog import PredictionLogWriter
+
+if TYPE_CHECKING:
+    from driftloop.settings import ServingConfig
 
 log = logging.getLogger("driftloop.service")
 
@@ -108,57 +113,92 @@ class ChampionWatcher:
 
 
 class Serving:
-    def __init__(self, registry: Registry, store: PredictionStore, metrics: ServingMetrics, *,
-                 poll_interval_s: float = 0.5, flush_interval_s: float = 0.2, log_queue_rows: int = 100_000,
-                 max_rows: int = 1000, providers: list[str] | None = None) -> None:
+    def __init__(self, registry: Registry, store: PredictionStore, metrics: ServingMetrics,
+                 config: ServingConfig) -> None:
         self.registry = registry
         self.store = store
         self.metrics = metrics
+        self.config = config
         self.model: OnnxModel | None = None
-        self.stopping = False
-        self.flush_interval_s = flush_interval_s
-        self.max_rows = max_rows
+        self.stopping = False  # shut down: nothing more is served
+        self.draining = False  # SIGTERM received: readiness fails, new requests get 503
+        self.flush_interval_s = config.log_flush_interval_s
+        self.max_rows = config.max_rows
+        self.device, providers = providers_for(config.device)
         self._counters: dict[tuple[str, str], Any] = {}
         self.started_at = time.time()
         self.writer = PredictionLogWriter(
-            store.insert_predictions, max_rows=log_queue_rows, flush_interval_s=flush_interval_s,
-            on_written=lambda n: metrics.log_rows.labels("written").inc(n),
-            on_dropped=lambda n: metrics.log_rows.labels("dropped").inc(n),
-        )
-        self.watcher = ChampionWatcher(registry, self._swap, self._refused, poll_interval_s, providers)
+            store.insert_predictions, max_rows=config.log_queue_rows, flush_interval_s=config.log_flush_interval_s,
+            on_written=self._logged, on_dropped=lambda n: metrics.log_rows.labels("dropped").inc(n),
+        ) if config.prediction_log else None
+        self.batcher = Batcher(config.max_batch_rows, metrics.batch_rows.observe if config.metrics else lambda n: None)
+        self.watcher = ChampionWatcher(registry, self._swap, self._refused, config.poll_interval_s, providers)
 
     def start(self) -> None:
         self.watcher.start()
 
     def ready(self) -> bool:
-        return self.model is not None and not self.stopping
+        return self.model is not None and not self.stopping and not self.draining
+
+    def drain(self) -> None:
+        """The first step of a graceful stop: readiness fails and new requests are refused (503);
+        requests already running finish."""
+        if not self.draining:
+            log.info("worker %d draining: readiness fails, new requests get 503", os.getpid())
+        self.draining = True
 
     def shutdown(self) -> None:
         """Fail readiness, stop following the champion, write every buffered log row."""
-        self.stopping = True
+        self.draining = self.stopping = True
         self.watcher.stop()
-        self.writer.close()
+        self.batcher.close()
+        if self.writer is not None:
+            self.writer.close()
         if self.model is not None:
-            self.metrics.model_workers.labels(self.model.version).set(0)
+            self.metrics.model_workers.labels(self.model.version, self.device).set(0)
         self.store.close()
 
     # -- the request path ---------------------------------------------------------------------
-    def predict(self, rows: Any) -> dict[str, Any]:
+    def prepare(self, rows: Any) -> tuple[OnnxModel, dict[str, np.ndarray]]:
+        """The model that answers this request and the request's rows as its feeds (validated
+        against that model's schema and the input policies); raises NotReady or SchemaError."""
         model = self.model  # one read: the whole request uses this version
         if model is None or self.stopping:
             raise NotReady("no champion model is loaded yet" if model is None else "the service is shutting down")
-        feeds = model.schema.validate_rows(rows, self.max_rows)
+        repairs: dict[str, int] = {}
+        feeds = model.schema.validate_rows(rows, self.max_rows, unknown_category=self.config.unknown_category,
+                                           missing_values=self.config.missing_values, repairs=repairs)
+        for key, n in repairs.items():  # rare: unknown categories accepted, values imputed
+            kind, _, feature = key.partition(":")
+            self.metrics.input_repairs.labels(feature, kind).inc(n)
+        return model, feeds
+
+    def batched(self, model: OnnxModel) -> bool:
+        """Whether this model's requests go through the batcher (``serving.batching``)."""
+        return batching_enabled(self.config.batching, model)
+
+    def predict(self, rows: Any) -> dict[str, Any]:
+        """One request, start to end, in the calling thread (no batching)."""
+        model, feeds = self.prepare(rows)
         preds, second = model.predict(feeds)
+        if self.config.metrics:
+            self.metrics.batch_rows.observe(len(preds))
+        return self.answer(model, rows, preds, second)
+
+    def answer(self, model: OnnxModel, rows: list[Any], preds: np.ndarray, second: np.ndarray | None) -> dict[str, Any]:
+        """Request ids, the prediction log and the metrics for one request; its JSON answer."""
         predictions = preds.tolist()
         ids = [new_request_id() for _ in predictions]
-        confidence = _confidence(model.schema.task, second, len(ids))
-        now = utcnow()
-        self.writer.submit([
-            {"request_id": rid, "created_at": now, "model_version": model.version, "features": row,
-             "prediction": pred, "confidence": conf}
-            for rid, row, pred, conf in zip(ids, rows, predictions, confidence)
-        ])
-        self._count(model.version, predictions)
+        if self.writer is not None:
+            confidence = _confidence(model.schema.task, second, len(ids))
+            now = utcnow()
+            self.writer.submit([
+                {"request_id": rid, "created_at": now, "model_version": model.version, "features": row,
+                 "prediction": pred, "confidence": conf}
+                for rid, row, pred, conf in zip(ids, rows, predictions, confidence)
+            ])
+        if self.config.metrics:
+            self._count(model.version, predictions)
         answer: dict[str, Any] = {"model_version": model.version, "predictions": predictions, "request_ids": ids}
         field = SECOND_OUTPUT[model.schema.task]
         if field is not None and second is not None:
@@ -175,7 +215,8 @@ class Serving:
         # that recently may still be in a buffer: flush ours, give the others one interval.
         fresh = [rid for rid in unknown if (age := request_id_age(rid)) is not None and age < 2 * self.flush_interval_s + 1]
         if fresh:
-            self.writer.flush(timeout=5)
+            if self.writer is not None:
+                self.writer.flush(timeout=5)
             time.sleep(self.flush_interval_s)
             wanted = set(fresh)
             retry = self.store.insert_feedback([(rid, lab) for rid, lab in labels if rid in wanted])
@@ -201,6 +242,8 @@ class Serving:
             "metrics": meta.get("metrics", {}),
             "schema": model.schema.to_dict(),
             "providers": model.providers,
+            "device": self.device,
+            "batching": self.batched(model),
             "worker_pid": os.getpid(),
         }
 
@@ -230,10 +273,15 @@ class Serving:
         old = self.model
         self.model = model  # atomic: in-flight requests keep the model they already read
         self.metrics.swaps.labels("done").inc()
-        self.metrics.model_workers.labels(model.version).set(1)
-        if old is not None:
-            self.metrics.model_workers.labels(old.version).set(0)
+        self.metrics.model_workers.labels(model.version, self.device).set(1)
+        if old is not None and old.version != model.version:
+            self.metrics.model_workers.labels(old.version, self.device).set(0)
         log.info("worker %d now serves %s (was %s)", os.getpid(), model.version, old.version if old else None)
+
+    def _logged(self, rows: int) -> None:
+        self.metrics.log_rows.labels("written").inc(rows)
+        if self.writer is not None:
+            self.metrics.log_queue.set(self.writer.pending())
 
     def _refused(self, version: str, exc: Exception) -> None:
         self.metrics.swaps.labels("refused").inc()

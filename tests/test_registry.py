@@ -96,5 +96,46 @@ def test_a_graph_that_cannot_run_is_refused(registry: Registry) -> None:
     """A checksum that matches garbage (written through the registry) still never serves."""
     v1 = registry.get("v1")
     registry.register(b"\x08\x07garbage", v1.schema, registry.reference("v1"), {}, trigger="manual", parent="v1")
-    with pytest.raises(Exception, match="onnxruntime refused|warm-up"):
+    with pytest.raises(Exception, match="onnxruntime refused|warm-up|not a readable ONNX graph"):
         registry.load("v2")
+
+
+def _graph_with_external_weight(location: str) -> bytes:
+    """A one-node graph (y = x + w) whose weight ``w`` lives in an external-data file."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [0.0])
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "4")):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [weight])
+    return onnx.helper.make_model(graph).SerializeToString()
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "sub/../../outside.bin"])
+def test_external_data_outside_the_model_directory_is_refused(tmp_path: Path, location: str) -> None:
+    import numpy as np
+
+    from models.onnx_model import check_external_data
+
+    model_dir = tmp_path / "v1"
+    model_dir.mkdir()
+    (tmp_path / "outside.bin").write_bytes(np.float32(1.0).tobytes())
+    with pytest.raises(IntegrityError, match="points outside the model directory"):
+        check_external_data(_graph_with_external_weight(location), model_dir)
+
+
+def test_external_data_inside_the_model_directory_is_found(tmp_path: Path) -> None:
+    import numpy as np
+
+    from models.onnx_model import check_external_data
+
+    with pytest.raises(IntegrityError, match="is missing"):
+        check_external_data(_graph_with_external_weight("weights.bin"), tmp_path)
+    (tmp_path / "weights.bin").write_bytes(np.float32(1.0).tobytes())
+    assert check_external_data(_graph_with_external_weight("weights.bin"), tmp_path) == [tmp_path / "weights.bin"]
+    assert check_external_data(b"", tmp_path) == []  # an empty graph names no files

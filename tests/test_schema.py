@@ -34,9 +34,10 @@ def good_row(**kw) -> dict:
     return {"income": 40000.0, "age": 33, "region": "east"} | kw
 
 
-def test_infer_numeric_range_and_sorted_categories(schema: FeatureSchema) -> None:
+def test_infer_numeric_range_and_sorted_categories(schema: FeatureSchema, frame: pd.DataFrame) -> None:
     income, age, region = schema.features
-    assert income == Feature("income", "numeric", min=31000.0, max=78000.25)
+    assert income == Feature("income", "numeric", min=31000.0, max=78000.25, median=income.median)
+    assert income.median == float(frame["income"].median()) == 48500.25 and income.fill == income.median
     assert (age.min, age.max) == (19.0, 61.0) and isinstance(age.min, float)
     assert region.kind == "categorical" and region.categories == ("east", "north", "west")
     assert region.min is None and region.max is None
@@ -116,10 +117,10 @@ def _error(schema: FeatureSchema, rows, **kw) -> SchemaError:  # noqa: ANN001
     ([good_row(), {"income": 1.0, "age": 2, "zone": "east"}], "rows[1].region", "missing feature 'region'"),
     ([good_row(), good_row(income="40000")], "rows[1].income", "must be a number, got str"),
     ([good_row(), good_row(age=True)], "rows[1].age", "must be a number, got bool"),
-    ([good_row(), good_row(income=None)], "rows[1].income", "must be a number, got NoneType"),
-    ([good_row(), good_row(income=float("nan"))], "rows[1].income", "must be finite"),
-    ([good_row(), good_row(age=float("inf"))], "rows[1].age", "must be finite"),
-    ([good_row(), good_row(age=-math.inf)], "rows[1].age", "must be finite"),
+    ([good_row(), good_row(income=None)], "rows[1].income", "must be a finite number, got None"),
+    ([good_row(), good_row(income=float("nan"))], "rows[1].income", "must be a finite number"),
+    ([good_row(), good_row(age=float("inf"))], "rows[1].age", "must be a finite number"),
+    ([good_row(), good_row(age=-math.inf)], "rows[1].age", "must be a finite number"),
     ([good_row(), good_row(region=3)], "rows[1].region", "must be a string category, got int"),
     ([good_row(), good_row(region=None)], "rows[1].region", "must be a string category"),
 ])
@@ -144,3 +145,29 @@ def test_too_many_rows_by_default(schema: FeatureSchema) -> None:
 def test_first_bad_row_is_reported(schema: FeatureSchema) -> None:
     rows = [good_row(), good_row(), good_row(income="x"), good_row(age="y")]
     assert _error(schema, rows).field == "rows[2].income"
+
+
+def test_missing_values_policy_imputes_the_training_median_and_counts_it(schema: FeatureSchema) -> None:
+    repairs: dict[str, int] = {}
+    rows = [good_row(income=None), good_row(age=float("nan")), good_row(age=math.inf), good_row()]
+    feeds = schema.validate_rows(rows, missing_values="impute", repairs=repairs)
+    income, age = (f for f in schema.features if f.kind == "numeric")
+    assert feeds["income"][0, 0] == np.float32(income.median) and feeds["income"][3, 0] == np.float32(40000.0)
+    assert feeds["age"][1, 0] == feeds["age"][2, 0] == np.float32(age.median) != feeds["age"][0, 0]
+    assert repairs == {"imputed:income": 1, "imputed:age": 2}
+    assert _error(schema, [good_row(income="x")], missing_values="impute").field == "rows[0].income"  # still a type error
+
+
+def test_unknown_category_policy(schema: FeatureSchema) -> None:
+    repairs: dict[str, int] = {}
+    feeds = schema.validate_rows([good_row(region="south"), good_row()], repairs=repairs)  # accept: the default
+    assert feeds["region"][:, 0].tolist() == ["south", "east"] and repairs == {"unknown_category:region": 1}
+    err = _error(schema, [good_row(), good_row(region="south")], unknown_category="reject")
+    assert err.field == "rows[1].region" and "'south' is not a category seen in training" in str(err)
+
+
+def test_a_schema_saved_before_medians_imputes_the_middle_of_the_range() -> None:
+    old = FeatureSchema.from_dict({"task": "regression", "features": [
+        {"name": "x", "kind": "numeric", "min": 2.0, "max": 6.0}]})
+    assert old.features[0].median is None and old.features[0].fill == 4.0
+    assert old.validate_rows([{"x": None}], missing_values="impute")["x"].tolist() == [[4.0]]

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-fast bench-models bench-serving lint clean
+.PHONY: install system-deps demo test test-fast bench-models bench-serving bench-serving-features lint clean
 
 install: $(STAMP)
 
@@ -38,6 +38,11 @@ bench-models: $(STAMP)
 bench-serving: $(STAMP)
 	@scripts/system-deps.sh || echo "bench-serving: without wrk the Python generator runs instead"
 	$(BIN)/python -m bench.serving --json var/bench-serving.json
+
+# Prediction log + metrics on/off, adaptive batching on/off (a GRU), and 2x overload (bench/serving_features.py).
+bench-serving-features: $(STAMP)
+	@scripts/system-deps.sh
+	$(BIN)/python -m bench.serving_features --json var/bench-serving-features.json
 
 clean:
 	rm -rf var .pytest_cache build *.egg-info

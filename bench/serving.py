@@ -46,8 +46,9 @@ cost from the HTTP stack's. ``--profile DIR`` samples the service's worker with 
 connections (the thread holding the GIL) and reports where the time goes, by owner (BentoML,
 OpenTelemetry, Starlette, uvicorn, anyio, driftloop, ...). Nothing is asserted about speed.
 
-Not measured: the service with its prediction log off. There is no switch for it without
-changing the service, so that comparison is left out (the output says so).
+Not measured here: the prediction log and metrics switched off, adaptive batching on and off,
+and overload at twice saturation; :mod:`bench.serving_features` measures those, each against the
+same service with the feature off (the output says so).
 """
 
 from __future__ import annotations
@@ -85,8 +86,8 @@ REQUEST_TIMEOUT_S = 10.0
 PARITY_ROWS = 50
 SERVERS = ("bare", "driftloop")
 LIBRARIES = ("bentoml", "starlette", "uvicorn", "onnxruntime", "httpx", "uvloop")
-NOT_MEASURED = ("prediction log on/off: the service has no switch for its prediction log without a code "
-                "change, so only the shipped configuration (log on) is measured")
+NOT_MEASURED = ("prediction log on/off, adaptive batching and overload shedding: each is measured against "
+                "itself switched off by `python -m bench.serving_features` (make bench-serving-features)")
 
 Progress = Callable[[str], None]
 

@@ -1,8 +1,10 @@
 """Starting the real BentoML service as a process: for ``driftloop serve``, the demo and tests.
 
 The service reads the same settings as its launcher: the launcher writes them to a YAML file
-and passes its path in ``DRIFTLOOP_CONFIG``; ``BENTOML_HOME`` points at the registry's home
-(BentoML keeps its per-server metrics directory there too, so one server per home).
+and passes its path in ``DRIFTLOOP_CONFIG``. ``BENTOML_HOME`` is a directory of the server's own
+(a fresh temporary one): BentoML keeps its multi-process metrics there and clears it when a server
+starts, so two servers (replicas sharing one registry volume, tests) must never share it. The
+service reads its models from the registry by path (``registry.home``), not from BentoML's home.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -52,9 +56,11 @@ def bentoml_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def service_command(settings: Settings, config_path: Path) -> tuple[list[str], dict[str, str]]:
-    """argv and environment for ``bentoml serve`` of the driftloop service."""
-    home = Path(settings.registry.home).resolve()
+def service_command(settings: Settings, config_path: Path,
+                    bentoml_home: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for ``bentoml serve`` of the driftloop service (``bentoml_home``: the
+    server's own BentoML home; a fresh temporary directory if not given)."""
+    home = Path(bentoml_home or tempfile.mkdtemp(prefix="driftloop-serve-")).resolve()
     # The file carries the merged settings; other DRIFTLOOP_* variables would only shadow it.
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_") or k == "DRIFTLOOP_LOG_LEVEL"}
     env.update({
@@ -83,9 +89,11 @@ class ServiceProcess:
         self.url = f"http://{settings.serving.host}:{settings.serving.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self.bentoml_home: Path | None = None
 
     def start(self, ready_timeout: float = 60.0) -> ServiceProcess:
-        argv, env = service_command(self.settings, self.config_path)
+        self.bentoml_home = Path(tempfile.mkdtemp(prefix="driftloop-serve-"))
+        argv, env = service_command(self.settings, self.config_path, self.bentoml_home)
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "wb")
@@ -145,6 +153,8 @@ class ServiceProcess:
                 self.proc.wait(5)
         if self._log:
             self._log.close()
+        if self.bentoml_home is not None:
+            shutil.rmtree(self.bentoml_home, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self) -> ServiceProcess:

@@ -9,7 +9,7 @@
          | /admin/retrain {"reason"}: bearer token (serving.admin_token) required
     BentoML's own   /metrics /healthz /livez /readyz /docs.json
 
-Run it with ``driftloop serve`` (which sets ``DRIFTLOOP_CONFIG`` and ``BENTOML_HOME``) or
+Run it with ``driftloop serve`` (which sets ``DRIFTLOOP_CONFIG`` and a private ``BENTOML_HOME``) or
 ``bentoml serve service.app:Driftloop``. Each worker builds its own :class:`Serving` in
 ``__init__``; nothing is loaded at import time. Every request first passes
 :class:`service.gate.RequestGate` (draining, overload, body limits), which also answers

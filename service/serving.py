@@ -133,6 +133,12 @@ class Serving:
         ) if config.prediction_log else None
         self.batcher = Batcher(config.max_batch_rows, metrics.batch_rows.observe if config.metrics else lambda n: None)
         self.watcher = ChampionWatcher(registry, self._swap, self._refused, config.poll_interval_s, providers)
+        # Every outcome exported at 0 from the start: an alert on the increase of a counter needs
+        # the series to exist before the first event.
+        for child in (metrics.shed.labels("overloaded"), metrics.shed.labels("draining"),
+                      metrics.log_rows.labels("written"), metrics.log_rows.labels("dropped"),
+                      metrics.swaps.labels("done"), metrics.swaps.labels("refused")):
+            child.inc(0)
 
     def start(self) -> None:
         self.watcher.start()

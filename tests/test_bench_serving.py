@@ -104,7 +104,7 @@ def test_cold_start_memory_parity_and_notes(bench: dict[str, Any], tmp_path: Pat
         rows = [line.split()[:2] for line in table.splitlines() if line.split()[:1] == [str(c)]]
         assert rows == [[str(c), "bare"], [str(c), "driftloop"]]
     assert "ratio d/b" in table and "open loop" in table and "cold start s" in table
-    assert "not measured: prediction log on/off" in table
+    assert "not measured: prediction log on/off, adaptive batching and overload shedding" in table
     data = json.loads(result.write_json(tmp_path / "serving.json").read_text())
     assert set(data) >= {"machine", "settings", "servers", "closed", "open", "parity", "inprocess", "notes"}
     assert len(data["closed"]) == 2 * len(CONNECTIONS) and data["closed"][0]["p99_ms"] > 0

@@ -107,6 +107,8 @@ def test_model_endpoint_and_probes(server: dict[str, Any]) -> None:
     assert info["model_version"] == "v1" and info["task"] == "classification"
     assert [f["name"] for f in info["schema"]["features"]] == list(ROW)
     assert 0.5 < info["metrics"]["accuracy"] <= 1
+    assert info["device"] == "cpu" and info["providers"] == ["CPUExecutionProvider"]  # no GPU here
+    assert info["batching"] is False  # auto: a tree model runs inline, one request per graph run
     for probe in ("/readyz", "/livez", "/healthz"):
         assert client.get(probe).status_code == 200
     spec = client.get("/docs.json").json()

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-fast bench-models bench-serving bench-serving-features lint clean
+.PHONY: install system-deps demo bento test test-fast bench-models bench-serving bench-serving-features bench-drift lint clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ system-deps:
 
 demo: $(STAMP)
 	$(BIN)/driftloop demo
+
+# The Bento with the registry's champion (settings from DRIFTLOOP_CONFIG); see README "Operate it".
+bento: $(STAMP)
+	$(BIN)/python deploy/bento.py
 
 test: $(STAMP) system-deps
 	$(BIN)/pytest
@@ -43,6 +47,10 @@ bench-serving: $(STAMP)
 bench-serving-features: $(STAMP)
 	@scripts/system-deps.sh
 	$(BIN)/python -m bench.serving_features --json var/bench-serving-features.json
+
+# The prepared drift check against Evidently's DataDriftPreset on 100,000 rows x 20 features (bench/drift.py).
+bench-drift: $(STAMP)
+	$(BIN)/python -m bench.drift --json var/bench-drift.json
 
 clean:
 	rm -rf var .pytest_cache build *.egg-info

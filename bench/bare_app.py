@@ -57,6 +57,7 @@ class BareModel:
         self.version = version
         self.second = SECOND_OUTPUT[self.schema.task]
         self.names = self.schema.names
+        self.outputs = [o.name for o in self.session.get_outputs() if o.name != "embedding"]  # as the service
 
     @classmethod
     def from_config(cls, path: str | Path) -> BareModel:
@@ -65,7 +66,7 @@ class BareModel:
 
     def predict(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         feeds = self.schema.feeds({name: [row[name] for row in rows] for name in self.names})
-        outputs = self.session.run(None, feeds)
+        outputs = self.session.run(self.outputs, feeds)
         answer: dict[str, Any] = {"model_version": self.version,
                                   "predictions": np.asarray(outputs[0]).reshape(-1).tolist()}
         if self.second is not None and len(outputs) > 1:

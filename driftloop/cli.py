@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -19,6 +21,10 @@ app = typer.Typer(help="driftloop: train, serve, watch, retrain.", no_args_is_he
                   pretty_exceptions_enable=False)
 models_app = typer.Typer(help="The model registry: versions and the champion.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+jobs_app = typer.Typer(help="The monitor's scheduled jobs (kept in the store's database).", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+db_app = typer.Typer(help="The store's database: schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (see README).",
                                                    envvar="DRIFTLOOP_CONFIG")]
@@ -85,8 +91,11 @@ def serve(config: ConfigOpt = None) -> None:
         settings = _settings(config)
     except DriftloopError as exc:
         _fail(exc)
-    path = write_config(settings, Path(settings.registry.home) / "serve-config.yaml")
-    argv, env = service_command(settings, path)
+    # This server's own directory: its config file and BentoML home (replicas may share the
+    # registry's volume, never this).
+    run_dir = Path(tempfile.mkdtemp(prefix="driftloop-serve-"))
+    path = write_config(settings, run_dir / "driftloop.yaml")
+    argv, env = service_command(settings, path, bentoml_home=run_dir / "bentoml")
     typer.echo(f"serving {settings.registry.project} on http://{settings.serving.host}:{settings.serving.port}")
     os.execvpe(argv[0], argv, env)
 
@@ -98,31 +107,130 @@ def monitor(config: ConfigOpt = None,
     _logging()
     from monitoring.metrics import MonitorMetrics
     from monitoring.monitor import Monitor
-    from monitoring.scheduler import build_scheduler
+    from monitoring.scheduler import ActiveScheduler, exclusive_retrainer
     from monitoring.store import PredictionStore
+    from training.retrain import retrain
 
     try:
         settings = _settings(config)
         store = PredictionStore(settings.store.url).create()
         metrics = MonitorMetrics()
-        mon = Monitor(settings, store, _registry(settings), metrics=metrics)
+        registry = _registry(settings)
+        retrainer = exclusive_retrainer(retrain, store, settings.scheduler.lease_s)
+
+        def make_monitor() -> Monitor:
+            return Monitor(settings, store, registry, metrics=metrics, retrainer=retrainer)
+
         if once:
-            checks = mon.run_once()
+            checks = make_monitor().run_once()
             typer.echo(f"checked {len(checks)} window(s)")
             raise typer.Exit(1 if any(c["decision"] in ("alert", "retrain") for c in checks) else 0)
         if settings.monitoring.metrics_port:
-            metrics.serve(settings.monitoring.metrics_port)
-        scheduler = build_scheduler(mon, settings.monitoring.interval_s)
+            metrics.serve(settings.monitoring.metrics_port, settings.monitoring.metrics_host)
+        active = ActiveScheduler(store, make_monitor, settings.monitoring.interval_s, settings.scheduler.lease_s)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        scheduler.start()
-        typer.echo(f"monitoring every {settings.monitoring.interval_s}s; metrics on "
+        typer.echo(f"monitoring every {settings.monitoring.interval_s}s as {active.lease.owner} (one active monitor "
+                   f"per database; lease {settings.scheduler.lease_s:g}s); metrics on "
                    f":{settings.monitoring.metrics_port or '-'}; Ctrl-C stops")
-        stop.wait()
-        scheduler.shutdown(wait=True)
+        active.run(stop)
         metrics.stop()
         store.close()
+    except DriftloopError as exc:
+        _fail(exc)
+
+
+@contextmanager
+def _store(config: Path | None, migrate: bool = True):  # noqa: ANN202
+    """The configured store (migrated to the newest revision unless ``migrate`` is False), closed after."""
+    from monitoring.store import PredictionStore
+
+    store = PredictionStore(_settings(config).store.url)
+    try:
+        yield store.create() if migrate else store
+    finally:
+        store.close()
+
+
+@jobs_app.command("list")
+def jobs_list(config: ConfigOpt = None) -> None:
+    """Every job, its schedule and next run; and which monitor is active."""
+    from monitoring.lease import SCHEDULER, read_state
+    from monitoring.scheduler import list_jobs
+
+    try:
+        with _store(config) as store:
+            jobs = list_jobs(store)
+            lease = read_state(store, SCHEDULER)
+    except DriftloopError as exc:
+        _fail(exc)
+    if not jobs:
+        typer.echo("no jobs yet: `driftloop monitor` adds them on its first start")
+    for job in jobs:
+        when = "paused" if job.next_run_time is None else f"next {job.next_run_time:%Y-%m-%d %H:%M:%S %Z}"
+        typer.echo(f"{job.id:<10} {when:<30} {job.trigger}  {job.name}")
+    if lease.active:
+        typer.echo(f"active monitor: {lease.owner} (lease epoch {lease.epoch}, {lease.expires_in_s:.1f}s left)")
+    else:
+        typer.echo("active monitor: none (jobs run when `driftloop monitor` starts)")
+
+
+@jobs_app.command("pause")
+def jobs_pause(name: str, config: ConfigOpt = None) -> None:
+    """Stop running NAME until it is resumed (kept across monitor restarts)."""
+    _job_command("pause", name, config)
+
+
+@jobs_app.command("resume")
+def jobs_resume(name: str, config: ConfigOpt = None) -> None:
+    """Run NAME on its schedule again."""
+    _job_command("resume", name, config)
+
+
+@jobs_app.command("run")
+def jobs_run(name: str, config: ConfigOpt = None) -> None:
+    """Make NAME due now: the active monitor runs it within scheduler.lease_s / 3 seconds."""
+    _job_command("run", name, config)
+
+
+def _job_command(action: str, name: str, config: Path | None) -> None:
+    from monitoring import scheduler as sched
+
+    do = {"pause": sched.pause_job, "resume": sched.resume_job, "run": sched.run_job_now}[action]
+    try:
+        with _store(config) as store:
+            job = do(store, name)
+            store.record_event(f"job_{action}", {"job": name, "actor": _actor()})
+    except DriftloopError as exc:
+        _fail(exc)
+    when = "paused" if job.next_run_time is None else f"next run {job.next_run_time:%Y-%m-%d %H:%M:%S %Z}"
+    typer.echo(f"{name}: {when}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None,
+               revision: Annotated[str, typer.Option(help="Target revision.")] = "head") -> None:
+    """Create the store's tables or migrate them to REVISION (the newest by default)."""
+    from monitoring import migrations
+
+    try:
+        with _store(config, migrate=False) as store:
+            before = migrations.current(store)
+            after = migrations.upgrade(store, revision)
+    except DriftloopError as exc:
+        _fail(exc)
+    typer.echo(f"store at revision {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@db_app.command("current")
+def db_current(config: ConfigOpt = None) -> None:
+    """The store's schema revision and the newest this driftloop knows."""
+    from monitoring import migrations
+
+    try:
+        with _store(config, migrate=False) as store:
+            typer.echo(f"revision {migrations.current(store) or 'none'} (newest: {migrations.head()})")
     except DriftloopError as exc:
         _fail(exc)
 

@@ -86,7 +86,22 @@ class RegistryConfig(_Section):
 
 
 class StoreConfig(_Section):
+    # SQLite (default) or PostgreSQL: postgresql://user:password@host:5432/db (psycopg 3); the
+    # schema is migrated on start (Alembic). The password belongs in DRIFTLOOP_STORE__URL.
     url: str = "sqlite:///var/driftloop.db"
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, url: str) -> str:
+        if not url.startswith(("sqlite", "postgres")):
+            raise ValueError("a SQLite (sqlite:///path) or PostgreSQL (postgresql://...) URL")
+        return url
+
+
+class SchedulerConfig(_Section):
+    # The active monitor's lease: renewed every lease_s / 3; a standby monitor takes over at most
+    # lease_s (plus one poll) after the active one dies. Shorter: faster takeover, more writes.
+    lease_s: float = Field(15.0, ge=1.0, le=3600.0)
 
 
 class ServingConfig(_Section):
@@ -136,6 +151,29 @@ class ServingConfig(_Section):
         return token
 
 
+class DriftMethod(_Section):
+    # An Evidently stattest name (ks, wasserstein, psi, jensenshannon, chisquare, z, ...; checked
+    # by the monitor's first drift check). Unset: Evidently's choice by column type and sample size.
+    method: str | None = None
+    threshold: float | None = Field(None, ge=0.0)  # unset: the method's default
+
+
+class EmbeddingsMethod(_Section):
+    # Evidently's embeddings drift methods. Unset: "model" (a classifier separating reference
+    # from window rows; drift when its ROC AUC > 0.55, bootstrapped below 1,000 reference rows).
+    method: Literal["model", "distance", "ratio", "mmd"] | None = None
+    threshold: float | None = Field(None, ge=0.0)  # unset: the method's default
+    bootstrap: bool | None = None  # model, distance, mmd: compare with a bootstrap percentile instead
+
+
+class DriftConfig(_Section):
+    numeric: DriftMethod = DriftMethod()  # numeric features and image/sequence summary columns
+    categorical: DriftMethod = DriftMethod()
+    prediction: DriftMethod = DriftMethod()  # the model's output column (prediction drift)
+    columns: dict[str, DriftMethod] = Field(default_factory=dict)  # per column; overrides the above
+    embeddings: EmbeddingsMethod = EmbeddingsMethod()  # image/sequence networks' embeddings
+
+
 class MonitoringConfig(_Section):
     interval_s: float = Field(5.0, gt=0.0)
     window_rows: int = Field(500, ge=10)
@@ -149,7 +187,9 @@ class MonitoringConfig(_Section):
     cooldown_windows: int = Field(2, ge=0)  # windows to wait after a promotion
     dry_run: bool = False  # alert, never retrain
     metrics_port: int = Field(9464, ge=0, le=65535)  # 0: no monitor /metrics endpoint
+    metrics_host: str = "127.0.0.1"  # where it listens; 0.0.0.0 in a container, for Prometheus
     reports_dir: Path = Path("var/reports")
+    drift: DriftConfig = DriftConfig()  # drift methods and thresholds (monitoring/drift.py)
 
 
 class RetrainingConfig(_Section):
@@ -176,6 +216,7 @@ class Settings(BaseSettings):
     serving: ServingConfig = ServingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     retraining: RetrainingConfig = RetrainingConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
 
     @model_validator(mode="after")
     def _complete(self) -> Settings:

@@ -4,7 +4,9 @@ The model takes exactly one image ``(height, width)`` or sequence ``(steps, chan
 Input standardisation (per channel for sequences) is part of the network, so the ONNX graph
 takes the raw arrays a client sends; the output layer is the same as the MLP's (class labels
 gathered from the arg-max, or the target's scaling undone). Training, early stopping,
-fine-tuning and the export are shared with :mod:`models.neural`.
+fine-tuning and the export are shared with :mod:`models.neural`. The graph also returns the
+network's embedding of each row (the last hidden layer, output ``embedding``, last): the
+monitor's drift check on images and sequences compares those.
 """
 
 from __future__ import annotations
@@ -87,8 +89,14 @@ def _build(kind: str, feature: Feature, n_out: int, p: ArrayNetParams, mean: np.
                 self.convs = torch.nn.Sequential(*convs)
                 self.head = torch.nn.Sequential(*dense(c_in * (height // 2) * (width // 2)))
 
+            def embed(self, x: torch.Tensor) -> torch.Tensor:
+                return _hidden(self.head, self.convs(self.scale(x).unsqueeze(1)).flatten(1))
+
+            def out(self, e: torch.Tensor) -> torch.Tensor:
+                return self.head[-1](e)
+
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.head(self.convs(self.scale(x).unsqueeze(1)).flatten(1))
+                return self.out(self.embed(x))
 
         return CNN()
 
@@ -102,11 +110,25 @@ def _build(kind: str, feature: Feature, n_out: int, p: ArrayNetParams, mean: np.
             self.rnn = rnn_type(channels, p.units, num_layers=p.layers, batch_first=True)
             self.head = torch.nn.Sequential(*dense(p.units))
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def embed(self, x: torch.Tensor) -> torch.Tensor:
             out, _ = self.rnn(self.scale(x))
-            return self.head(out[:, -1, :])
+            return _hidden(self.head, out[:, -1, :])
+
+        def out(self, e: torch.Tensor) -> torch.Tensor:
+            return self.head[-1](e)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(self.embed(x))
 
     return Recurrent()
+
+
+def _hidden(head: Any, x: Any) -> Any:
+    """The dense head up to its output layer: the network's embedding of a row (the last hidden
+    layer's activations; the convolutional or recurrent features when there is no hidden layer)."""
+    for layer in list(head)[:-1]:
+        x = layer(x)
+    return x
 
 
 class TorchArrayModel:
@@ -136,13 +158,21 @@ class TorchArrayModel:
     def predict_proba(self, x: pd.DataFrame) -> np.ndarray | None:
         return self._outputs(x)[1].numpy() if self.task == "classification" else None
 
+    def embed(self, x: pd.DataFrame) -> np.ndarray:
+        """The network's embedding of each row (the graph's ``embedding`` output)."""
+        import torch
+
+        arrays = np.stack([as_array(v) for v in x[self.feature.name]])
+        with torch.no_grad():
+            return self.net.embed(torch.from_numpy(arrays)).numpy()
+
     def scores(self, x: pd.DataFrame) -> np.ndarray | None:
         return None
 
     def to_onnx(self, schema: FeatureSchema) -> bytes:
         try:
-            graph = _export_network(_Head.build(self.net, self.task, self.y_mean, self.y_std), self.feature.shape,
-                                    self.task, input_name=self.feature.name)
+            graph = _export_network(_Head.build(self.net, self.task, self.y_mean, self.y_std, embedding=True),
+                                    self.feature.shape, self.task, input_name=self.feature.name, embedding=True)
             return _finish(graph, self.task, self.classes)
         except ExportError:
             raise

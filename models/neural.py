@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.compose import ColumnTransformer
 
 from models.errors import ConfigError, ExportError
+from models.onnx_model import EMBEDDING
 from models.schema import FeatureSchema
 
 log = logging.getLogger("driftloop.neural")
@@ -71,10 +72,14 @@ def _network(n_in: int, n_out: int, p: MLPParams) -> Any:
 
 
 class _Head:
-    """The module that is exported: network plus the task's output layer."""
+    """The module that is exported: network plus the task's output layer.
+
+    ``embedding``: the network (which then has ``embed(x)``, its last hidden layer, and ``out(e)``,
+    the output layer on it) also returns its embedding, the graph's last output (drift on it).
+    """
 
     @staticmethod
-    def build(net: Any, task: str, y_mean: float, y_std: float) -> Any:
+    def build(net: Any, task: str, y_mean: float, y_std: float, embedding: bool = False) -> Any:
         import torch
 
         class Classifier(torch.nn.Module):
@@ -82,17 +87,24 @@ class _Head:
                 super().__init__()
                 self.net = net
 
-            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                proba = torch.softmax(self.net(x), dim=1)
-                return torch.argmax(proba, dim=1), proba
+            def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                if not embedding:
+                    proba = torch.softmax(self.net(x), dim=1)
+                    return torch.argmax(proba, dim=1), proba
+                e = self.net.embed(x)
+                proba = torch.softmax(self.net.out(e), dim=1)
+                return torch.argmax(proba, dim=1), proba, e
 
         class Regressor(torch.nn.Module):
             def __init__(self) -> None:
                 super().__init__()
                 self.net = net
 
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                return self.net(x).reshape(-1) * y_std + y_mean
+            def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                if not embedding:
+                    return self.net(x).reshape(-1) * y_std + y_mean
+                e = self.net.embed(x)
+                return self.net.out(e).reshape(-1) * y_std + y_mean, e
 
         return (Classifier() if task == "classification" else Regressor()).eval()
 
@@ -156,13 +168,15 @@ def _example(feature: Any) -> Any:
     return feature.categories[0] if feature.kind == "categorical" else 0.0
 
 
-def _export_network(head: Any, shape: int | tuple[int, ...], task: str, input_name: str = "features") -> Any:
-    """The network alone as an ONNX graph with a dynamic row dimension; ``shape`` is one row's."""
+def _export_network(head: Any, shape: int | tuple[int, ...], task: str, input_name: str = "features",
+                    embedding: bool = False) -> Any:
+    """The network alone as an ONNX graph with a dynamic row dimension; ``shape`` is one row's.
+    ``embedding``: the head returns its embedding last (``EMBEDDING``)."""
     import onnx
     import torch
 
     outputs = {"classification": ["label_index", "probabilities"], "regression": ["prediction"],
-               "anomaly": ["anomaly", "anomaly_score"]}[task]
+               "anomaly": ["anomaly", "anomaly_score"]}[task] + ([EMBEDDING] if embedding else [])
     example = (torch.zeros(2, *((shape,) if isinstance(shape, int) else shape)),)
     chatty = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
     levels = [logger.level for logger in chatty]
@@ -193,7 +207,8 @@ def _compose(pre: Any, net: Any, task: str, classes: list[Any]) -> bytes:
 
 
 def _finish(merged: Any, task: str, classes: list[Any]) -> bytes:
-    """driftloop's outputs: class labels gathered from the arg-max, probabilities; or the value."""
+    """driftloop's outputs: class labels gathered from the arg-max, probabilities; or the value;
+    then the embedding where the network exports one (always last: readers take outputs by name)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -214,6 +229,8 @@ def _finish(merged: Any, task: str, classes: list[Any]) -> bytes:
         merged.graph.output.extend([outputs["anomaly"], outputs["anomaly_score"]])
     else:
         merged.graph.output.append(outputs["prediction"])
+    if EMBEDDING in outputs:
+        merged.graph.output.append(outputs[EMBEDDING])
     onnx.checker.check_model(merged)
     return merged.SerializeToString()
 

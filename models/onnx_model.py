@@ -24,6 +24,7 @@ PROBA_TOLERANCE = 1e-4
 LABEL_AGREEMENT = 0.999
 REGRESSION_RTOL = 1e-4
 OPSET = {"": 17, "ai.onnx.ml": 3}
+EMBEDDING = "embedding"  # optional last output of neural graphs: (n, d) float32, for drift; never served
 
 
 @dataclass(frozen=True)
@@ -138,9 +139,17 @@ def session(onnx_bytes: bytes, providers: list[str] | None = None, threads: int 
     return ort.InferenceSession(str(source) if source else onnx_bytes, sess_options=opts, providers=providers or [CPU])
 
 
-def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predictions and, for classifiers, class probabilities (``None`` otherwise)."""
-    outputs = sess.run(None, feeds)
+def served_outputs(sess: ort.InferenceSession) -> list[str]:
+    """The outputs an answer is made of: all but ``embedding`` (computed only for drift)."""
+    return [o.name for o in sess.get_outputs() if o.name != EMBEDDING]
+
+
+def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray],
+        outputs: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predictions and, for classifiers, class probabilities (``None`` otherwise); an
+    ``embedding`` output is not computed here (see :meth:`OnnxModel.embed_frame`).
+    ``outputs``: :func:`served_outputs`, when the caller has it at hand."""
+    outputs = sess.run(outputs or served_outputs(sess), feeds)
     preds = np.asarray(outputs[0]).reshape(-1)
     proba = np.asarray(outputs[1]) if len(outputs) > 1 else None
     return preds, proba
@@ -189,6 +198,7 @@ class OnnxModel:
         self.session = sess
         self.metadata = metadata
         self.providers = sess.get_providers()
+        self.outputs = served_outputs(sess)  # once: looked up on every request otherwise
 
     @classmethod
     def from_bytes(cls, version: str, schema: FeatureSchema, onnx_bytes: bytes, metadata: dict[str, Any],
@@ -203,7 +213,17 @@ class OnnxModel:
         return cls(version, schema, sess, metadata)
 
     def predict(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        return run(self.session, feeds)
+        return run(self.session, feeds, self.outputs)
+
+    @property
+    def has_embedding(self) -> bool:
+        return any(o.name == EMBEDDING for o in self.session.get_outputs())
+
+    def embed_frame(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """The network's embedding of each row, ``(n, d)``; ``None`` when the graph has none."""
+        if not self.has_embedding:
+            return None
+        return np.asarray(self.session.run([EMBEDDING], self.schema.feeds(frame))[0])
 
     def predict_frame(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
         return self.predict(self.schema.feeds(frame))

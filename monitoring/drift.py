@@ -1,30 +1,54 @@
-"""Data drift with Evidently 0.7: a window of logged inputs against the champion's reference.
+"""Data and prediction drift with Evidently 0.7: a window of logged rows against a version's reference.
 
-One :func:`check_drift` call runs ``Report([DataDriftPreset()], include_tests=True)`` with the
-column types from the model's feature schema and returns, per feature, the method Evidently
-chose, its score, threshold and verdict (the verdict is Evidently's own test status), plus
-the share of drifted features. Images and sequences are compared through a few summary
-columns (:func:`summarise`); drift on a network's embeddings is the next step. The snapshot is
-kept so the caller can save the HTML report.
+Evidently's ``DataDriftPreset`` computes every column's drift three times (its column count,
+one ``ValueDrift`` per column, and the rendered table), with histograms, correlations and plots
+around each. A :class:`DriftBaseline` gives the same per-column answers with one call of the
+same Evidently statistical test per column:
+
+- prepared once per model version: the reference columns (media summaries computed, infinities
+  and missing values dropped as Evidently drops them), their distinct-value counts, numeric
+  columns sorted with their spread (Wasserstein), the method and threshold of every column
+  resolved by Evidently's own ``DataDriftOptions`` from the config, and the version's
+  predictions on its reference (prediction drift);
+- per window: the window's columns, Evidently's default method where none is configured (the
+  rule of ``_get_default_stattest``: reference size <= 1000 -> K-S, chi-square or Z-test,
+  larger -> Wasserstein or Jensen-Shannon, by type and distinct values), then that test itself.
+
+Scores, thresholds and verdicts are Evidently's (``tests/test_drift.py`` checks them against the
+preset; ``bench/drift.py`` times both). The HTML report, which needs the preset's widgets, is
+built only when asked for (:meth:`DriftResult.save_html`: flagged windows).
+
+Images and sequences: when the version's graph returns an ``embedding`` (CNN, GRU, LSTM), the
+feature is judged on the embeddings of its rows with Evidently's embeddings drift methods (what
+its ``EmbeddingsDrift`` metric computes; by default a classifier separating reference from window
+rows, drift when its ROC AUC exceeds 0.55); otherwise through a few summary columns
+(:func:`summarise`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from models.errors import ConfigError
 from models.schema import MEDIA_KINDS, FeatureSchema, as_array
 
-# stattests whose score is a p-value (drift when score < threshold); the rest are distances.
-_PVALUE_METHODS = {"K-S p_value", "chi-square p_value", "Z-test p_value", "Anderson-Darling", "Cramer-von Mises",
-                   "Epps-Singleton", "Fisher's Exact test", "g_test", "Mann-Whitney U-rank test", "t_test",
-                   "empirical_mmd", "Total-Variation-Distance", "ks", "chisquare", "z", "anderson",
-                   "cramer_von_mises", "es", "fisher_exact", "mannw", "TVD"}
+if TYPE_CHECKING:
+    from driftloop.settings import DriftConfig
+
+NUM, CAT = "num", "cat"  # Evidently's ColumnType values
+PREDICTION = "prediction"  # the logged output column, and its key in the results
+_SMALL_REFERENCE = 1000  # Evidently: up to this many reference values, a statistical test; beyond, a distance
+
+
+def _evidently() -> None:
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently's telemetry: never phone home
 
 
 @dataclass(frozen=True)
@@ -32,7 +56,18 @@ class DriftResult:
     share: float  # drifted features / features
     drifted: list[str]
     columns: dict[str, dict[str, Any]]  # feature -> {method, score, threshold, drifted}
-    snapshot: Any  # evidently Snapshot (save_html, json)
+    prediction: dict[str, Any] | None = None  # the model's output column, same fields; None: no rows
+    report: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def snapshot(self) -> Any:
+        """Evidently's snapshot of the same comparison (``DataDriftPreset``), built on first use."""
+        if "snapshot" not in self._cache:
+            if self.report is None:
+                raise ValueError("this result carries no report")
+            self._cache["snapshot"] = self.report()
+        return self._cache["snapshot"]
 
     def save_html(self, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,55 +98,343 @@ def summarise(values: pd.Series, kind: str, name: str) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _frame(frame: pd.DataFrame, schema: FeatureSchema) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """The columns Evidently compares, and which of them are numeric and categorical."""
-    parts, numeric, categorical = [], [], []
+def frame_for_drift(frame: pd.DataFrame, schema: FeatureSchema, summaries: bool = True,
+                    ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The columns Evidently compares (media as summaries, or left out: ``summaries=False``) and
+    each one's type (``num``/``cat``)."""
+    parts, types = [pd.DataFrame(index=range(len(frame)))], {}
     for feat in schema.features:
         col = frame[feat.name].reset_index(drop=True)
         if feat.kind in MEDIA_KINDS:
+            if not summaries:
+                continue
             summary = summarise(col, feat.kind, feat.name)
             parts.append(summary)
-            numeric += list(summary.columns)
+            types |= dict.fromkeys(summary.columns, NUM)
         elif feat.kind == "numeric":
             parts.append(pd.to_numeric(col).astype(float).rename(feat.name).to_frame())
-            numeric.append(feat.name)
+            types[feat.name] = NUM
         else:
             parts.append(col.astype(str).rename(feat.name).to_frame())
-            categorical.append(feat.name)
-    return pd.concat(parts, axis=1), numeric, categorical
+            types[feat.name] = CAT
+    return pd.concat(parts, axis=1), types
 
 
-def check_drift(reference: pd.DataFrame, current: pd.DataFrame, schema: FeatureSchema) -> DriftResult:
-    os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently's telemetry: never phone home
+def prediction_type(task: str) -> str:
+    """Regression predictions are numbers; classes, clusters and anomaly flags are categories."""
+    return NUM if task == "regression" else CAT
+
+
+def as_prediction(values: Any, kind: str) -> pd.Series:
+    """Logged (JSON) or graph predictions as one comparable column: ``1`` and ``1.0`` alike."""
+    series = pd.Series(np.asarray(values).reshape(-1) if not isinstance(values, pd.Series) else values.to_numpy())
+    if kind == NUM:
+        return pd.to_numeric(series).astype(float).rename(PREDICTION).reset_index(drop=True)
+    return series.map(_label).rename(PREDICTION).reset_index(drop=True)
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value.item() if isinstance(value, np.generic) else value)
+
+
+# -- methods and thresholds: the config in Evidently's terms ---------------------------------------
+def preset_options(config: DriftConfig | None, types: dict[str, str]) -> dict[str, Any]:
+    """``DataDriftPreset`` keyword arguments for the config (``{}``: Evidently's defaults).
+
+    Per-column settings name report columns (a feature, a media summary such as ``img.mean``,
+    or ``prediction``); the prediction's own section applies to the ``prediction`` column.
+    """
+    if config is None:
+        return {}
+    per_method = {name: c.method for name, c in config.columns.items() if c.method and name in types}
+    per_threshold = {name: c.threshold for name, c in config.columns.items()
+                     if c.threshold is not None and name in types}
+    if PREDICTION in types:
+        if config.prediction.method and PREDICTION not in per_method:
+            per_method[PREDICTION] = config.prediction.method
+        if config.prediction.threshold is not None and PREDICTION not in per_threshold:
+            per_threshold[PREDICTION] = config.prediction.threshold
+    options = {"num_method": config.numeric.method, "cat_method": config.categorical.method,
+               "num_threshold": config.numeric.threshold, "cat_threshold": config.categorical.threshold,
+               "per_column_method": per_method or None, "per_column_threshold": per_threshold or None}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _resolve(config: DriftConfig | None, types: dict[str, str]) -> dict[str, tuple[Any, float | None]]:
+    """Column -> (configured Evidently StatTest or None, configured threshold or None), resolved
+    by Evidently's ``DataDriftOptions`` exactly as the preset resolves them."""
+    _evidently()
+    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
+    from evidently.legacy.core import ColumnType
+    from evidently.legacy.options.data_drift import DataDriftOptions
+
+    if config is not None:
+        unknown = sorted(set(config.columns) - set(types))
+        if unknown:
+            raise ConfigError(f"monitoring.drift.columns: unknown column {unknown[0]!r}; columns are {sorted(types)}")
+    kw = preset_options(config, types)
+    options = DataDriftOptions(
+        num_features_stattest=kw.get("num_method"), cat_features_stattest=kw.get("cat_method"),
+        per_feature_stattest=kw.get("per_column_method"), num_features_threshold=kw.get("num_threshold"),
+        cat_features_threshold=kw.get("cat_threshold"), per_feature_threshold=kw.get("per_column_threshold"))
+    out = {}
+    for name, kind in types.items():
+        method = options.get_feature_stattest_func(name, kind)
+        test = None
+        if method is not None:
+            try:
+                test = get_registered_stattest(method, ColumnType(kind))
+            except ValueError as exc:  # Evidently lists the valid names
+                where = ("columns." + name if config and name in config.columns
+                         else "prediction" if name == PREDICTION and config and config.prediction.method
+                         else "numeric" if kind == NUM else "categorical")
+                raise ConfigError(f"monitoring.drift.{where}.method: {exc}") from None
+        out[name] = (test, options.get_threshold(name, kind))
+    return out
+
+
+# -- the prepared reference ------------------------------------------------------------------------
+def _clean(values: pd.Series) -> pd.Series:
+    """What Evidently compares: infinities and missing values dropped."""
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values.to_numpy())
+        return values if finite.all() else values[finite]
+    return values.replace([-np.inf, np.inf], np.nan).dropna()
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    kind: str  # num | cat
+    reference: pd.Series  # cleaned
+    distinct: int  # distinct reference values
+    test: Any  # configured Evidently StatTest, or None: Evidently's default by type and size
+    threshold: float | None  # configured, or None: the method's default
+    sorted: np.ndarray | None = None  # numeric: the reference sorted (Wasserstein)
+    spread: float = 0.0  # numeric: the reference's standard deviation, Evidently's way (Wasserstein's norm)
+
+    def compare(self, current: pd.Series) -> dict[str, Any]:
+        from evidently.legacy.core import ColumnType
+
+        cur = _clean(current)
+        if cur.empty:
+            raise ValueError(f"column {self.name!r}: the window holds no finite value")
+        if self.kind == NUM and not pd.api.types.is_numeric_dtype(cur):
+            raise ValueError(f"column {self.name!r} in the window should contain numbers only")
+        test = self.test or self._default_test(cur)
+        if test.name == "wasserstein":  # Evidently's own formula, on the prepared sorted reference
+            threshold = test.default_threshold if self.threshold is None else self.threshold
+            score = _wasserstein(self.sorted, cur) / max(self.spread, 0.001)
+            drifted = score >= threshold
+        else:
+            with np.errstate(divide="ignore"):  # chi-square, a category unseen in the reference: p = 0 (drift)
+                result = test(self.reference, cur, ColumnType(self.kind), self.threshold)
+            score, drifted, threshold = result.drift_score, result.drifted, result.actual_threshold
+        return {"method": test.display_name, "score": round(float(score), 6), "threshold": threshold,
+                "drifted": bool(drifted)}
+
+    def _default_test(self, current: pd.Series) -> Any:
+        """Evidently's ``_get_default_stattest``, with the reference half of its distinct-value
+        count prepared: the union with the window is only counted when it decides the method."""
+        from evidently.legacy.calculations import stattests as st
+
+        small = len(self.reference) <= _SMALL_REFERENCE
+        if not small and self.kind == CAT:
+            return st.jensenshannon_stat_test
+        cut = 5 if self.kind == NUM else 2  # numeric: many values (K-S, Wasserstein) or few; categorical: chi or z
+        distinct = self.distinct if self.distinct > cut else pd.concat([self.reference, current]).nunique()
+        if self.kind == NUM and distinct > 5:
+            return st.ks_stat_test if small else st.wasserstein_stat_test
+        if not small:  # numeric with at most 5 values
+            return st.jensenshannon_stat_test
+        return st.chi_stat_test if distinct > 2 else st.z_stat_test
+
+
+def _wasserstein(reference_sorted: np.ndarray, current: pd.Series) -> float:
+    """``scipy.stats.wasserstein_distance(reference, current)``, the same operations in the same
+    order (so the same float), with the reference sorted once instead of at every call."""
+    cur = np.sort(current.to_numpy(dtype=float))
+    merged = np.concatenate((reference_sorted, cur))
+    merged.sort(kind="mergesort")
+    deltas = np.diff(merged)
+    points = merged[:-1]
+    ref_cdf = reference_sorted.searchsorted(points, "right") / reference_sorted.size
+    cur_cdf = cur.searchsorted(points, "right") / cur.size
+    return float(np.vecdot(np.abs(ref_cdf - cur_cdf), deltas))
+
+
+@dataclass(frozen=True)
+class _Embeddings:
+    """A network's embeddings of the reference rows, compared with Evidently's embedding drift
+    methods (what its ``EmbeddingsDrift`` metric calls, without the t-SNE picture it draws)."""
+
+    name: str  # the media feature's
+    reference: pd.DataFrame  # one column per dimension: <name>.e0, <name>.e1, ...
+    method: Any  # an Evidently embeddings DriftMethod
+
+    def compare(self, current: np.ndarray) -> dict[str, Any]:
+        cur = pd.DataFrame(np.asarray(current, dtype=float), columns=self.reference.columns)
+        score, drifted, kind = self.method(cur, self.reference.copy())  # the model method adds a column
+        threshold = None if getattr(self.method, "bootstrap", None) else getattr(self.method, "threshold", None)
+        return {"method": f"embeddings {kind}", "score": round(float(score), 6), "threshold": threshold,
+                "drifted": bool(drifted)}
+
+
+def embeddings_method(config: DriftConfig | None, reference_rows: int) -> Any:
+    """The configured Evidently embeddings drift method; Evidently's default otherwise: a
+    classifier told to separate reference from window (ROC AUC > 0.55), bootstrapped below 1,000
+    reference rows (``EmbeddingsDriftMetric.calculate``)."""
+    _evidently()
+    from evidently.legacy.metrics.data_drift import embedding_drift_methods as methods
+
+    chosen = config.embeddings if config is not None else None
+    if chosen is None or (chosen.method is None and chosen.threshold is None and chosen.bootstrap is None):
+        return methods.model(bootstrap=reference_rows < 1000)
+    kwargs: dict[str, Any] = {"threshold": chosen.threshold, "bootstrap": chosen.bootstrap}
+    if chosen.method in (None, "model") and chosen.bootstrap is None:
+        kwargs["bootstrap"] = reference_rows < 1000
+    if chosen.method == "ratio":
+        kwargs.pop("bootstrap")  # the ratio method has none
+    return getattr(methods, chosen.method or "model")(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+class DriftBaseline:
+    """A model version's reference sample, prepared once and compared with every window.
+
+    ``model`` (an :class:`~models.onnx_model.OnnxModel` of ``version``), when given, predicts the
+    reference once: prediction drift compares those with the window's logged predictions of the
+    rows that ``version`` answered. When its graph also returns an embedding (image and sequence
+    networks), the image or sequence feature is judged on the embeddings of its rows instead of
+    its summary columns: the reference's are computed once, each window's with the same model.
+    The HTML report shows Evidently's ``EmbeddingsDrift`` only with ``report_embeddings`` (or when
+    there is nothing else to show): its t-SNE picture takes about 30 s on 2,000 rows here.
+    """
+
+    def __init__(self, reference: pd.DataFrame, schema: FeatureSchema, config: DriftConfig | None = None, *,
+                 version: str | None = None, model: Any = None, report_embeddings: bool = False) -> None:
+        self.schema = schema
+        self.config = config
+        self.version = version
+        self.model = model
+        self.report_embeddings = report_embeddings
+        self.embeddings: _Embeddings | None = None
+        embedded = model is not None and getattr(model, "has_embedding", False) and len(schema.media) == 1
+        self.frame, self.types = frame_for_drift(reference, schema, summaries=not embedded)
+        if embedded:
+            name = schema.media[0].name
+            values = np.asarray(model.embed_frame(reference), dtype=float)
+            columns = [f"{name}.e{i}" for i in range(values.shape[1])]
+            self.embeddings = _Embeddings(name, pd.DataFrame(values, columns=columns),
+                                          embeddings_method(config, len(reference)))
+        if model is not None:
+            kind = prediction_type(schema.task)
+            self.frame[PREDICTION] = as_prediction(model.predict_frame(reference)[0], kind)
+            self.types[PREDICTION] = kind
+        resolved = _resolve(config, self.types)
+        self._columns = {}
+        for name, kind in self.types.items():
+            ref = _clean(self.frame[name])
+            if ref.empty:
+                raise ValueError(f"column {name!r}: the reference holds no finite value")
+            numeric = {}
+            if kind == NUM:  # Wasserstein's inputs: the sorted reference and its spread (Evidently's np.std)
+                numeric = {"sorted": np.sort(ref.to_numpy(dtype=float)), "spread": float(np.std(ref))}
+            self._columns[name] = _Column(name, kind, ref, int(ref.nunique()), *resolved[name], **numeric)
+
+    @property
+    def features(self) -> list[str]:
+        """What the drift share counts: columns (features, media summaries) and embedded features."""
+        names = [name for name in self.types if name != PREDICTION]
+        return names + ([self.embeddings.name] if self.embeddings is not None else [])
+
+    def check(self, window: pd.DataFrame) -> DriftResult:
+        """The window's rows (features; and ``prediction``, ``model_version`` when logged)."""
+        current, _ = frame_for_drift(window, self.schema, summaries=self.embeddings is None)
+        columns = {name: self._columns[name].compare(current[name]) for name in self.types if name != PREDICTION}
+        embedded = None
+        if self.embeddings is not None:
+            embedded = np.asarray(self.model.embed_frame(window), dtype=float)
+            columns[self.embeddings.name] = self.embeddings.compare(embedded)
+        prediction = None
+        served = self._served_predictions(window)
+        if served is not None:
+            prediction = self._columns[PREDICTION].compare(served)
+        drifted = [name for name in self.features if columns[name]["drifted"]]
+        return DriftResult(len(drifted) / len(columns), drifted, columns, prediction,
+                           report=lambda: self.report(current, served, embedded))
+
+    def _served_predictions(self, window: pd.DataFrame) -> pd.Series | None:
+        """The logged predictions of the rows this version answered, aligned with the window's
+        rows (missing elsewhere: Evidently drops missing values before comparing)."""
+        if PREDICTION not in self.types or PREDICTION not in window.columns:
+            return None
+        mine = np.ones(len(window), dtype=bool)
+        if "model_version" in window.columns and self.version is not None:
+            mine = (window["model_version"] == self.version).to_numpy()
+        if not mine.any():
+            return None
+        values = as_prediction(window[PREDICTION][mine], self.types[PREDICTION])
+        return values.set_axis(np.flatnonzero(mine)).reindex(range(len(window)))
+
+    def report(self, current: pd.DataFrame, predictions: pd.Series | None = None,
+               embedded: np.ndarray | None = None) -> Any:
+        """Evidently's ``DataDriftPreset`` on the same columns with the same methods, and its
+        ``EmbeddingsDrift`` on the embeddings (the snapshot, for its HTML)."""
+        reference = self.frame
+        if predictions is None:
+            reference = reference.drop(columns=[PREDICTION], errors="ignore")
+        else:
+            current = current.assign(**{PREDICTION: predictions.to_numpy()})
+        embeddings = None
+        types = {n: self.types[n] for n in reference.columns if n in self.types}
+        if self.embeddings is not None and embedded is not None and (self.report_embeddings or not types):
+            emb = self.embeddings
+            embeddings = {emb.name: (list(emb.reference.columns), emb.method)}
+            reference = pd.concat([reference, emb.reference], axis=1)
+            current = pd.concat([current, pd.DataFrame(embedded, columns=emb.reference.columns)], axis=1)
+        return run_preset(reference, current, types, self.config, embeddings)
+
+
+def run_preset(reference: pd.DataFrame, current: pd.DataFrame, types: dict[str, str],
+               config: DriftConfig | None = None,
+               embeddings: dict[str, tuple[list[str], Any]] | None = None) -> Any:
+    """``Report([DataDriftPreset(...)], include_tests=True)`` on prepared frames: the snapshot;
+    ``embeddings`` (name -> columns, Evidently drift method) add one ``EmbeddingsDrift`` each
+    (``DataDriftPreset(embeddings=...)`` would ignore them)."""
+    _evidently()
     from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import EmbeddingsDrift
     from evidently.presets import DataDriftPreset
 
-    ref_frame, numeric, categorical = _frame(reference, schema)
-    cur_frame, _, _ = _frame(current, schema)
-    definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
-    ref = Dataset.from_pandas(ref_frame, data_definition=definition)
-    cur = Dataset.from_pandas(cur_frame, data_definition=definition)
-    snapshot = Report([DataDriftPreset()], include_tests=True).run(cur, ref)
-    columns = _columns(snapshot.dict())
-    names = list(ref_frame.columns)
-    drifted = [name for name in names if columns.get(name, {}).get("drifted")]
-    return DriftResult(len(drifted) / len(names), drifted, columns, snapshot)
+    embeddings = embeddings or {}
+    definition = DataDefinition(numerical_columns=[n for n, k in types.items() if k == NUM],
+                                categorical_columns=[n for n, k in types.items() if k == CAT],
+                                embeddings={name: cols for name, (cols, _) in embeddings.items()} or None)
+    ref = Dataset.from_pandas(reference, data_definition=definition)
+    cur = Dataset.from_pandas(current, data_definition=definition)
+    columns = list(types) if embeddings else None  # the embedding columns are not features
+    metrics: list[Any] = [DataDriftPreset(columns=columns, **preset_options(config, types))] if types else []
+    metrics += [EmbeddingsDrift(embeddings_name=name, drift_method=method) for name, (_, method) in embeddings.items()]
+    return Report(metrics, include_tests=True).run(cur, ref)
 
 
-def _columns(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def preset_columns(snapshot: Any) -> dict[str, dict[str, Any]]:
+    """Per column of a preset's snapshot: method, score, threshold and verdict (its test status)."""
+    result = snapshot.dict()
     status = {t["metric_config"]["metric_id"]: t["status"] for t in result.get("tests", []) if t.get("id") == "drift"}
     out: dict[str, dict[str, Any]] = {}
     for metric in result["metrics"]:
         cfg = metric["config"]
         if not cfg.get("type", "").endswith(":ValueDrift"):
             continue
-        score, method, threshold = float(metric["value"]), cfg.get("method"), cfg.get("threshold")
-        if metric["id"] in status:
-            drifted = status[metric["id"]] == "FAIL"
-        elif method in _PVALUE_METHODS:
-            drifted = score < threshold
-        else:
-            drifted = score >= threshold
-        out[cfg["column"]] = {"method": method, "score": round(score, 6), "threshold": threshold,
-                              "drifted": bool(drifted)}
+        out[cfg["column"]] = {"method": cfg.get("method"), "score": round(float(metric["value"]), 6),
+                              "threshold": cfg.get("threshold"), "drifted": status[metric["id"]] == "FAIL"}
     return out
+
+
+def check_drift(reference: pd.DataFrame, current: pd.DataFrame, schema: FeatureSchema,
+                config: DriftConfig | None = None) -> DriftResult:
+    """One comparison without keeping the prepared reference (features only)."""
+    return DriftBaseline(reference, schema, config).check(current)

@@ -2,11 +2,22 @@
 
 A private :class:`prometheus_client.CollectorRegistry` per monitor keeps tests and several
 monitors in one process apart; :meth:`MonitorMetrics.serve` exposes it over HTTP.
+
+Every labelled counter starts with all its known label values at 0, so the first failed
+retrain is an increase Prometheus can see (a series that appears already at 1 has no
+``increase()``); ``deploy/prometheus/rules`` alert on these names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
+
+DECISIONS = ("none", "watch", "cooldown", "alert", "retrain")  # monitoring.policy's actions
+RETRAIN_OUTCOMES = ("promoted", "rejected", "waiting", "failed")
+SIGNALS = ("drift", "decay")
+# Where the /metrics endpoint listens when serve() is given no host: loopback unless the
+# environment says otherwise (a container sets 0.0.0.0 so Prometheus can reach it).
 
 
 class MonitorMetrics:
@@ -17,13 +28,26 @@ class MonitorMetrics:
         r = self.registry
         self.drift_share = pc.Gauge("driftloop_drift_share", "Share of drifted features in the last checked window.",
                                     registry=r)
+        self.drift_threshold = pc.Gauge("driftloop_drift_share_threshold",
+                                        "monitoring.drift_share: the drift share that flags a window.", registry=r)
         self.feature_drift = pc.Gauge("driftloop_feature_drift_score",
                                       "Evidently drift score per feature in the last checked window.",
                                       ["feature", "method"], registry=r)
         self.feature_drifted = pc.Gauge("driftloop_feature_drifted",
                                         "1 if the feature drifted in the last checked window.", ["feature"], registry=r)
+        self.signal = pc.Gauge("driftloop_window_signal",
+                               "1 if the last checked window raised the signal (drift, decay), as the policy judged.",
+                               ["signal"], registry=r)
         self.accuracy = pc.Gauge("driftloop_window_accuracy", "Accuracy on the labelled rows of the last window.",
                                  registry=r)
+        # Labelled, so that neither appears (as a misleading 0) before it has a value.
+        self.expected_accuracy = pc.Gauge("driftloop_expected_accuracy",
+                                          "The accuracy the champion should reach live (validation, pooled with "
+                                          "the gate's holdout): the baseline decay is measured against.",
+                                          ["model_version"], registry=r)
+        self.estimated_accuracy = pc.Gauge("driftloop_estimated_accuracy",
+                                           "Accuracy estimated without labels from the last window's predictions "
+                                           "(confidence: their mean top-class probability).", ["method"], registry=r)
         self.label_coverage = pc.Gauge("driftloop_label_coverage", "Labelled share of the last checked window.",
                                        registry=r)
         self.window_rows = pc.Gauge("driftloop_window_rows", "Rows in the last checked window.", registry=r)
@@ -37,12 +61,17 @@ class MonitorMetrics:
         self.champion = pc.Gauge("driftloop_champion", "1 for the champion version.", ["model_version"], registry=r)
         self.last_check = pc.Gauge("driftloop_last_check_timestamp_seconds", "When the last window was checked.",
                                    registry=r)
+        for decision in DECISIONS:
+            self.checks.labels(decision)
+        for outcome in RETRAIN_OUTCOMES:
+            self.retrains.labels(outcome)
+        self.set_signals(())
         self._server: Any = None
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+    def serve(self, port: int, host: str | None = None) -> None:
         import prometheus_client as pc
 
-        self._server, _ = pc.start_http_server(port, addr=host, registry=self.registry)
+        self._server, _ = pc.start_http_server(port, addr=host or "127.0.0.1", registry=self.registry)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -53,3 +82,21 @@ class MonitorMetrics:
         self.champion.clear()
         if version:
             self.champion.labels(version).set(1)
+
+    def set_expected_accuracy(self, version: str, accuracy: float | None) -> None:
+        self.expected_accuracy.clear()
+        if accuracy is not None:
+            self.expected_accuracy.labels(version).set(accuracy)
+
+    def set_signals(self, signals: Iterable[str]) -> None:
+        raised = set(signals)
+        for signal in SIGNALS:
+            self.signal.labels(signal).set(1 if signal in raised else 0)
+
+    def set_features(self, scores: dict[str, dict[str, Any]]) -> None:
+        """Per-feature drift of the last window; features no longer checked disappear."""
+        self.feature_drift.clear()
+        self.feature_drifted.clear()
+        for feature, col in scores.items():
+            self.feature_drift.labels(feature, col["method"] or "").set(col["score"])
+            self.feature_drifted.labels(feature).set(1 if col["drifted"] else 0)

@@ -4,7 +4,10 @@ A window is the next ``window_rows`` predictions in log order. It is checked onc
 and either ``min_label_coverage`` of its rows have labels or ``label_wait_s`` has passed since
 its newest row (labels may lag). For each window, in order:
 
-1. drift: Evidently on the window's inputs against the champion's reference sample;
+1. drift: Evidently's tests on the window's inputs against the champion's reference sample
+   (prepared once per version, monitoring/drift.py), and on the champion's served predictions
+   against its predictions on that sample (stored under ``prediction`` in ``feature_scores``;
+   not counted in the drift share);
 2. accuracy: served predictions against the labels that arrived (classification);
 3. the policy decides: none, watch, cooldown, alert or retrain;
 4. on retrain: the labelled rows since the first flagged window go to the retraining job,
@@ -23,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from models.registry import Registry
-from models.schema import SUPERVISED
+from models.schema import SUPERVISED, FeatureSchema
 from monitoring import policy as pol
-from monitoring.drift import check_drift
+from monitoring.drift import PREDICTION, DriftBaseline
 from monitoring.metrics import MonitorMetrics
 from monitoring.store import PredictionStore
 
@@ -59,6 +62,7 @@ class Monitor:
         self.clock = clock
         self.on_check = on_check
         self.policy = pol.RetrainPolicy(policy_config(settings))
+        self._baseline: DriftBaseline | None = None  # the champion's reference, prepared once
         self._restore()
 
     def _restore(self) -> None:
@@ -114,7 +118,7 @@ class Monitor:
         schema = self.registry.get(reference_version).schema
         served = frame["model_version"].mode().iloc[0]
 
-        drift = check_drift(self.registry.reference(reference_version), frame, schema)
+        drift = self._drift_baseline(reference_version, schema).check(frame)
         labelled = frame[frame["label"].notna()]
         by_champion = labelled[labelled["model_version"] == champion.version]
         accuracy = _accuracy(labelled) if schema.task == "classification" else None  # what users got
@@ -138,19 +142,27 @@ class Monitor:
         check = {
             "window": index, "first_id": int(frame["id"].iloc[0]), "last_id": int(frame["id"].iloc[-1]),
             "rows": len(frame), "model_version": served, "reference_version": reference_version,
-            "drift_share": drift.share, "drifted_features": drift.drifted, "feature_scores": drift.columns,
+            "drift_share": drift.share, "drifted_features": drift.drifted,
+            "feature_scores": drift.columns | ({PREDICTION: drift.prediction} if drift.prediction else {}),
             "labelled": len(labelled), "accuracy": accuracy, "champion_labelled": len(by_champion),
             "champion_accuracy": champion_accuracy, "decision": decision.action,
             "reason": decision.reason, "outcome": outcome, "report_path": report_path,
             "duration_s": round(time.perf_counter() - started, 3),
         }
         self.store.record_check(check)
-        self._export(check)
+        self._export(check, decision.signals, frame)
         log.info("window %d: rows=%d drift_share=%.2f accuracy=%s decision=%s %s", index, len(frame), drift.share,
                  "-" if accuracy is None else f"{accuracy:.3f}", decision.action, outcome or "")
         if self.on_check:
             self.on_check(check)
         return check
+
+    def _drift_baseline(self, version: str, schema: FeatureSchema) -> DriftBaseline:
+        """The version's reference prepared for drift checks (its predictions too), once per version."""
+        if self._baseline is None or self._baseline.version != version:
+            self._baseline = DriftBaseline(self.registry.reference(version), schema, self.settings.monitoring.drift,
+                                           version=version, model=self.registry.load(version))
+        return self._baseline
 
     def handle_requests(self) -> list[dict[str, Any]]:
         """Retrain for every ``retrain_requested`` event (``POST /admin/retrain``) not yet handled,
@@ -219,15 +231,21 @@ class Monitor:
                     return int(check["first_id"])
         return int(frame["id"].iloc[0])
 
-    def _export(self, check: dict[str, Any]) -> None:
+    def _export(self, check: dict[str, Any], signals: tuple[str, ...], frame: pd.DataFrame) -> None:
         m = self.metrics
         m.drift_share.set(check["drift_share"])
-        m.feature_drift.clear()
-        for feature, col in check["feature_scores"].items():
-            m.feature_drift.labels(feature, col["method"] or "").set(col["score"])
-            m.feature_drifted.labels(feature).set(1 if col["drifted"] else 0)
+        m.drift_threshold.set(self.settings.monitoring.drift_share)
+        m.set_features(check["feature_scores"])
+        m.set_signals(signals)
         if check["accuracy"] is not None:
             m.accuracy.set(check["accuracy"])
+        version = check["reference_version"]
+        mv = self.registry.get(version)
+        m.set_expected_accuracy(version, expected_accuracy(mv.metadata)[0])
+        # confidence-based estimate (classifiers: the logged top-class probability; calibrated
+        # models' mean confidence estimates their accuracy before labels arrive)
+        if mv.schema.task == "classification" and "confidence" in frame and frame["confidence"].notna().any():
+            m.estimated_accuracy.labels("confidence").set(float(frame["confidence"].mean()))
         m.label_coverage.set(check["labelled"] / check["rows"])
         m.window_rows.set(check["rows"])
         m.checks.labels(check["decision"]).inc()

@@ -1,26 +1,64 @@
-"""The monitor's APScheduler: the ``check`` job runs :meth:`Monitor.run_once`; the
-``retention`` job prunes the registry (``registry.keep_*``) once per ``retention_interval_s``.
+"""The monitor's APScheduler: jobs kept in the store's database, one active scheduler at a time.
 
-``max_instances=1``: a check that outlasts its interval (a retrain inside it) is never run
-twice at once; ``coalesce=True``: the runs missed meanwhile collapse into one, which then
-catches up on every ready window; ``misfire_grace_time=None``: a late run still runs.
+Jobs. ``check`` runs :meth:`Monitor.run_once` every ``monitoring.interval_s``; ``retention``
+prunes the registry (``registry.keep_*``) every ``registry.retention_interval_s``. They live in
+APScheduler's ``SQLAlchemyJobStore`` in the project database (table ``apscheduler_jobs``), so an
+operator's ``driftloop jobs pause|resume|run`` reaches whichever monitor is active and outlives
+restarts. A stored job names :func:`_unbound_job` and the job's name; the job store binds the
+name to this process's runner when it loads the job (a monitor and its engine cannot be pickled).
+
+Settings, on purpose:
+
+- ``max_instances=1``: a check that outlasts its interval (a retrain inside it) never runs twice
+  at once, and neither does retention.
+- ``coalesce=True``: runs missed meanwhile (a long retrain, a takeover after the active monitor
+  died, a monitor down for a day) collapse into one. One check run catches up on every ready
+  window, and one retention run is as good as three, so running more would only repeat work.
+- ``misfire_grace_time=None``: a late run is never skipped. A check is idempotent and the only
+  way windows get checked; skipping a late retention run could postpone it by a whole interval.
+- A (re)started scheduler keeps the stored state of a job: paused stays paused, and a stored
+  next run earlier than the definition's is kept (so restarts do not keep postponing a daily
+  retention); the interval comes from the settings. ``check`` runs at once on start.
+- An operator's change is never overwritten by the scheduler: after launching a job it writes the
+  job's next run only if the stored job is still the one it read (``job_store``), so a ``pause``
+  or ``run`` that lands in between stands.
+
+One active scheduler (:class:`ActiveScheduler`): a monitor runs its scheduler only while it holds
+the ``scheduler`` lease (``monitoring/lease.py``), renewed every ``scheduler.lease_s / 3``; the
+others wait and poll as often. If the active one dies, another takes over within ``lease_s``
+plus one poll, with a fresh :class:`Monitor` (the policy restored from the stored checks). The
+holder renews from the moment it takes the lease, while it builds its monitor and starts its
+scheduler (seconds on a loaded machine), and records ``scheduler_active`` once the scheduler has
+started, before any job runs. Each renewal also wakes the scheduler, so operator changes to the
+job store are seen within ``lease_s / 3``. Jobs do nothing unless the lease is held (a fence against a holder that was cut
+off), and every retrain holds the ``retrain`` lease (:func:`exclusive_retrainer`): two retrains
+never run at once, whatever runs them.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
+import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import sqlalchemy as sa
+
+from monitoring.lease import RETRAIN, SCHEDULER, Heartbeat, Lease, holding
 from monitoring.monitor import Monitor
+from monitoring.store import PredictionStore, StoreError
 
 log = logging.getLogger("driftloop.scheduler")
 CHECK_JOB = "check"
 RETENTION_JOB = "retention"
+JOB_FUNC = "monitoring.scheduler:_unbound_job"
+JOB_DEFAULTS = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
 
 
-def _run_checks(monitor: Monitor) -> None:
-    monitor.run_once()
+def _unbound_job(name: str) -> None:
+    raise RuntimeError(f"job {name!r} has no runner in this process (only a monitor runs jobs)")
 
 
 def run_retention(monitor: Monitor) -> list[str]:
@@ -35,18 +73,104 @@ def run_retention(monitor: Monitor) -> list[str]:
     return deleted
 
 
-def build_scheduler(monitor: Monitor, interval_s: float) -> Any:
+def exclusive_retrainer(retrainer: Callable[..., Any], store: PredictionStore, ttl_s: float) -> Callable[..., Any]:
+    """``retrainer`` that holds the ``retrain`` lease while it runs; raises ``LeaseBusy`` (the
+    monitor records a failed retrain) if another process is retraining."""
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with holding(store, RETRAIN, ttl_s):
+            return retrainer(*args, **kwargs)
+    return run
+
+
+def job_store(store: PredictionStore, runners: dict[str, Callable[[str], Any]] | None = None,
+              keep_operator_changes: bool = False) -> Any:
+    """APScheduler's job store on the store's database; jobs get ``runners[name]`` when loaded.
+
+    ``keep_operator_changes`` (the scheduler's store): a job written since this store read it
+    is not overwritten (see ``update_job``). The operator's commands use a store without it."""
+    from apscheduler.jobstores.base import JobLookupError
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.util import datetime_to_utc_timestamp
+
+    class BoundJobStore(SQLAlchemyJobStore):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._read: dict[str, bytes] = {}  # job id -> its stored state when last read or written
+
+        def _reconstitute_job(self, job_state: bytes) -> Any:
+            job = super()._reconstitute_job(job_state)
+            if runners and job.func_ref == JOB_FUNC and job.args and job.args[0] in runners:
+                job.func = runners[job.args[0]]  # func_ref and args stay: what is stored does not change
+            self._read[job.id] = job_state
+            return job
+
+        def add_job(self, job: Any) -> None:
+            super().add_job(job)
+            self._read.pop(job.id, None)
+
+        def update_job(self, job: Any) -> None:
+            """APScheduler's, but with ``keep_operator_changes`` only if the stored job is still
+            the one this store read: the scheduler writes a job's next run after launching it,
+            from the state it read before, and would otherwise overwrite an operator's ``pause``
+            or ``run`` that landed in between. One conditional UPDATE (atomic on both databases);
+            when it matches nothing the operator's change stands, and the next wakeup reads it."""
+            read = self._read.pop(job.id, None)
+            if not keep_operator_changes or read is None:
+                return super().update_job(job)
+            t = self.jobs_t
+            state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
+            update = (t.update().where(t.c.id == job.id, t.c.job_state == read)
+                      .values(next_run_time=datetime_to_utc_timestamp(job.next_run_time), job_state=state))
+            with self.engine.begin() as conn:
+                if conn.execute(update).rowcount == 1:
+                    self._read[job.id] = state
+                    return
+                if conn.execute(sa.select(t.c.id).where(t.c.id == job.id)).first() is None:
+                    raise JobLookupError(job.id)
+            log.info("job %s was changed in the job store meanwhile (`driftloop jobs`): that change stands", job.id)
+
+        def shutdown(self) -> None:
+            pass  # the engine is the store's, shared with the rest of the process: the store closes it
+
+    return BoundJobStore(engine=store.engine)
+
+
+def build_scheduler(monitor: Monitor, interval_s: float, lease: Lease | None = None) -> Any:
+    """A BackgroundScheduler with the monitor's jobs in the store's database (not started).
+
+    With ``lease``, jobs run only while it is held."""
     from apscheduler.events import EVENT_JOB_ERROR
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    scheduler = BackgroundScheduler(timezone=timezone.utc, job_defaults={
-        "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
-    scheduler.add_job(_run_checks, "interval", seconds=interval_s, args=[monitor], id=CHECK_JOB,
+    def guarded(name: str, run: Callable[[], Any]) -> Callable[[str], Any]:
+        def job(_name: str) -> Any:
+            if lease is not None and not lease.held:
+                log.warning("job %s skipped: this monitor no longer holds the scheduler lease", name)
+                return None
+            return run()
+        return job
+
+    runners = {CHECK_JOB: guarded(CHECK_JOB, monitor.run_once),
+               RETENTION_JOB: guarded(RETENTION_JOB, lambda: run_retention(monitor))}
+
+    class MonitorScheduler(BackgroundScheduler):
+        def _real_add_job(self, job: Any, jobstore_alias: str, replace_existing: bool) -> None:
+            stored = self._lookup_jobstore(jobstore_alias).lookup_job(job.id)
+            if stored is not None:  # keep the operator's state (see the module's docstring)
+                fresh = getattr(job, "next_run_time", None) or job.trigger.get_next_fire_time(
+                    None, datetime.now(self.timezone))
+                keep = None if stored.next_run_time is None else min(stored.next_run_time, fresh)
+                job._modify(next_run_time=keep)
+            super()._real_add_job(job, jobstore_alias, True)
+
+    scheduler = MonitorScheduler(timezone=timezone.utc, job_defaults=JOB_DEFAULTS,
+                                 jobstores={"default": job_store(monitor.store, runners, keep_operator_changes=True)})
+    scheduler.add_job(JOB_FUNC, "interval", seconds=interval_s, args=[CHECK_JOB], id=CHECK_JOB,
                       name="drift and performance checks", next_run_time=datetime.now(timezone.utc),
                       replace_existing=True)
     if monitor.settings.registry.retention_interval_s > 0:
-        scheduler.add_job(run_retention, "interval", seconds=monitor.settings.registry.retention_interval_s,
-                          args=[monitor], id=RETENTION_JOB, name="registry retention", replace_existing=True)
+        scheduler.add_job(JOB_FUNC, "interval", seconds=monitor.settings.registry.retention_interval_s,
+                          args=[RETENTION_JOB], id=RETENTION_JOB, name="registry retention", replace_existing=True)
 
     def on_error(event: Any) -> None:
         log.error("job %s failed: %r", event.job_id, event.exception)
@@ -54,3 +178,114 @@ def build_scheduler(monitor: Monitor, interval_s: float) -> Any:
 
     scheduler.add_listener(on_error, EVENT_JOB_ERROR)
     return scheduler
+
+
+class ActiveScheduler:
+    """Runs a monitor's scheduler only while holding the ``scheduler`` lease; a standby otherwise.
+
+    ``make_monitor`` builds the monitor each time this process becomes active, so its policy
+    starts from the checks the previous holder stored.
+    """
+
+    def __init__(self, store: PredictionStore, make_monitor: Callable[[], Monitor], interval_s: float,
+                 lease_s: float, owner: str | None = None) -> None:
+        self.store = store
+        self.make_monitor = make_monitor
+        self.interval_s = interval_s
+        self.lease = Lease(store, SCHEDULER, lease_s, owner)
+        self.active = threading.Event()  # set while this process runs the scheduler
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set: wait for the lease, run the scheduler while it is held."""
+        poll = self.lease.ttl_s / 3
+        announced = False
+        while not stop.is_set():
+            try:
+                got = self.lease.acquire()
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("scheduler lease: %s", exc)
+                got = False
+            if got:
+                self._serve(stop)
+                announced = False
+            else:
+                if not announced:
+                    state = self.lease.state()
+                    log.info("standby: the scheduler runs in %s (lease for %.1fs more)", state.owner,
+                             state.expires_in_s)
+                    announced = True
+                stop.wait(poll)
+
+    def _serve(self, stop: threading.Event) -> None:
+        # The heartbeat runs from the moment the lease is ours: building the monitor and starting
+        # the scheduler (imports, the job store) can take longer than the lease on a loaded machine,
+        # and a lease left to expire meanwhile would let a second monitor start a second scheduler.
+        scheduler: Any = None
+
+        def wake() -> None:  # each renewal: see operator changes to the job store
+            if scheduler is not None and scheduler.running:
+                scheduler.wakeup()
+
+        beat = Heartbeat(self.lease, on_tick=wake).start()
+        try:
+            monitor = self.make_monitor()
+            scheduler = build_scheduler(monitor, self.interval_s, lease=self.lease)
+            if beat.lost.is_set() or stop.is_set():
+                return
+            scheduler.start(paused=True)  # the stored job state is applied; nothing runs yet
+            self.store.record_event("scheduler_active", {"owner": self.lease.owner, "epoch": self.lease.epoch})
+            log.info("active: holding the scheduler lease (epoch %s, owner %s)", self.lease.epoch, self.lease.owner)
+            scheduler.resume()
+            self.active.set()
+            while not stop.wait(0.2) and not beat.lost.is_set():
+                pass
+        finally:
+            self.active.clear()
+            if scheduler is not None and scheduler.running:
+                scheduler.shutdown(wait=True)  # a running check finishes (its retrain holds its own lease)
+            beat.stop()
+            if not beat.lost.is_set():
+                self.lease.release()
+                log.info("released the scheduler lease")
+
+
+# -- what the CLI's `driftloop jobs` does: the job store, without a scheduler ------------------
+def list_jobs(store: PredictionStore) -> list[Any]:
+    return _jobs(store).get_all_jobs()
+
+
+def pause_job(store: PredictionStore, name: str) -> Any:
+    job = _lookup(store, name)
+    job.next_run_time = None
+    _jobs(store).update_job(job)
+    return job
+
+
+def resume_job(store: PredictionStore, name: str) -> Any:
+    job = _lookup(store, name)
+    if job.next_run_time is None:
+        job.next_run_time = job.trigger.get_next_fire_time(None, datetime.now(timezone.utc))
+        _jobs(store).update_job(job)
+    return job
+
+
+def run_job_now(store: PredictionStore, name: str) -> Any:
+    """Make ``name`` due now: the active scheduler runs it within ``lease_s / 3``."""
+    job = _lookup(store, name)
+    if job.next_run_time is None:
+        raise StoreError(f"job {name!r} is paused: `driftloop jobs resume {name}` first")
+    job.next_run_time = datetime.now(timezone.utc)
+    _jobs(store).update_job(job)
+    return job
+
+
+def _jobs(store: PredictionStore) -> Any:
+    return job_store(store)
+
+
+def _lookup(store: PredictionStore, name: str) -> Any:
+    job = _jobs(store).lookup_job(name)
+    if job is None:
+        known = [j.id for j in list_jobs(store)]
+        raise StoreError(f"no job {name!r}; known: {known or 'none (start `driftloop monitor` once)'}")
+    return job

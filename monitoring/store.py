@@ -7,9 +7,23 @@ SQLite by default; any SQLAlchemy URL (PostgreSQL) works by passing it. Tables:
 ``checks``       one row per monitoring window: drift and accuracy figures, the decision
 ``events``       the audit trail: drift/decay detected, retrain started/failed, promoted/rejected
 
+``leases``       who holds the scheduler's (and the retrain's) lock (``monitoring/lease.py``)
+
 The service writes predictions (through a buffered writer) and feedback; the monitor reads
 windows of predictions joined with feedback and writes checks and events. Neither imports the
-other: this module is their only meeting point.
+other: this module is their only meeting point. APScheduler keeps its jobs in the same database
+(``apscheduler_jobs``). The schema is created and upgraded by Alembic (``monitoring/migrations``)
+in :meth:`PredictionStore.create` or ``driftloop db upgrade``.
+
+Log order. The monitor reads windows as "the next N rows with an id above the last window's",
+which is only safe if a row can never become visible after a row with a higher id. With several
+writers an autoincrement id is taken at insert time and made visible at commit, so a
+transaction that took id 100 and commits after another took and committed 101..600 would be
+skipped by a scan that already moved past 600. Writers therefore take ids and commit in one
+order: on PostgreSQL every prediction insert takes a transaction-scoped advisory lock first
+(``LOG_ORDER_LOCK``, released at commit, after the rows are visible), so ids grow in commit
+order; SQLite gets the same from its single writer lock. Batches are one transaction per flush
+of a service worker's writer, so the serialisation costs a few milliseconds per flush.
 """
 
 from __future__ import annotations
@@ -24,7 +38,11 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
+from models.errors import DriftloopError
+
 metadata = sa.MetaData()
+LOG_ORDER_LOCK = 0x6472_6C6F_6731  # PostgreSQL advisory lock key ("drlog1") serialising prediction inserts
+MIGRATION_LOCK = 0x6472_6C6D_6731  # ...and migrations ("drlmg1"), so two processes never migrate at once
 
 predictions = sa.Table(
     "predictions", metadata,
@@ -78,6 +96,27 @@ events = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),  # JSON object
 )
 
+leases = sa.Table(
+    "leases", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),  # "scheduler", "retrain"
+    sa.Column("owner", sa.String(128), nullable=True),  # host:pid:nonce of the holder; NULL: free
+    sa.Column("epoch", sa.Integer, nullable=False),  # +1 at every change of holder (a fencing token)
+    sa.Column("acquired_at", sa.Float, nullable=True),  # epoch seconds by the database's clock
+    sa.Column("expires_at", sa.Float, nullable=False),  # the holder must renew before this
+)
+
+
+class StoreError(DriftloopError):
+    """The database cannot be used as a driftloop store (unknown schema, unknown revision)."""
+
+
+def normalize_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3 (SQLAlchemy's default would be psycopg2)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -94,31 +133,35 @@ class PredictionStore:
     """All reads and writes of the store, for the service and the monitor alike."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        kwargs: dict[str, Any] = {"future": True}
+        self.url = url = normalize_url(url)
+        kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True  # a restarted server: reconnect instead of failing a request
         self.engine = sa.create_engine(url, **kwargs)
-        if url.startswith("sqlite"):
+        self.dialect = self.engine.dialect.name
+        if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._created = False
         self._lock = threading.Lock()
 
     def create(self) -> PredictionStore:
-        """Create missing tables (idempotent); returns self."""
-        if url_path := _sqlite_path(self.url):
-            import os
+        """Create or upgrade the schema to the newest migration (idempotent); returns self."""
+        if not self._created:
+            from monitoring.migrations import upgrade
 
-            os.makedirs(os.path.dirname(os.path.abspath(url_path)), exist_ok=True)
-        metadata.create_all(self.engine)
+            upgrade(self)
+            self._created = True
         return self
 
     def close(self) -> None:
         self.engine.dispose()
 
     # -- predictions ------------------------------------------------------------------------
-    def insert_predictions(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Rows of ``request_id, created_at, model_version, features, prediction, confidence``."""
+    def insert_predictions(self, rows: Sequence[dict[str, Any]], conn: sa.Connection | None = None) -> None:
+        """Rows of ``request_id, created_at, model_version, features, prediction, confidence``, in
+        one transaction of their own, or in ``conn``'s (its commit makes them visible)."""
         if not rows:
             return
         payload = [{
@@ -129,8 +172,16 @@ class PredictionStore:
             "prediction": json.dumps(r["prediction"]),
             "confidence": r.get("confidence"),
         } for r in rows]
+        if conn is not None:
+            self._write_predictions(conn, payload)
+            return
         with self.engine.begin() as conn:
-            conn.execute(predictions.insert(), payload)
+            self._write_predictions(conn, payload)
+
+    def _write_predictions(self, conn: sa.Connection, payload: list[dict[str, Any]]) -> None:
+        if self.dialect == "postgresql":  # ids in commit order: see "Log order" above
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOG_ORDER_LOCK})
+        conn.execute(predictions.insert(), payload)
 
     def count_predictions(self) -> int:
         with self.engine.connect() as conn:
@@ -170,8 +221,24 @@ class PredictionStore:
                 seen.add(rid)
                 fresh.append({"request_id": rid, "label": json.dumps(label), "received_at": now})
             if fresh:
-                conn.execute(feedback.insert(), fresh)
+                # Another process may label the same id between our read and this insert: its
+                # label came first, ours is a duplicate (never an IntegrityError).
+                insert = self._insert(feedback).on_conflict_do_nothing(index_elements=["request_id"])
+                written = set(conn.execute(insert.returning(feedback.c.request_id), fresh).scalars())
+                if len(written) < len(fresh):
+                    duplicates += [r["request_id"] for r in fresh if r["request_id"] not in written]
+                    fresh = [r for r in fresh if r["request_id"] in written]
         return FeedbackResult(len(fresh), duplicates, unknown)
+
+    def _insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT (with ``on_conflict_do_nothing``): PostgreSQL or SQLite."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            raise StoreError(f"unsupported database {self.dialect!r}: driftloop runs on SQLite and PostgreSQL")
+        return insert(table)
 
     # -- windows for the monitor ------------------------------------------------------------
     def window(self, after_id: int, limit: int) -> pd.DataFrame:
@@ -254,13 +321,6 @@ def _check(row: Any) -> dict[str, Any]:
     out["drifted_features"] = json.loads(out["drifted_features"])
     out["feature_scores"] = json.loads(out["feature_scores"])
     return out
-
-
-def _sqlite_path(url: str) -> str | None:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and ":memory:" not in url:
-        return url[len(prefix):]
-    return None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -62,3 +62,121 @@ def champion_home(tmp_path_factory: pytest.TempPathFactory, loans: pd.DataFrame)
                            trigger="initial")
     registry.promote(result.version.version, actor="test", reason="fixture")
     return root
+
+
+# -- PostgreSQL: one throw-away server per test session, one database per test -------------------
+class PostgresServer:
+    """A private PostgreSQL cluster in a temporary directory (``initdb``), on a free port."""
+
+    def __init__(self, bindir: Path) -> None:
+        import socket
+        import tempfile
+
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="driftloop-pg-"))
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        # initdb and the server refuse to run as root: run them as the `postgres` user then.
+        self.as_user: list[str] = []
+        if os.getuid() == 0:
+            import pwd
+            import shutil
+
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+            self.as_user = [shutil.which("runuser") or "runuser", "-u", "postgres", "--"]
+        self.admin_url = f"postgresql+psycopg://driftloop@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *argv: str) -> None:
+        import subprocess
+
+        proc = subprocess.run([*self.as_user, *argv], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            log = self.log.read_text() if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}{log}")
+
+    def start(self) -> PostgresServer:
+        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "driftloop", "--auth=trust",
+                  "-E", "UTF8", "--no-sync", "--no-instructions")
+        # Durability off: a test database is thrown away (fsync alone costs seconds per test on a busy disk).
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options,
+                  "-w", "-t", "60", "start")
+        return self
+
+    def stop(self) -> None:
+        import shutil
+
+        try:
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def create_database(self) -> str:
+        """A fresh, empty database; returns its URL."""
+        import uuid
+
+        import sqlalchemy as sa
+
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        engine = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        engine.dispose()
+        return f"postgresql+psycopg://driftloop@127.0.0.1:{self.port}/{name}"
+
+    def drop_database(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        name = url.rsplit("/", 1)[1]
+        engine = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        engine.dispose()
+
+
+def postgres_bindir() -> Path | None:
+    """Where initdb and pg_ctl are: Debian's /usr/lib/postgresql/N/bin (newest), else PATH."""
+    import shutil
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+                   if p.parent.parent.name.isdigit() else 0)
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres():  # noqa: ANN201
+    """The session's PostgreSQL server. Without PostgreSQL: skipped, but a failure under CI=true."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        reason = "PostgreSQL is not installed (no initdb): run scripts/system-deps.sh"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and {reason}")
+        pytest.skip(reason)
+    server = PostgresServer(bindir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer):  # noqa: ANN201
+    """A fresh PostgreSQL database for one test, dropped after it."""
+    url = postgres.create_database()
+    yield url
+    postgres.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store's URL on each backend: a SQLite file under tmp_path, a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sub' / 'store.db'}"
+    return request.getfixturevalue("pg_url")

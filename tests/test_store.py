@@ -1,4 +1,5 @@
-"""The prediction store on a SQLite file under tmp_path."""
+"""The prediction store, on a SQLite file under tmp_path and on a fresh PostgreSQL database
+(``store_url`` in conftest: every test that takes ``store`` runs on both)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ def url(path: Path) -> str:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = PredictionStore(url(tmp_path / "sub" / "store.db")).create()
+def store(store_url: str):
+    s = PredictionStore(store_url).create()
     yield s
     s.close()
 
@@ -199,3 +200,110 @@ def test_create_twice_on_the_same_file(tmp_path: Path) -> None:
         assert list(second.window(0, 10)["id"]) == [1, 2, 3, 4, 5]
     finally:
         second.close()
+
+
+# -- migrations ---------------------------------------------------------------------------------
+def test_a_fresh_database_is_migrated_to_the_newest_revision(store: PredictionStore) -> None:
+    import sqlalchemy as sa
+
+    from monitoring import migrations
+
+    assert migrations.current(store) == migrations.head() == "0002"
+    assert {"predictions", "feedback", "checks", "events", "leases", "apscheduler_jobs"} <= set(
+        sa.inspect(store.engine).get_table_names())
+
+
+def test_a_database_made_before_migrations_is_adopted_with_its_rows(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from monitoring import migrations
+    from monitoring.store import metadata
+
+    path = tmp_path / "old.db"
+    engine = sa.create_engine(url(path))
+    for name in migrations.LEGACY_TABLES:  # what metadata.create_all made before Alembic
+        metadata.tables[name].create(engine)
+    engine.dispose()
+    old = PredictionStore(url(path))
+    old._created = True  # skip migrations: write as the old code did
+    fill(old, 3)
+    old.close()
+    store = PredictionStore(url(path)).create()
+    try:
+        assert migrations.current(store) == migrations.head()
+        assert store.count_predictions() == 3 and "leases" in sa.inspect(store.engine).get_table_names()
+    finally:
+        store.close()
+
+
+def test_a_foreign_database_is_refused_with_the_differences_named(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from monitoring.store import StoreError
+
+    path = tmp_path / "foreign.db"
+    engine = sa.create_engine(url(path))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE predictions (id INTEGER PRIMARY KEY, payload TEXT)")
+    engine.dispose()
+    with pytest.raises(StoreError, match="predictions lacks .*request_id.*unknown columns payload.*feedback is missing"):
+        PredictionStore(url(path)).create()
+
+
+def test_a_database_from_a_newer_driftloop_is_refused(store: PredictionStore, store_url: str) -> None:
+    import sqlalchemy as sa
+
+    from monitoring.store import StoreError
+
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
+    newer = PredictionStore(store_url)
+    try:
+        with pytest.raises(StoreError, match="0099"):
+            newer.create()
+    finally:
+        newer.close()
+
+
+def test_downgrade_to_the_baseline_and_upgrade_again(store: PredictionStore) -> None:
+    import sqlalchemy as sa
+
+    from monitoring import migrations
+
+    fill(store, 2)
+    migrations.downgrade(store, "0001")
+    assert migrations.current(store) == "0001"
+    assert "leases" not in sa.inspect(store.engine).get_table_names()
+    assert migrations.upgrade(store) == "0002"
+    assert "leases" in sa.inspect(store.engine).get_table_names() and store.count_predictions() == 2
+
+
+def test_processes_starting_together_on_a_fresh_database_migrate_it_once(store_url: str) -> None:
+    import threading
+
+    from monitoring import migrations
+
+    stores = [PredictionStore(store_url) for _ in range(4)]  # one engine each, as separate processes
+    errors: list[BaseException] = []
+    go = threading.Barrier(len(stores))
+
+    def start(s: PredictionStore) -> None:
+        try:
+            go.wait()
+            s.create()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert migrations.current(stores[0]) == migrations.head()
+        fill(stores[1], 2)
+        assert stores[2].count_predictions() == 2
+    finally:
+        for s in stores:
+            s.close()

@@ -1,0 +1,70 @@
+"""Build the driftloop Bento with the registry's champion in it.
+
+    .venv/bin/python deploy/bento.py [--config driftloop.yaml] [--project-root .]
+
+Reads the settings (``--config`` or ``DRIFTLOOP_CONFIG``), finds the champion, and runs
+``bentoml build`` with ``deploy/bentofile.yaml`` plus that one model, with ``BENTOML_HOME`` at the
+registry's home, so the model comes out of the registry's store and the Bento lands beside it
+(``<registry.home>/bentos``). Prints the Bento's tag. Nothing is downloaded: the Python packages
+are recorded, not resolved (``lock_packages: false``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parent
+
+
+def bentofile_with(champion_tag: str, version: str) -> dict:
+    spec = yaml.safe_load((DEPLOY / "bentofile.yaml").read_text())
+    spec["models"] = [champion_tag]
+    spec["labels"] = spec.get("labels", {}) | {"champion": version}
+    return spec
+
+
+def build(config: str | None, project_root: Path) -> str:
+    sys.path.insert(0, str(project_root))
+    from driftloop.settings import load_settings
+    from models.registry import Registry
+
+    settings = load_settings(config)
+    registry = Registry(settings.registry.home, settings.registry.project)
+    champion = registry.champion()
+    if champion is None:
+        raise SystemExit(f"no champion in {settings.registry.home}: train and promote a model first")
+    registry.verify(champion.version)  # every file's sha256, before it is shipped
+    tag = registry.get(champion.version).tag
+    bentoml = Path(sys.executable).with_name("bentoml")
+    env = os.environ | {"BENTOML_HOME": str(Path(settings.registry.home).resolve()),
+                        "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        bentofile = Path(tmp) / "bentofile.yaml"
+        bentofile.write_text(yaml.safe_dump(bentofile_with(tag, champion.version), sort_keys=False))
+        out = subprocess.run([str(bentoml), "build", "-f", str(bentofile), "--output", "tag", str(project_root)],
+                             env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"bentoml build failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    bento_tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    print(json.dumps({"bento": bento_tag, "champion": tag, "bentoml_home": env["BENTOML_HOME"]}))
+    return bento_tag
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=os.environ.get("DRIFTLOOP_CONFIG"))
+    parser.add_argument("--project-root", type=Path, default=DEPLOY.parent)
+    args = parser.parse_args()
+    build(args.config, args.project_root.resolve())
+
+
+if __name__ == "__main__":
+    main()

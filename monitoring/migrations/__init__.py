@@ -1,0 +1,146 @@
+"""Alembic migrations of the driftloop store (``monitoring/store.py``).
+
+:func:`upgrade` runs them (``PredictionStore.create``, ``driftloop db upgrade``); there is no
+``alembic.ini``: the configuration is built here and Alembic runs on the store's own connection,
+in one transaction, under a lock, so two processes starting on a fresh database do not both
+create it (PostgreSQL: an advisory lock; SQLite: ``BEGIN IMMEDIATE``). PostgreSQL and SQLite
+both roll DDL back with the transaction: a failed migration leaves the previous revision.
+
+A database made by ``metadata.create_all`` before migrations existed (tables, no
+``alembic_version``) is checked against revision 0001 and stamped with it, then upgraded; one
+whose tables do not match is refused with the differences named.
+
+A new revision: ``versions/NNNN_what.py`` with ``down_revision`` the previous one.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from monitoring.store import PredictionStore
+
+BASELINE = "0001"  # the schema metadata.create_all used to make
+LEGACY_TABLES = ("predictions", "feedback", "checks", "events")
+
+
+def config() -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", "monitoring:migrations")
+    return cfg
+
+
+def head() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(config()).get_current_head()
+
+
+def current(store: PredictionStore) -> str | None:
+    """The database's revision; None for a database that has never been migrated."""
+    with store.engine.connect() as conn:
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def upgrade(store: PredictionStore, revision: str = "head") -> str:
+    """Bring the database to ``revision`` (default: the newest); returns the revision reached."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    from monitoring.store import StoreError
+
+    target = head() if revision == "head" else revision
+    if revision == "head" and _quiet(lambda: current(store)) == target:
+        return target  # the usual start: nothing to do, no lock taken
+    cfg = config()
+    with _locked(store) as conn:
+        cfg.attributes["connection"] = conn
+        _adopt_legacy(conn, cfg)
+        try:
+            command.upgrade(cfg, revision)
+        except CommandError as exc:
+            raise StoreError(f"{_safe_url(store)}: cannot upgrade the store to {revision}: {exc} "
+                             f"(this driftloop knows revisions up to {head()})") from None
+    return target
+
+
+def downgrade(store: PredictionStore, revision: str) -> None:
+    from alembic import command
+
+    cfg = config()
+    with _locked(store) as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def _adopt_legacy(conn: sa.Connection, cfg: Any) -> None:
+    """Stamp a pre-migration database with the baseline once its tables are checked."""
+    from alembic import command
+
+    from monitoring.store import StoreError, metadata
+
+    inspector = sa.inspect(conn)
+    tables = set(inspector.get_table_names())
+    if "alembic_version" in tables or not tables & set(LEGACY_TABLES):
+        return
+    problems = []
+    for name in LEGACY_TABLES:
+        if name not in tables:
+            problems.append(f"table {name} is missing")
+            continue
+        have = {c["name"] for c in inspector.get_columns(name)}
+        want = {c.name for c in metadata.tables[name].columns}
+        if want - have:
+            problems.append(f"{name} lacks {', '.join(sorted(want - have))}")
+        if have - want:
+            problems.append(f"{name} has unknown columns {', '.join(sorted(have - want))}")
+    if problems:
+        raise StoreError("the database has driftloop's tables but no migration history, and they do not match "
+                         f"the first revision: {'; '.join(problems)}. Move it aside or fix it by hand.")
+    command.stamp(cfg, BASELINE)
+
+
+@contextmanager
+def _locked(store: PredictionStore) -> Iterator[sa.Connection]:
+    """A connection in a transaction that no other process can be migrating in at once."""
+    from monitoring.store import MIGRATION_LOCK
+
+    if store.dialect == "sqlite":
+        path = store.engine.url.database
+        if path and path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        engine = sa.create_engine(store.engine.url, poolclass=sa.pool.NullPool, connect_args={"timeout": 60})
+        # pysqlite's own transaction handling neither makes DDL transactional nor takes the write
+        # lock up front: turn it off and begin with BEGIN IMMEDIATE ourselves.
+        sa.event.listen(engine, "connect", lambda dbapi_conn, _: setattr(dbapi_conn, "isolation_level", None))
+        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        try:
+            with engine.begin() as conn:
+                yield conn
+        finally:
+            engine.dispose()
+        return
+    with store.engine.begin() as conn:
+        if store.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        yield conn
+
+
+def _quiet(read: Any) -> Any:
+    try:
+        return read()
+    except sa.exc.OperationalError:
+        return None  # e.g. a SQLite file in a directory that does not exist yet
+
+
+def _safe_url(store: PredictionStore) -> str:
+    return store.engine.url.render_as_string(hide_password=True)

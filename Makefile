@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo bento test test-fast bench-models bench-serving bench-serving-features bench-drift lint clean
+.PHONY: install system-deps demo bento test test-fast bench-models bench-serving bench-serving-features bench-drift bench-policy lint clean
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ bench-serving-features: $(STAMP)
 # The prepared drift check against Evidently's DataDriftPreset on 100,000 rows x 20 features (bench/drift.py).
 bench-drift: $(STAMP)
 	$(BIN)/python -m bench.drift --json var/bench-drift.json
+
+# The retraining policy against never-retrain and retrain-every-4 on five scenarios, in process (bench/policy.py).
+bench-policy: $(STAMP)
+	$(BIN)/python -m bench.policy --json var/bench-policy.json
 
 clean:
 	rm -rf var .pytest_cache build *.egg-info

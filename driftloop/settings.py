@@ -185,6 +185,9 @@ class MonitoringConfig(_Section):
     min_labels: int = Field(100, ge=1)  # labelled rows a window needs before its accuracy counts
     consecutive: int = Field(2, ge=1)  # flagged windows in a row before acting
     cooldown_windows: int = Field(2, ge=0)  # windows to wait after a promotion
+    # A new champion's first quiet windows whose live accuracy joins its validation accuracy as
+    # the baseline for decay (a 600-row validation estimate alone missed real drops; bench.policy)
+    calibration_windows: int = Field(4, ge=0)
     dry_run: bool = False  # alert, never retrain
     metrics_port: int = Field(9464, ge=0, le=65535)  # 0: no monitor /metrics endpoint
     metrics_host: str = "127.0.0.1"  # where it listens; 0.0.0.0 in a container, for Prometheus

@@ -44,7 +44,8 @@ def policy_config(settings: Settings) -> pol.PolicyConfig:
     m = settings.monitoring
     return pol.PolicyConfig(drift_share=m.drift_share, max_accuracy_drop=m.max_accuracy_drop,
                             min_labels=m.min_labels, consecutive=m.consecutive,
-                            cooldown_windows=m.cooldown_windows, dry_run=m.dry_run, decay_z=m.decay_z)
+                            cooldown_windows=m.cooldown_windows, dry_run=m.dry_run, decay_z=m.decay_z,
+                            calibration_windows=m.calibration_windows)
 
 
 class Monitor:
@@ -81,7 +82,7 @@ class Monitor:
         """The policy's view of a window: drift, and the accuracy of the rows the champion answered."""
         baseline, baseline_rows = expected_accuracy(self.registry.get(champion).metadata)
         return pol.WindowStats(index, rows, drift_share, labelled, accuracy,
-                               baseline_accuracy=baseline, baseline_rows=baseline_rows)
+                               baseline_accuracy=baseline, baseline_rows=baseline_rows, champion=champion)
 
     # -- the job --------------------------------------------------------------------------------
     def run_once(self) -> list[dict[str, Any]]:

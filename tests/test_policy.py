@@ -174,3 +174,41 @@ def test_mixed_signals_keep_one_streak() -> None:
     decisions = feed(policy, [drifted(5), decayed(6)])
     assert [d.signals for d in decisions] == [("drift",), ("decay",)]
     assert decisions[-1].action == RETRAIN and decisions[-1].since_window == 5
+
+
+def live(window: int, accuracy: float, champion: str | None = "v1", **kw) -> WindowStats:
+    return decayed(window, accuracy=accuracy, labelled=450, baseline_accuracy=0.787, baseline_rows=600,
+                   champion=champion, **kw)
+
+
+def test_a_champion_s_quiet_windows_calibrate_its_baseline() -> None:
+    """bench/policy.py's case: validated at 0.787, serving at 0.815; a concept change to 0.735 is
+    0.052 below the validation figure (not significant) but 0.08 below what it really served."""
+    uncalibrated, calibrated = RetrainPolicy(), RetrainPolicy()
+    feed(uncalibrated, [live(w, 0.815, champion=None) for w in range(4)])
+    feed(calibrated, [live(w, 0.815) for w in range(4)])
+    assert uncalibrated.update(live(4, 0.735, champion=None)).signals == ()
+    decision = calibrated.update(live(4, 0.735))
+    assert decision.signals == ("decay",)
+    pooled = (0.787 * 600 + 0.815 * 4 * 450) / (600 + 4 * 450)
+    assert f"< {pooled:.3f}" in decision.reason
+
+
+def test_calibration_stops_after_its_windows_and_restarts_with_a_new_champion() -> None:
+    policy = RetrainPolicy(PolicyConfig(calibration_windows=2))
+    feed(policy, [live(0, 0.815), live(1, 0.815), live(2, 0.80)])  # quiet, but the third is not pooled
+    assert policy.baseline(live(3, 0.8)).baseline_rows == 600 + 2 * 450
+    expected = (0.787 * 600 + 0.815 * 900) / 1500
+    assert policy.baseline(live(3, 0.8)).baseline_accuracy == pytest.approx(expected)
+    feed(policy, [live(3, 0.9, champion="v2")])  # a new champion starts its own tally
+    assert policy.baseline(live(4, 0.8, champion="v2")).baseline_rows == 600 + 450
+    assert policy.baseline(live(4, 0.8, champion="v2")).baseline_accuracy == pytest.approx(
+        (0.787 * 600 + 0.9 * 450) / 1050)
+
+
+def test_flagged_windows_do_not_calibrate() -> None:
+    policy = RetrainPolicy()
+    feed(policy, [live(0, 0.6), drifted(1, accuracy=0.81, labelled=450, baseline_accuracy=0.787,
+                                        baseline_rows=600, champion="v1")])
+    assert policy.baseline(live(2, 0.8)).baseline_rows == 600  # neither window joined the baseline
+

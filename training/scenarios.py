@@ -172,3 +172,86 @@ def scenario_frame(name: str, seed: int = 42, **sizes: int) -> pd.DataFrame:
     except KeyError:
         raise ValueError(f"unknown scenario {name!r}; available: {sorted(SCENARIOS)}") from None
     return scenario.frame(seed=seed, **sizes)
+
+
+# -- timelines for the policy benchmark (bench/policy.py) ---------------------------------------
+# Each returns the ``train`` period followed by live periods in whole windows; period names mark
+# where the world changed. The default ``loans`` timeline above is unchanged.
+
+RATE_SHOCK = Rule(debt_weight=12.0, east_effect=3.0, young_penalty=0.0, self_employed_effect=-3.0, intercept=-1.2)
+"""A concept change on the training population itself: rates rise so debt hurts far more, the east
+region turns risky, a guarantee removes the self-employed risk; the inputs do not move, so only
+labels reveal it (the first model's accuracy falls from about 0.81 to 0.71)."""
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """Gradual drift: each row comes from ``after`` with a probability rising linearly across the
+    ramp (from ~0 at its first row to 1 at its last), otherwise from ``before``."""
+
+    name: str
+    rows: int
+    before: Period
+    after: Period
+
+
+def generate_timeline(parts: list[Period | Ramp], seed: int = 42, start: pd.Timestamp | None = None,
+                      seconds_per_row: float = 60.0) -> pd.DataFrame:
+    """Like :func:`generate`, with :class:`Ramp` parts allowed beside periods."""
+    rng = np.random.default_rng(seed)
+    start = start if start is not None else pd.Timestamp("2026-01-01T00:00:00Z")
+    frames = []
+    for part in parts:
+        if isinstance(part, Ramp):
+            old = _inputs(part.before.population, part.rows, rng)
+            new = _inputs(part.after.population, part.rows, rng)
+            from_new = rng.uniform(size=part.rows) < np.linspace(1.0 / part.rows, 1.0, part.rows)
+            x = old.copy()
+            x.loc[from_new] = new.loc[from_new]
+            p = np.where(from_new, default_probability(new, part.after.rule),
+                         default_probability(old, part.before.rule))
+        else:
+            x = _inputs(part.population, part.rows, rng)
+            p = default_probability(x, part.rule)
+        x[TARGET] = (rng.uniform(size=part.rows) < p).astype(int)
+        x["period"] = part.name
+        frames.append(x)
+    df = pd.concat(frames, ignore_index=True)
+    df[TIMESTAMP] = start + pd.to_timedelta(np.arange(len(df)) * seconds_per_row, unit="s")
+    return df
+
+
+def stationary_timeline(train_rows: int = 3000, rows: int = 100_000) -> list[Period | Ramp]:
+    """Nothing changes: ``rows`` of live traffic from the training distribution."""
+    return [Period("train", train_rows), Period("stable", rows)]
+
+
+def covariate_shift_timeline(train_rows: int = 3000, window: int = 500, stable: int = 4,
+                             shifted: int = 16) -> list[Period | Ramp]:
+    """An abrupt covariate shift: the new customer segment arrives at once (the rule is unchanged)."""
+    return [Period("train", train_rows), Period("stable", stable * window),
+            Period("covariate", shifted * window, population=SEGMENT)]
+
+
+def concept_change_timeline(train_rows: int = 3000, window: int = 500, stable: int = 4,
+                            changed: int = 16) -> list[Period | Ramp]:
+    """An abrupt concept change (:data:`RATE_SHOCK`) with the same inputs: only labels show it."""
+    return [Period("train", train_rows), Period("stable", stable * window),
+            Period("concept", changed * window, rule=RATE_SHOCK)]
+
+
+def gradual_drift_timeline(train_rows: int = 3000, window: int = 500, stable: int = 4, ramp: int = 8,
+                           drifted: int = 12) -> list[Period | Ramp]:
+    """A gradual concept drift: rows follow :data:`RATE_SHOCK` with a share rising over ``ramp`` windows."""
+    before, after = Period("stable", 0), Period("drifted", 0, rule=RATE_SHOCK)
+    return [Period("train", train_rows), Period("stable", stable * window),
+            Ramp("ramp", ramp * window, before, after), Period("drifted", drifted * window, rule=RATE_SHOCK)]
+
+
+def recurring_drift_timeline(train_rows: int = 3000, window: int = 500, stable: int = 4, episode: int = 8,
+                             episodes: int = 2) -> list[Period | Ramp]:
+    """Recurring drift: the concept switches to :data:`RATE_SHOCK` and back, ``episodes`` times."""
+    parts: list[Period | Ramp] = [Period("train", train_rows), Period("stable", stable * window)]
+    for i in range(1, episodes + 1):
+        parts += [Period(f"shock-{i}", episode * window, rule=RATE_SHOCK), Period(f"calm-{i}", episode * window)]
+    return parts

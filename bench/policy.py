@@ -1,0 +1,485 @@
+"""Policy benchmark: driftloop's retraining policy against never-retrain and retrain-every-K.
+
+    python -m bench.policy [--json FILE] [--quick] [--only NAME ...]
+
+Every scenario (``training/scenarios.py``: stationary, abrupt covariate shift, abrupt concept
+change with late labels, gradual drift, recurring drift) is replayed in process through the
+loop's own code, once per arm, each arm in a temporary directory of its own:
+
+* the champion's ONNX graph predicts each chunk of ``STEP`` rows, written to a SQLite
+  :class:`~monitoring.store.PredictionStore` with a stream time of one row per second;
+* labels are sent as feedback ``label_delay`` rows later (a share of rows never gets one);
+* a fake clock reads the stream time and :meth:`monitoring.monitor.Monitor.run_once` checks every
+  window that is ready (``min_label_coverage`` / ``label_wait_s`` decide when), asks the arm's
+  policy and retrains through ``training/retrain.py`` and its gate, exactly as in production.
+
+Arms: ``driftloop`` (the configured :class:`~monitoring.policy.RetrainPolicy`), ``never``
+(``dry_run``: the same detector alerts, nothing retrains) and ``every-K`` (:class:`EveryKWindows`:
+at every K-th window, retrain on the K windows before it, through the same job and gate). An
+``oracle`` per change, trained like the first model but on a fresh sample of the world after the
+change, is scored on the same rows. Accuracy is measured on the true label of every row served
+(not only on the rows whose label arrived).
+
+Detection delay: the first alarm (retrain or alert decision) on a window at or after the change's
+first window, in windows (alarm window - onset window) and in rows (rows served after the onset
+when that check ran, so label latency counts). False alarms: alarms on windows before the first
+change (the whole stream for ``stationary``). Exit code 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from monitoring import policy as pol
+from training import scenarios as sc
+
+WINDOW = 500  # rows per monitoring window (the default monitoring.window_rows)
+K = 4  # the periodic baseline retrains every K windows on the K windows before (see README)
+STEP = 100  # rows served between two monitor runs
+LABEL_DELAY = 100  # rows between a prediction and its label (the demo's)
+ORACLE_ROWS = 3000  # the oracle learns from as many post-change rows as the first model had
+EQUAL = 0.005  # accuracies within half a point count as equal (the periodic comparison)
+ALARMS = (pol.RETRAIN, pol.ALERT)
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A scenario of the benchmark: its timeline, its kind of change and how labels arrive."""
+
+    name: str
+    description: str
+    timeline: Callable[..., list[sc.Period | sc.Ramp]]
+    full: dict[str, int]  # timeline sizes of the full run
+    quick: dict[str, int]  # ...and of --quick
+    kind: str  # the kind of every change: covariate | concept | gradual
+    label_delay: int = LABEL_DELAY
+    label_share: float = 1.0
+    seed: int = 11
+
+
+CASES = (
+    Case("stationary", "nothing changes", sc.stationary_timeline, {"rows": 100_000}, {"rows": 6000}, "none"),
+    Case("covariate", "abrupt covariate shift (new segment)", sc.covariate_shift_timeline,
+         {"stable": 4, "shifted": 16}, {"stable": 2, "shifted": 6}, "covariate"),
+    Case("concept", "abrupt concept change (only labels show it)", sc.concept_change_timeline,
+         {"stable": 4, "changed": 16}, {"stable": 2, "changed": 6}, "concept", label_delay=500, label_share=0.9),
+    Case("gradual", "gradual concept drift over 8 windows", sc.gradual_drift_timeline,
+         {"stable": 4, "ramp": 8, "drifted": 12}, {"stable": 2, "ramp": 3, "drifted": 4}, "gradual"),
+    Case("recurring", "concept switches and returns, twice", sc.recurring_drift_timeline,
+         {"stable": 4, "episode": 8, "episodes": 2}, {"stable": 2, "episode": 4, "episodes": 1}, "concept"),
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """Where the world changed: ``onset`` and ``end`` are live-row positions (window boundaries)."""
+
+    name: str
+    onset: int
+    end: int
+    world: sc.Period  # the world after the change (a ramp's final one): what the oracle learns
+    first_world: bool = False  # back to the world the first model learnt (never-retrain is its oracle)
+
+
+@dataclass
+class EveryKWindows:
+    """The periodic baseline as a policy the monitor can hold: no detector; at every ``k``-th
+    window, retrain on the labelled rows of the ``k`` windows that end with it."""
+
+    k: int
+
+    def update(self, stats: pol.WindowStats) -> pol.Decision:
+        if (stats.window + 1) % self.k == 0:
+            return pol.Decision(pol.RETRAIN, f"scheduled: every {self.k} windows", (), stats.window - self.k + 1)
+        return pol.Decision(pol.NONE, "not due")
+
+    def retrained(self, window: int) -> None:
+        """Nothing to remember: the schedule does not depend on what came of a retrain."""
+
+
+@dataclass
+class ArmRun:
+    """What one arm did on one scenario's live stream."""
+
+    arm: str
+    correct: np.ndarray  # per live row: the served prediction was the true label
+    served: list[str]  # per live row: the version that answered
+    checks: list[dict[str, Any]]
+    checked_at: dict[int, int]  # window -> live rows served when its check ran
+    seconds: float
+    versions: list[str] = field(default_factory=list)
+
+    def alarms(self, first: int, last: int) -> list[dict[str, Any]]:
+        return [c for c in self.checks if first <= c["window"] < last and c["decision"] in ALARMS]
+
+    def retrains(self) -> list[dict[str, Any]]:
+        """Retrains that ran (a candidate was trained): promoted, rejected or failed."""
+        return [c for c in self.checks if c["decision"] == pol.RETRAIN and c["outcome"] in
+                ("promoted", "rejected", "failed")]
+
+
+# -- running ---------------------------------------------------------------------------------------
+def settings_for(root: Path, **monitoring: Any) -> Any:
+    from driftloop.settings import load_settings
+
+    return load_settings(None, registry={"home": str(root / "bentoml")},
+                         store={"url": f"sqlite:///{root / 'driftloop.db'}"},
+                         monitoring={"reports_dir": str(root / "reports"), "metrics_port": 0,
+                                     "window_rows": WINDOW} | monitoring)
+
+
+def changes_of(parts: list[sc.Period | sc.Ramp]) -> list[Change]:
+    first = parts[0]
+    live = [p for p in parts if p.name != "train"]
+    bounds = np.cumsum([0] + [p.rows for p in live])
+    out = []
+    for i, part in enumerate(live[1:], start=1):
+        world = part.after if isinstance(part, sc.Ramp) else part
+        if isinstance(live[i - 1], sc.Ramp):  # a ramp's end is not a change of its own
+            continue
+        end = next((int(bounds[j]) for j in range(i + 1, len(live)) if not isinstance(live[j - 1], sc.Ramp)),
+                   int(bounds[-1]))
+        out.append(Change(part.name, int(bounds[i]), end, world,
+                          (world.population, world.rule) == (first.population, first.rule)))
+    return out
+
+
+def run_arm(arm: str, live: pd.DataFrame, base: Path, root: Path, case: Case, progress: Callable[[str], None]
+            ) -> ArmRun:
+    """Replay ``live`` through a monitor with the arm's policy, from a copy of the registry in ``base``."""
+    from models.registry import Registry
+    from monitoring.monitor import Monitor
+    from monitoring.store import PredictionStore
+
+    started = time.perf_counter()
+    shutil.copytree(base / "bentoml", root / "bentoml")
+    settings = settings_for(root, dry_run=arm == "never")
+    store = PredictionStore(settings.store.url).create()
+    registry = Registry(settings.registry.home, settings.registry.project)
+    now = [START.timestamp()]
+    monitor = Monitor(settings, store, registry, clock=lambda: now[0])
+    if arm.startswith("every-"):
+        monitor.policy = EveryKWindows(int(arm.split("-")[1]))  # type: ignore[assignment]
+
+    n = len(live)
+    truth = live[sc.TARGET].to_numpy()
+    labelled = np.random.default_rng(case.seed + 1).uniform(size=n) < case.label_share  # same for every arm
+    records = live[list(sc.FEATURES)].to_dict(orient="records")
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    correct = np.zeros(n, dtype=bool)
+    served: list[str] = [""] * n
+    checked_at: dict[int, int] = {}
+    models: dict[str, Any] = {}
+    sent = 0  # labels sent up to this row
+
+    def send_labels(upto: int) -> None:
+        nonlocal sent
+        due = [(ids[i], int(truth[i])) for i in range(sent, upto) if labelled[i]]
+        if due:
+            store.insert_feedback(due)
+        sent = max(sent, upto)
+
+    for start in range(0, n, STEP):
+        end = min(start + STEP, n)
+        version = registry.champion().version
+        model = models.get(version) or models.setdefault(version, registry.load(version))
+        preds, proba = model.predict_frame(live.iloc[start:end])
+        store.insert_predictions([
+            {"request_id": ids[i], "created_at": START + timedelta(seconds=i), "model_version": version,
+             "features": records[i], "prediction": p, "confidence": float(c)}
+            for i, p, c in zip(range(start, end), preds.tolist(), proba.max(axis=1))])
+        correct[start:end] = preds == truth[start:end]
+        served[start:end] = [version] * (end - start)
+        send_labels(max(0, end - case.label_delay))
+        now[0] = (START + timedelta(seconds=end - 1)).timestamp()
+        for check in monitor.run_once():
+            checked_at[check["window"]] = end
+            if check["decision"] != pol.NONE:
+                progress(f"  {arm:<10} window {check['window']:>3}: {check['decision']} {check['outcome'] or ''}")
+    send_labels(n)  # the stream is over: every label arrives, and the last windows are checked
+    now[0] += settings.monitoring.label_wait_s + 1
+    for check in monitor.run_once():
+        checked_at[check["window"]] = n
+    run = ArmRun(arm, correct, served, store.checks(), checked_at, time.perf_counter() - started,
+                 [v.version for v in registry.versions()])
+    store.close()
+    return run
+
+
+def oracle_correct(case: Case, live: pd.DataFrame, changes: list[Change], root: Path) -> np.ndarray:
+    """Per live row, whether the oracle of the row's segment (trained on a fresh sample of the
+    world after that segment's change) predicts its label; NaN before the first change."""
+    from training.train import fit
+
+    settings = settings_for(root)
+    out = np.full(len(live), np.nan)
+    for i, change in enumerate(changes):
+        world = sc.Period("oracle", ORACLE_ROWS, change.world.population, change.world.rule)
+        rows = sc.generate_timeline([world], seed=case.seed + 100 + i)
+        model = fit(settings, rows).model("oracle")
+        segment = live.iloc[change.onset:change.end]
+        preds, _ = model.predict_frame(segment)
+        out[change.onset:change.end] = preds == segment[sc.TARGET].to_numpy()
+    return out
+
+
+def run_case(case: Case, quick: bool, arms: list[str], workdir: Path, progress: Callable[[str], None]
+             ) -> dict[str, Any]:
+    """Replay the scenario once per arm and return its figures."""
+    return analyse(case, *replay_case(case, quick, arms, workdir, progress))
+
+
+def replay_case(case: Case, quick: bool, arms: list[str], workdir: Path, progress: Callable[[str], None]
+                ) -> tuple[pd.DataFrame, list[Change], dict[str, ArmRun], np.ndarray]:
+    """Train the first model and the oracles, replay every arm: (live rows, changes, runs, oracle)."""
+    from models.registry import Registry
+    from training.train import train_version
+
+    parts = case.timeline(**(case.quick if quick else case.full))
+    frame = sc.generate_timeline(parts, seed=case.seed)
+    live = frame[frame["period"] != "train"].reset_index(drop=True)
+    changes = changes_of(parts)
+    base = workdir / case.name / "base"
+    settings = settings_for(base)
+    registry = Registry(settings.registry.home, settings.registry.project)
+    first = train_version(settings, frame[frame["period"] == "train"].reset_index(drop=True), registry,
+                          trigger="initial")
+    registry.promote(first.version.version, actor="bench", reason="the benchmark's first model")
+    oracle = oracle_correct(case, live, changes, base)
+    progress(f"{case.name}: {len(live):,} live rows, {len(live) // WINDOW} windows, changes at "
+             f"{[c.onset // WINDOW for c in changes]}")
+    runs = {arm: run_arm(arm, live, base, workdir / case.name / arm, case, progress) for arm in arms}
+    return live, changes, runs, oracle
+
+
+# -- accounting -------------------------------------------------------------------------------------
+def _mean(values: np.ndarray) -> float | None:
+    return float(np.mean(values)) if len(values) else None
+
+
+def analyse(case: Case, live: pd.DataFrame, changes: list[Change], runs: dict[str, ArmRun],
+            oracle: np.ndarray) -> dict[str, Any]:
+    """The figures of one scenario: per arm and per change (see the module docstring)."""
+    n = len(live)
+    quiet_end = changes[0].onset if changes else n  # windows before this row are stationary
+    quiet_windows = quiet_end // WINDOW
+    never = runs.get("never")
+    arms: dict[str, Any] = {}
+    for arm, run in runs.items():
+        quiet_checks = [c for c in run.checks if c["window"] < quiet_windows]
+        false_alarms = run.alarms(0, quiet_windows)
+        per_window = [float(run.correct[w * WINDOW:(w + 1) * WINDOW].mean()) for w in range(n // WINDOW)]
+        retrains = run.retrains()
+        arms[arm] = {
+            "retrains": len(retrains), "promoted": sum(c["outcome"] == "promoted" for c in retrains),
+            "retrain_windows": [c["window"] for c in retrains],
+            "checks": len(run.checks), "quiet_checks": len(quiet_checks),
+            "false_alarms": len(false_alarms) if not arm.startswith("every-") else None,
+            "flagged_quiet": sum(c["decision"] != pol.NONE for c in quiet_checks)
+            if not arm.startswith("every-") else None,
+            "accuracy": float(run.correct.mean()), "accuracy_per_window": per_window,
+            "seconds": round(run.seconds, 1), "changes": [],
+        }
+        for change in changes:
+            arms[arm]["changes"].append(change_figures(run, change, changes, oracle, never))
+    return {"scenario": case.name, "description": case.description, "kind": case.kind, "rows": n,
+            "windows": n // WINDOW, "label_delay": case.label_delay, "label_share": case.label_share,
+            "changes": [{"name": c.name, "onset": c.onset, "onset_window": c.onset // WINDOW, "end": c.end,
+                         "first_world": c.first_world} for c in changes],
+            "oracle": [_mean(oracle[c.onset:c.end]) for c in changes], "arms": arms}
+
+
+def change_figures(run: ArmRun, change: Change, changes: list[Change], oracle: np.ndarray,
+                   never: ArmRun | None) -> dict[str, Any]:
+    first, last = change.onset // WINDOW, change.end // WINDOW
+    previous = max([c.onset for c in changes if c.onset < change.onset], default=0)
+    out: dict[str, Any] = {"change": change.name, "onset_window": first,
+                           "accuracy_before": _mean(run.correct[previous:change.onset]),
+                           "accuracy_after": _mean(run.correct[change.onset:change.end])}
+    alarms = run.alarms(first, last) if not run.arm.startswith("every-") else []
+    if alarms:
+        at = alarms[0]["window"]
+        out |= {"detected_window": at, "delay_windows": at - first,
+                "delay_rows": run.checked_at.get(at, len(run.correct)) - change.onset}
+    else:
+        out |= {"detected_window": None, "delay_windows": None, "delay_rows": None}
+    promoted = [c for c in run.retrains() if first <= c["window"] < last and c["outcome"] == "promoted"]
+    out["retrains"] = sum(first <= c["window"] < last for c in run.retrains())
+    if promoted:
+        # From the first promotion on, the new model answers: score every arm on these rows.
+        since = run.checked_at[promoted[0]["window"]]
+        rows = slice(since, change.end)
+        out |= {"promoted_window": promoted[0]["window"], "post_retrain_rows": change.end - since,
+                "post_retrain_accuracy": _mean(run.correct[rows]),
+                "oracle_same_rows": _mean(oracle[rows]),
+                "never_same_rows": _mean(never.correct[rows]) if never is not None else None}
+        if out["oracle_same_rows"] and out["post_retrain_accuracy"] is not None:
+            out["oracle_ratio"] = out["post_retrain_accuracy"] / out["oracle_same_rows"]
+    return out
+
+
+def targets(result: dict[str, Any], periodic: str) -> list[tuple[str, bool | None, str]]:
+    """The issue's targets for driftloop's arm on one scenario: (target, met, evidence); met is
+    None where a target does not apply: "above never-retrain" after a return to the first model's
+    world, where never-retrain serves a model trained on that world (its oracle)."""
+    arms, out = result["arms"], []
+    ours = arms.get("driftloop")
+    if ours is None:
+        return out
+    if result["kind"] == "none":
+        out.append(("zero retrains", ours["retrains"] == 0, f"{ours['retrains']} retrains"))
+        rate = ours["false_alarms"] / max(ours["quiet_checks"], 1)
+        out.append(("false alarms < 1% of checks", rate < 0.01,
+                    f"{ours['false_alarms']} of {ours['quiet_checks']} checks ({rate:.2%})"))
+    for change, info in zip(ours["changes"], result["changes"]):
+        if result["kind"] in ("covariate", "concept"):  # abrupt
+            delay = change["delay_windows"]
+            out.append((f"{change['change']}: detected within 2 windows", delay is not None and delay <= 2,
+                        "missed" if delay is None else f"{delay} windows, {change['delay_rows']} rows"))
+        if result["kind"] == "concept":
+            ratio, post, base = change.get("oracle_ratio"), change.get("post_retrain_accuracy"), \
+                change.get("never_same_rows")
+            out.append((f"{change['change']}: post-retrain >= 95% of oracle", ratio is not None and ratio >= 0.95,
+                        "no promotion" if ratio is None else
+                        f"{post:.3f} vs oracle {change['oracle_same_rows']:.3f} ({ratio:.1%})"))
+            above = post is not None and base is not None and post > base
+            evidence = "no promotion" if post is None or base is None else f"{post:.3f} vs {base:.3f}"
+            if info["first_world"]:
+                above, evidence = None, f"{evidence} (n/a: back to the first model's world)"
+            out.append((f"{change['change']}: post-retrain above never-retrain", above, evidence))
+    if periodic in arms:
+        other = arms[periodic]
+        equal = ours["accuracy"] >= other["accuracy"] - EQUAL
+        fewer = ours["retrains"] < other["retrains"]
+        out.append((f"vs {periodic}: accuracy equal or better (within {EQUAL:.1%}) with fewer retrains",
+                    equal and fewer, f"accuracy {ours['accuracy']:.3f} vs {other['accuracy']:.3f}, "
+                                     f"retrains {ours['retrains']} vs {other['retrains']}"))
+    return out
+
+
+# -- printing ---------------------------------------------------------------------------------------
+def _f(value: float | None, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def render(result: dict[str, Any], periodic: str) -> str:
+    lines = [f"== {result['scenario']}: {result['description']}; {result['rows']:,} live rows in "
+             f"{result['windows']} windows of {WINDOW}; labels {result['label_delay']} rows late, "
+             f"{result['label_share']:.0%} labelled; changes at windows "
+             f"{[c['onset_window'] for c in result['changes']] or '-'}"]
+    lines.append(f"{'arm':<10} {'checks':>6} {'retrains':>8} {'promoted':>8} {'false alarms':>13} "
+                 f"{'flagged':>8} {'live acc':>8} {'seconds':>8}")
+    for arm, a in result["arms"].items():
+        fa = "-" if a["false_alarms"] is None else f"{a['false_alarms']}/{a['quiet_checks']}"
+        fl = "-" if a["flagged_quiet"] is None else f"{a['flagged_quiet']}"
+        lines.append(f"{arm:<10} {a['checks']:>6} {a['retrains']:>8} {a['promoted']:>8} {fa:>13} {fl:>8} "
+                     f"{a['accuracy']:>8.3f} {a['seconds']:>8.1f}")
+    if result["changes"]:
+        lines.append(f"{'arm':<10} {'change':<10} {'onset':>5} {'detected':>8} {'delay w':>7} {'delay rows':>10} "
+                     f"{'acc before':>10} {'acc after':>9} {'retrains':>8} {'post-retrain':>12} {'oracle':>6} "
+                     f"{'ratio':>6} {'never':>6}")
+        for arm, a in result["arms"].items():
+            for c in a["changes"]:
+                lines.append(
+                    f"{arm:<10} {c['change']:<10} {c['onset_window']:>5} {_f(c['detected_window'], 'd'):>8} "
+                    f"{_f(c['delay_windows'], 'd'):>7} {_f(c['delay_rows'], ',d'):>10} "
+                    f"{_f(c['accuracy_before']):>10} {_f(c['accuracy_after']):>9} {c['retrains']:>8} "
+                    f"{_f(c.get('post_retrain_accuracy')):>12} {_f(c.get('oracle_same_rows')):>6} "
+                    f"{_f(c.get('oracle_ratio'), '.1%'):>6} {_f(c.get('never_same_rows')):>6}")
+    lines.append(accuracy_over_time(result))
+    for name, met, evidence in targets(result, periodic):
+        verdict = "n/a   " if met is None else "MET   " if met else "MISSED"
+        lines.append(f"  target {verdict} {name}: {evidence}")
+    return "\n".join(lines)
+
+
+def accuracy_over_time(result: dict[str, Any], columns: int = 20) -> str:
+    """Accuracy per block of windows (one block per window when they fit in ``columns``)."""
+    windows = result["windows"]
+    block = max(1, -(-windows // columns))
+    marks = {c["onset_window"] // block for c in result["changes"]}
+    head = " ".join(("|" if b in marks else " ") + f"{b * block:<4d}" for b in range(-(-windows // block)))
+    lines = [f"accuracy over time (per {block} window{'s' if block > 1 else ''}; | marks a change)",
+             f"{'window':<10} {head}"]
+    for arm, a in result["arms"].items():
+        acc = a["accuracy_per_window"]
+        cells = [np.mean(acc[b * block:(b + 1) * block]) for b in range(-(-windows // block))]
+        lines.append(f"{arm:<10} " + " ".join(f"{v:5.3f}"[1:] + " " for v in cells))
+    return "\n".join(lines)
+
+
+def summary(results: list[dict[str, Any]]) -> str:
+    """One line per scenario, change and arm: the figures the README quotes. Retrains are counted
+    per segment (from a change to the next), false alarms and live accuracy per scenario."""
+    lines = [f"{'scenario':<10} {'change@w':<11} {'arm':<9} {'retrains':>8} {'false al.':>9} {'delay w':>7} "
+             f"{'delay rows':>10} {'acc before':>10} {'acc after':>9} {'post-retr.':>10} {'oracle':>6} "
+             f"{'never':>6} {'live acc':>8}"]
+    for result in results:
+        changes = result["changes"] or [None]
+        for i, change in enumerate(changes):
+            for arm, a in result["arms"].items():
+                c = a["changes"][i] if change is not None else {}
+                first = i == 0
+                fa = "-" if a["false_alarms"] is None else f"{a['false_alarms']}/{a['quiet_checks']}"
+                where = "-" if change is None else f"{change['name']}@{change['onset_window']}"
+                lines.append(
+                    f"{result['scenario'] if first else '':<10} {where:<11} {arm:<9} "
+                    f"{c.get('retrains', a['retrains']):>8} {fa if first else '':>9} "
+                    f"{_f(c.get('delay_windows'), 'd'):>7} {_f(c.get('delay_rows'), ',d'):>10} "
+                    f"{_f(c.get('accuracy_before')):>10} {_f(c.get('accuracy_after')):>9} "
+                    f"{_f(c.get('post_retrain_accuracy')):>10} {_f(c.get('oracle_same_rows')):>6} "
+                    f"{_f(c.get('never_same_rows')) if arm != 'never' else '-':>6} "
+                    f"{format(a['accuracy'], '.3f') if first else '':>8}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.policy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write every figure to this file")
+    parser.add_argument("--quick", action="store_true", help="short streams (a minute or so)")
+    parser.add_argument("--only", nargs="+", choices=[c.name for c in CASES], help="these scenarios only")
+    parser.add_argument("--k", type=int, default=K, help=f"the periodic baseline's K (default {K})")
+    parser.add_argument("--workdir", type=Path, help="keep the registries and stores here (default: a temp dir)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every non-quiet decision")
+    args = parser.parse_args(argv)
+    periodic = f"every-{args.k}"
+    arms = ["driftloop", "never", periodic]
+    progress = (lambda line: print(line, flush=True)) if args.verbose else (lambda line: None)
+    results, missed = [], 0
+    with tempfile.TemporaryDirectory(prefix="driftloop-bench-policy-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        for case in CASES:
+            if args.only and case.name not in args.only:
+                continue
+            result = run_case(case, args.quick, arms, workdir, progress)
+            result["targets"] = [{"target": t, "met": m, "evidence": e} for t, m, e in targets(result, periodic)]
+            missed += sum(t["met"] is False for t in result["targets"])
+            results.append(result)
+            print(render(result, periodic), end="\n\n", flush=True)
+    print(summary(results))
+    total = sum(t["met"] is not None for r in results for t in r["targets"])
+    print(f"targets met: {total - missed} of {total}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"window_rows": WINDOW, "k": args.k, "quick": args.quick,
+                                         "scenarios": results}, indent=1))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,7 @@
     POST /feedback  {"labels": [{"request_id": ..., "label": ...}, ...]}
                     -> {"accepted", "duplicates", "unknown_request_ids"}
     GET  /model     the serving version, its metrics and feature schema
+    GET  /history   the monitor's decisions with their evidence (?kind=checks|events&limit=N)
     POST /admin/promote {"version", "reason"} | /admin/rollback {"reason"} | /admin/reload
          | /admin/retrain {"reason"}: bearer token (serving.admin_token) required
     BentoML's own   /metrics /healthz /livez /readyz /docs.json
@@ -24,17 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
+import math
 import os
 import signal
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any
 
 import bentoml
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from models.errors import DriftloopError, RegistryError, SchemaError, UnknownVersion
@@ -83,7 +88,41 @@ async def _model_route(request: Request) -> JSONResponse:
         return _error(503, str(exc))
 
 
-info_app = Starlette(routes=[Route("/model", _model_route, methods=["GET"])])
+HISTORY_KINDS = ("checks", "events")
+
+
+async def _history_route(request: Request) -> Response:
+    """The monitor's decisions with their evidence: ``?kind=checks`` (one per window: drift and
+    accuracy figures, per-feature scores, the decision and its reason) or ``?kind=events`` (the
+    audit trail: retrains, promotions, rejections, failures); the newest ``limit`` (100, at most
+    1000), oldest first. The same records as ``driftloop history``."""
+    kind = request.query_params.get("kind", "checks")
+    if kind not in HISTORY_KINDS:
+        return _error(422, f"kind must be one of {list(HISTORY_KINDS)}, got {kind!r}", "kind")
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        return _error(422, f"limit must be a whole number from 1 to 1000, got {raw!r}", "limit")
+    store = bentoml.get_current_service().serving.store
+    records = await run_in_threadpool(store.checks if kind == "checks" else store.events)
+    body = json.dumps({kind: _json_safe(records[-int(raw):])}, allow_nan=False)
+    return Response(body, media_type="application/json")
+
+
+def _json_safe(value: Any) -> Any:
+    """Times as ISO 8601, non-finite numbers (a score Evidently could not compute) as null."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+info_app = Starlette(routes=[Route("/model", _model_route, methods=["GET"]),
+                             Route("/history", _history_route, methods=["GET"])])
 @bentoml.asgi_app(info_app, path="/")
 @bentoml.service(name="driftloop", workers=1, traffic={"timeout": 30})
 class Driftloop:

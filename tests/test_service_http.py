@@ -115,6 +115,32 @@ def test_model_endpoint_and_probes(server: dict[str, Any]) -> None:
     assert {"/predict", "/feedback"} <= set(spec["paths"])
 
 
+def test_history_endpoint_reads_the_monitors_records(server: dict[str, Any]) -> None:
+    """GET /history serves the store's checks and events (here: the retrain request queued by
+    the admin test or none yet, and a check written straight into the store), newest last."""
+    client = server["client"]
+    store = PredictionStore(server["settings"].store.url)
+    event = store.record_event("retrain_requested", {"reason": "history test", "actor": "test"})
+    events = client.get("/history", params={"kind": "events", "limit": 1})
+    assert events.status_code == 200, events.text
+    assert [e["id"] for e in events.json()["events"]] == [event]
+    assert events.json()["events"][0]["detail"]["reason"] == "history test"
+    store.record_check({"window": 0, "first_id": 1, "last_id": 500, "rows": 500, "model_version": "v1",
+                        "reference_version": "v1", "drift_share": 0.5, "drifted_features": ["age"],
+                        "feature_scores": {"age": {"method": "ks", "score": float("nan"), "drifted": True}},
+                        "labelled": 400, "accuracy": 0.61, "champion_labelled": 400, "champion_accuracy": 0.61,
+                        "decision": "watch", "reason": "history test", "outcome": None, "report_path": None,
+                        "duration_s": 0.1})
+    checks = client.get("/history").json()["checks"]
+    assert [(c["window"], c["decision"], c["reason"], c["drifted_features"]) for c in checks] == \
+        [(0, "watch", "history test", ["age"])]
+    assert checks[0]["feature_scores"]["age"]["score"] is None  # NaN travels as null
+    assert checks[0]["created_at"].startswith(str(store.checks()[0]["created_at"].date()))
+    for params, field in (({"kind": "decisions"}, "kind"), ({"limit": "0"}, "limit"), ({"limit": "x"}, "limit")):
+        bad = client.get("/history", params=params)
+        assert bad.status_code == 422 and bad.json()["field"] == field
+
+
 def metric(client: httpx.Client, name: str, **labels: str) -> float:
     """The sample of ``name`` whose labels include ``labels`` (in any order); 0 if none."""
     want = {f'{k}="{v}"' for k, v in labels.items()}

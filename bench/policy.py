@@ -230,7 +230,7 @@ def oracle_correct(case: Case, live: pd.DataFrame, changes: list[Change], root: 
     out = np.full(len(live), np.nan)
     for i, change in enumerate(changes):
         world = sc.Period("oracle", ORACLE_ROWS, change.world.population, change.world.rule)
-        rows = sc.generate_timeline([world], seed=case.seed + 100 + i)
+        rows = sc.generate([world], seed=case.seed + 100 + i)
         model = fit(settings, rows).model("oracle")
         segment = live.iloc[change.onset:change.end]
         preds, _ = model.predict_frame(segment)
@@ -251,7 +251,7 @@ def replay_case(case: Case, quick: bool, arms: list[str], workdir: Path, progres
     from training.train import train_version
 
     parts = case.timeline(**(case.quick if quick else case.full))
-    frame = sc.generate_timeline(parts, seed=case.seed)
+    frame = sc.generate(parts, seed=case.seed)
     live = frame[frame["period"] != "train"].reset_index(drop=True)
     changes = changes_of(parts)
     base = workdir / case.name / "base"

@@ -16,8 +16,6 @@ from typing import Any
 DECISIONS = ("none", "watch", "cooldown", "alert", "retrain")  # monitoring.policy's actions
 RETRAIN_OUTCOMES = ("promoted", "rejected", "waiting", "failed")
 SIGNALS = ("drift", "decay")
-# Where the /metrics endpoint listens when serve() is given no host: loopback unless the
-# environment says otherwise (a container sets 0.0.0.0 so Prometheus can reach it).
 
 
 class MonitorMetrics:

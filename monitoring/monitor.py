@@ -169,11 +169,10 @@ class Monitor:
         """Retrain for every ``retrain_requested`` event (``POST /admin/retrain``) not yet handled,
         on the rows of the newest ``consecutive`` checked windows. Returns what was done."""
         handled = {e["detail"].get("request") for e in self.store.events("retrain_request_done")}
+        pending = [r for r in self.store.events("retrain_requested") if r["id"] not in handled]
+        checks = self.store.checks()[-self.settings.monitoring.consecutive:] if pending else []
         done = []
-        for request in self.store.events("retrain_requested"):
-            if request["id"] in handled:
-                continue
-            checks = self.store.checks()[-self.settings.monitoring.consecutive:]
+        for request in pending:
             detail: dict[str, Any] = {"request": request["id"]}
             if not checks:
                 detail |= {"outcome": "no data", "reason": "no window has been checked yet"}

@@ -51,7 +51,7 @@ def test_accounting_from_known_onset_on_hand_made_checks() -> None:
                             windows, ours_correct),
     }
     case = bench.CASES[2]
-    live = sc.generate_timeline([sc.Period("x", windows * W)], seed=1)
+    live = sc.generate([sc.Period("x", windows * W)], seed=1)
     result = bench.analyse(case, live, [change], runs, oracle)
 
     ours = result["arms"]["driftloop"]
@@ -90,7 +90,7 @@ def test_above_never_retrain_does_not_apply_on_a_return_to_the_first_world() -> 
     runs = {"driftloop": fake_run("driftloop", {3: (pol.RETRAIN, "promoted")}, windows, correct),
             "never": fake_run("never", {}, windows, np.ones(windows * W, dtype=bool))}
     oracle = np.ones(windows * W)
-    live = sc.generate_timeline([sc.Period("x", windows * W)], seed=1)
+    live = sc.generate([sc.Period("x", windows * W)], seed=1)
     for first_world, expected in ((False, False), (True, None)):
         change = bench.Change("calm", onset, windows * W, sc.Period("calm", 0), first_world)
         result = bench.analyse(bench.CASES[2], live, [change], runs, oracle)
@@ -103,7 +103,7 @@ def test_stationary_targets_count_every_check() -> None:
     windows = 10
     correct = np.ones(windows * W, dtype=bool)
     run = fake_run("driftloop", {4: (pol.RETRAIN, "rejected")}, windows, correct)
-    live = sc.generate_timeline([sc.Period("x", windows * W)], seed=1)
+    live = sc.generate([sc.Period("x", windows * W)], seed=1)
     result = bench.analyse(bench.CASES[0], live, [], {"driftloop": run}, np.full(windows * W, np.nan))
     verdicts = dict((name, (met, why)) for name, met, why in bench.targets(result, "every-4"))
     assert verdicts["zero retrains"][0] is False
@@ -128,7 +128,7 @@ def test_every_k_windows_retrains_on_schedule_only() -> None:
 
 
 def test_ramp_mixes_old_and_new_rows() -> None:
-    frame = sc.generate_timeline(sc.gradual_drift_timeline(window=1000, stable=1, ramp=4, drifted=1), seed=3)
+    frame = sc.generate(sc.gradual_drift_timeline(window=1000, stable=1, ramp=4, drifted=1), seed=3)
     ramp = frame[frame["period"] == "ramp"]
     old, new = sc.default_probability(ramp, sc.Rule()), sc.default_probability(ramp, sc.RATE_SHOCK)
     # Labels follow the new rule more and more: its log-likelihood gains on the old one along the ramp.

@@ -118,23 +118,6 @@ def default_probability(x: pd.DataFrame, rule: Rule) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logit))
 
 
-def generate(periods: list[Period], seed: int = 42,
-             start: pd.Timestamp | None = None, seconds_per_row: float = 60.0) -> pd.DataFrame:
-    """Rows of every period in time order, with features, label, timestamp and period name."""
-    rng = np.random.default_rng(seed)
-    start = start if start is not None else pd.Timestamp("2026-01-01T00:00:00Z")
-    frames = []
-    for period in periods:
-        x = _inputs(period.population, period.rows, rng)
-        p = default_probability(x, period.rule)
-        x[TARGET] = (rng.uniform(size=period.rows) < p).astype(int)
-        x["period"] = period.name
-        frames.append(x)
-    df = pd.concat(frames, ignore_index=True)
-    df[TIMESTAMP] = start + pd.to_timedelta(np.arange(len(df)) * seconds_per_row, unit="s")
-    return df
-
-
 @dataclass(frozen=True)
 class Scenario:
     """A built-in scenario: its columns, the model kind that suits it, and its frame."""
@@ -195,9 +178,10 @@ class Ramp:
     after: Period
 
 
-def generate_timeline(parts: list[Period | Ramp], seed: int = 42, start: pd.Timestamp | None = None,
-                      seconds_per_row: float = 60.0) -> pd.DataFrame:
-    """Like :func:`generate`, with :class:`Ramp` parts allowed beside periods."""
+def generate(parts: list[Period | Ramp], seed: int = 42, start: pd.Timestamp | None = None,
+             seconds_per_row: float = 60.0) -> pd.DataFrame:
+    """Rows of every part in time order, with features, label, timestamp and period name; a
+    :class:`Ramp` part mixes two periods row by row (gradual drift)."""
     rng = np.random.default_rng(seed)
     start = start if start is not None else pd.Timestamp("2026-01-01T00:00:00Z")
     frames = []

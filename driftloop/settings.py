@@ -174,6 +174,14 @@ class DriftConfig(_Section):
     embeddings: EmbeddingsMethod = EmbeddingsMethod()  # image/sequence networks' embeddings
 
 
+class WorkspaceConfig(_Section):
+    # An Evidently workspace (`evidently ui --workspace <path>`): one project per model version,
+    # one snapshot per checked window (all) or per flagged window only.
+    enabled: bool = True
+    path: Path | None = None  # unset: <monitoring.reports_dir>/evidently
+    windows: Literal["all", "flagged"] = "all"
+
+
 class MonitoringConfig(_Section):
     interval_s: float = Field(5.0, gt=0.0)
     window_rows: int = Field(500, ge=10)
@@ -193,12 +201,49 @@ class MonitoringConfig(_Section):
     metrics_host: str = "127.0.0.1"  # where it listens; 0.0.0.0 in a container, for Prometheus
     reports_dir: Path = Path("var/reports")
     drift: DriftConfig = DriftConfig()  # drift methods and thresholds (monitoring/drift.py)
+    workspace: WorkspaceConfig = WorkspaceConfig()  # Evidently snapshots for `evidently ui`
+
+
+class GuardConfig(_Section):
+    # The fixed guard set: labelled rows no version trains on. A candidate whose primary metric
+    # on it is worse than the champion's by more than max_drop is rejected, whatever the holdout
+    # says. path: your own file (CSV or Parquet: the features and the target); unset: `rows` rows
+    # set aside from the initial data at the first training (0: no guard set).
+    path: Path | None = None
+    rows: int = Field(500, ge=0)
+    max_drop: float = Field(0.02, ge=0.0)
+
+
+class RetryConfig(_Section):
+    # A retrain that raised, or whose process died, is tried again on the same rows: after
+    # backoff_s, doubling after each failure up to max_backoff_s, at most `attempts` tries in all.
+    attempts: int = Field(3, ge=1, le=20)
+    backoff_s: float = Field(60.0, ge=0.0)
+    max_backoff_s: float = Field(3600.0, ge=0.0)
+
+
+class ShadowConfig(_Section):
+    # A candidate that passes the gate is not promoted at once: the serving workers score live
+    # traffic with it beside the champion (off the request path; the champion still answers),
+    # and the monitor promotes or rejects it once min_labels of those rows have labels.
+    enabled: bool = False
+    min_labels: int = Field(300, ge=1)
+    max_windows: int = Field(20, ge=1)  # checked windows to wait for them before rejecting it
 
 
 class RetrainingConfig(_Section):
     min_rows: int = Field(400, ge=20)  # labelled post-drift rows needed to train a candidate
     holdout_fraction: float = Field(0.25, gt=0.0, lt=0.9)  # newest share kept for the gate
     margin: float = Field(0.01, ge=0.0)  # the candidate must beat the champion by this much
+    # What a candidate learns from. window: the labelled rows since the drift began;
+    # window_and_original: those plus the initial training data; reweighted: the initial data
+    # weighted toward the live inputs (covariate shift, no labels needed); auto: window when
+    # min_rows labels are there, reweighted for drift without them.
+    strategy: Literal["window", "window_and_original", "reweighted", "auto"] = "window"
+    max_weight: float = Field(20.0, gt=1.0)  # reweighted: importance weights are clipped to this
+    guard: GuardConfig = GuardConfig()
+    retry: RetryConfig = RetryConfig()
+    shadow: ShadowConfig = ShadowConfig()
 
 
 FEATURE_KIND = Literal["numeric", "categorical", "image", "sequence"]
@@ -243,6 +288,9 @@ class Settings(BaseSettings):
         supervised = self.task in ("classification", "regression")
         if supervised and self.data.target is None:
             raise ValueError(f"data.target: required for task {self.task!r}")
+        if self.retraining.shadow.enabled and not supervised:
+            raise ValueError(f"retraining.shadow.enabled: shadow mode judges a candidate on labels; "
+                             f"task {self.task!r} has none")
         if self.data.target is not None and self.data.target in self.features:
             raise ValueError(f"features: the target {self.data.target!r} cannot also be a feature")
         return self

@@ -25,6 +25,9 @@ jobs_app = typer.Typer(help="The monitor's scheduled jobs (kept in the store's d
 app.add_typer(jobs_app, name="jobs")
 db_app = typer.Typer(help="The store's database: schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+shadow_app = typer.Typer(help="The shadow: a candidate that serving workers score live traffic with beside the "
+                              "champion (which still answers).", no_args_is_help=True)
+app.add_typer(shadow_app, name="shadow")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (see README).",
                                                    envvar="DRIFTLOOP_CONFIG")]
@@ -407,6 +410,40 @@ def models_prune(keep_ancestors: Annotated[int, typer.Option(min=0, help="Earlie
     for v, why in plan.keep.items():
         typer.echo(f"kept {v:<6} {why}")
     typer.echo(f"{len(deleted)} version(s) {'would be ' if dry_run else ''}deleted")
+
+
+@shadow_app.command("show")
+def shadow_show(config: ConfigOpt = None) -> None:
+    """The shadow version, when it was set, by whom and why ("no shadow" if none)."""
+    try:
+        s = _registry(_settings(config)).shadow()
+    except DriftloopError as exc:
+        _fail(exc)
+    typer.echo("no shadow" if s is None else f"shadow: {s.version} (set {s.set_at} by {s.actor}: {s.reason})")
+
+
+@shadow_app.command("set")
+def shadow_set(version: str, config: ConfigOpt = None,
+               reason: Annotated[str, typer.Option(help="Why: kept in the history.")] = "manual shadow",
+               ) -> None:
+    """Score live traffic with VERSION beside the champion (checksums are verified first)."""
+    try:
+        s = _registry(_settings(config)).set_shadow(version, actor=_actor(), reason=reason)
+    except DriftloopError as exc:
+        _fail(exc)
+    typer.echo(f"shadow: {s.version}")
+
+
+@shadow_app.command("clear")
+def shadow_clear(config: ConfigOpt = None,
+                 reason: Annotated[str, typer.Option(help="Why: kept in the history.")] = "manual clear",
+                 ) -> None:
+    """Stop scoring with the shadow (nothing to do if there is none)."""
+    try:
+        s = _registry(_settings(config)).clear_shadow(actor=_actor(), reason=reason)
+    except DriftloopError as exc:
+        _fail(exc)
+    typer.echo("no shadow" if s is None else f"shadow cleared (was {s.version})")
 
 
 def _diff_lines(diff: dict) -> list[str]:

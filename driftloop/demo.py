@@ -285,6 +285,8 @@ def _report(summary: dict[str, Any], checks: list[dict[str, Any]], periods: list
     if detecting:
         shutil.copy(detecting["report_path"], workdir / "drift-report.html")
         print(f"  Evidently report of the detecting check (window {detecting['window']}): {workdir / 'drift-report.html'}")
+    if (workdir / "reports" / "evidently").is_dir():
+        print(f"  every window's Evidently snapshot: evidently ui --workspace {workdir / 'reports' / 'evidently'}")
     plot = _plot(checks, periods, workdir / "loop.png")
     print(f"  plot: {plot}\n  took {summary['seconds']:.0f}s")
 

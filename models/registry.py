@@ -7,7 +7,14 @@ lineage, sha256 of every file, ...) in BentoML's own ``model.yaml``.
 The champion pointer is ``<home>/driftloop/<project>/champion.json``: a small file replaced
 atomically (write, fsync, rename) under a file lock, so every serving worker can poll it cheaply
 and never reads half a promotion. Every promotion, rollback, import and deletion is appended, with
-who and why, to ``history.jsonl`` beside it. Version numbers are never reused: ``last_version``
+who and why, to ``history.jsonl`` beside it.
+
+The shadow pointer, ``shadow.json`` beside it, names at most one candidate that the serving
+workers score live traffic with beside the champion (off the request path: the champion still
+answers; see :mod:`service.serving`), until the monitor promotes or rejects it. It is written the
+same way, each change is in the history (``shadow_set``, ``shadow_clear``), it never names the
+champion (a version that becomes champion stops being the shadow, under the same lock), and
+retention keeps its version. Version numbers are never reused: ``last_version``
 there remembers the highest one ever registered, so a pruned ``v7`` is never a different model
 later.
 
@@ -73,6 +80,16 @@ class Champion:
     actor: str
     reason: str
     lineage: tuple[str, ...]  # earlier champions, oldest first (rollback pops the last)
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """The candidate scored beside the champion (``shadow.json``)."""
+
+    version: str
+    set_at: str
+    actor: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,25 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime_ns, inode) of a pointer file, None if there is none: replacing it changes both."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_ino
+
+
+def _replace_json(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` to ``path`` atomically: a reader sees the old file or the new, never half."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(record, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 class Registry:
     """Versions and champion of one project in a BentoML model store rooted at ``home``."""
 
@@ -162,6 +198,7 @@ class Registry:
         self._store = ModelStore(self.home / "models")
         self._dir = self.home / "driftloop" / project
         self.pointer_path = self._dir / "champion.json"
+        self.shadow_path = self._dir / "shadow.json"
         self.history_path = self._dir / "history.jsonl"
         self._last_version_path = self._dir / "last_version"
 
@@ -300,11 +337,7 @@ class Registry:
 
     def pointer_stamp(self) -> tuple[int, int] | None:
         """A cheap change detector for pollers: (mtime_ns, inode) of the pointer file."""
-        try:
-            st = os.stat(self.pointer_path)
-        except FileNotFoundError:
-            return None
-        return st.st_mtime_ns, st.st_ino
+        return _stamp(self.pointer_path)
 
     def promote(self, version: str, actor: str, reason: str) -> Champion:
         with self._lock():  # verified under the lock, so prune cannot delete it in between
@@ -324,13 +357,59 @@ class Registry:
             self.verify(target)
             return self._write_pointer("rollback", target, actor, reason, current.lineage[:-1])
 
+    # -- the shadow pointer ---------------------------------------------------------------------
+    def shadow(self) -> Shadow | None:
+        """The candidate scored beside the champion, or None."""
+        try:
+            data = json.loads(self.shadow_path.read_text())
+        except FileNotFoundError:
+            return None
+        return Shadow(data["version"], data["set_at"], data["actor"], data["reason"])
+
+    def shadow_stamp(self) -> tuple[int, int] | None:
+        """A cheap change detector for pollers: (mtime_ns, inode) of the shadow pointer file."""
+        return _stamp(self.shadow_path)
+
+    def set_shadow(self, version: str, actor: str, reason: str) -> Shadow:
+        """Make ``version`` the shadow (replacing any other); its checksums are verified first and
+        the champion is refused. Setting the current shadow again changes nothing."""
+        with self._lock():  # verified under the lock, so prune cannot delete it in between
+            self.verify(version)  # a broken artifact is never scored
+            champion = self.champion()
+            if champion is not None and champion.version == version:
+                raise RegistryError(f"{version} is the champion; a shadow is a candidate scored beside it")
+            current = self.shadow()
+            if current is not None and current.version == version:
+                return current
+            shadow = Shadow(version, _now(), actor, reason)
+            _replace_json(self.shadow_path, {"version": version, "set_at": shadow.set_at, "actor": actor,
+                                             "reason": reason})
+            self._append({"action": "shadow_set", "version": version, "actor": actor, "reason": reason,
+                          "at": shadow.set_at})
+            return shadow
+
+    def clear_shadow(self, actor: str, reason: str) -> Shadow | None:
+        """Stop scoring the shadow; returns the one cleared (None, and nothing written, if none)."""
+        with self._lock():
+            return self._clear_shadow(actor, reason)
+
+    def _clear_shadow(self, actor: str, reason: str) -> Shadow | None:
+        current = self.shadow()
+        if current is None:
+            return None
+        self.shadow_path.unlink()
+        self._append({"action": "shadow_clear", "version": current.version, "actor": actor, "reason": reason,
+                      "at": _now()})
+        return current
+
     # -- retention ------------------------------------------------------------------------------
     def retention_plan(self, keep_ancestors: int, keep_candidates: int) -> RetentionPlan:
         """Which versions :meth:`prune` would keep and delete.
 
-        Kept: the champion; the versions among the ``keep_ancestors`` most recent entries of its
-        lineage (so that many rollbacks still work); the ``keep_candidates`` most recent versions
-        that are neither the champion nor in its lineage. Everything else goes.
+        Kept: the champion; the shadow; the versions among the ``keep_ancestors`` most recent
+        entries of its lineage (so that many rollbacks still work); the ``keep_candidates`` most
+        recent versions that are neither the champion nor in its lineage (nor the shadow).
+        Everything else goes.
         """
         if keep_ancestors < 0 or keep_candidates < 0:
             raise RegistryError(f"keep counts must be >= 0, got keep_ancestors={keep_ancestors}, "
@@ -338,15 +417,19 @@ class Registry:
         champion = self.champion()
         if champion is None:
             raise RegistryError(f"{self.project!r} has no champion; refusing to prune")
+        shadow = self.shadow()
         versions = [mv.version for mv in self.versions()]  # oldest first
         ancestors = set(champion.lineage[-keep_ancestors:]) if keep_ancestors else set()
-        candidates = [v for v in versions if v != champion.version and v not in champion.lineage]
+        special = {champion.version, *champion.lineage, *([shadow.version] if shadow else [])}
+        candidates = [v for v in versions if v not in special]
         newest = set(candidates[::-1][:keep_candidates])
         keep: dict[str, str] = {}
         delete: dict[str, str] = {}
         for v in versions:
             if v == champion.version:
                 keep[v] = "champion"
+            elif shadow is not None and v == shadow.version:
+                keep[v] = "shadow, scored beside the champion"
             elif v in ancestors:
                 keep[v] = f"earlier champion, within the {keep_ancestors} most recent of the lineage"
             elif v in champion.lineage:
@@ -389,16 +472,15 @@ class Registry:
 
     def _write_pointer(self, action: str, version: str, actor: str, reason: str,
                        lineage: tuple[str, ...]) -> Champion:
+        """Point at a new champion (under the lock); if it was the shadow, clear that pointer too."""
+        shadow = self.shadow()  # read first: an unreadable pointer stops the change before any write
         champion = Champion(version, _now(), actor, reason, lineage)
         record = {"version": version, "promoted_at": champion.promoted_at, "actor": actor,
                   "reason": reason, "lineage": list(lineage)}
-        tmp = self.pointer_path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(record, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.pointer_path)
+        _replace_json(self.pointer_path, record)
         self._append({"action": action} | record)
+        if shadow is not None and shadow.version == version:
+            self._clear_shadow(actor, f"became champion ({action}): {reason}")
         return champion
 
     def append_history(self, action: str, version: str, actor: str, reason: str) -> None:

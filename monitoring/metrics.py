@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-DECISIONS = ("none", "watch", "cooldown", "alert", "retrain")  # monitoring.policy's actions
-RETRAIN_OUTCOMES = ("promoted", "rejected", "waiting", "failed")
-SIGNALS = ("drift", "decay")
+DECISIONS = ("none", "suspect", "watch", "cooldown", "alert", "retrain")  # monitoring.policy's actions
+RETRAIN_OUTCOMES = ("promoted", "rejected", "waiting", "failed", "shadow")  # shadow: judged later, counted again
+SIGNALS = ("drift", "decay", "suspected")  # suspected: decay, from confidence, before labels
 
 
 class MonitorMetrics:
@@ -44,8 +44,9 @@ class MonitorMetrics:
                                           "the gate's holdout): the baseline decay is measured against.",
                                           ["model_version"], registry=r)
         self.estimated_accuracy = pc.Gauge("driftloop_estimated_accuracy",
-                                           "Accuracy estimated without labels from the last window's predictions "
-                                           "(confidence: their mean top-class probability).", ["method"], registry=r)
+                                           "Accuracy estimated without labels for the newest window (confidence: the "
+                                           "champion's top-class probabilities mapped through the calibration learnt "
+                                           "on its validation rows).", ["method"], registry=r)
         self.label_coverage = pc.Gauge("driftloop_label_coverage", "Labelled share of the last checked window.",
                                        registry=r)
         self.window_rows = pc.Gauge("driftloop_window_rows", "Rows in the last checked window.", registry=r)

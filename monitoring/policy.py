@@ -17,6 +17,15 @@ and the decay test measures the drop from it: in bench/policy.py a first model v
 0.787 served at 0.815, so a concept change to 0.72-0.74 stayed under "0.05 below" for three
 windows (detected 3 windows late; one episode never). Calibration stops after those windows,
 so a slow drift cannot drag the baseline down with it; a new champion starts again.
+
+Before labels land, a classifier's decay can be *suspected* from its calibrated confidence
+(``WindowStats.estimated_accuracy``, confidence-based performance estimation: the mean chance of
+being right that the champion's validation rows give each row's top-class probability). The
+estimate is compared with the accuracy on those same validation rows (``estimated_baseline``),
+the scale it was learnt on, and a drop of more than ``max_accuracy_drop`` is a suspicion: the
+decision is ``suspect`` when nothing else fires, and the reason of a later decision says whether
+the labels confirmed it. A suspicion never retrains by itself: covariate shift is what the
+estimate sees, and the drift test sees that too; a change of concept leaves confidence as it was.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 # What a decision can be, from quiet to loud.
-NONE, WATCH, COOLDOWN, ALERT, RETRAIN = "none", "watch", "cooldown", "alert", "retrain"
+NONE, SUSPECT, WATCH, COOLDOWN, ALERT, RETRAIN = "none", "suspect", "watch", "cooldown", "alert", "retrain"
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,8 @@ class WindowStats:
     baseline_accuracy: float | None = None  # the champion's holdout accuracy
     baseline_rows: int | None = None  # rows behind it: when known, the drop must also be significant
     champion: str | None = None  # the version judged: when given, its live accuracy calibrates the baseline
+    estimated_accuracy: float | None = None  # from the champion's calibrated confidence, before labels
+    estimated_baseline: float | None = None  # the champion's validation accuracy: the estimate's own scale
 
 
 @dataclass(frozen=True)
@@ -109,19 +120,28 @@ class RetrainPolicy:
         var = a * (1 - a) / max(stats.labelled, 1) + b * (1 - b) / max(stats.baseline_rows, 1)
         return (b - a) / math.sqrt(var) if var > 0 else (math.inf if b > a else 0.0)
 
+    def suspected(self, stats: WindowStats) -> bool:
+        """Whether the confidence-based estimate lies more than ``max_accuracy_drop`` below its baseline."""
+        return (stats.estimated_accuracy is not None and stats.estimated_baseline is not None
+                and stats.estimated_accuracy < stats.estimated_baseline - self.config.max_accuracy_drop)
+
     def update(self, stats: WindowStats) -> Decision:
         if stats.champion != self._calibrated:  # a new champion: calibrate it afresh
             self._calibrated, self._live = stats.champion, (0, 0.0, 0)
         stats = self.baseline(stats)
         signals = self.signals(stats)
+        suspicion = self._suspicion(stats, signals)
         if not signals:
             self._streak, self._streak_start = 0, None
             self._calibrate(stats)
-            return Decision(NONE, "no drift, no decay")
+            if suspicion and stats.labelled < self.config.min_labels:
+                return Decision(SUSPECT, f"{suspicion}; {stats.labelled} of {self.config.min_labels} labels "
+                                         "to confirm it")
+            return Decision(NONE, "no drift, no decay" + (f"; {suspicion}" if suspicion else ""))
         if self._streak == 0:
             self._streak_start = stats.window
         self._streak += 1
-        why = self._describe(stats, signals)
+        why = self._describe(stats, signals) + (f"; {suspicion}" if suspicion else "")
         if stats.window <= self._cooldown_until:
             return Decision(COOLDOWN, f"{why}; cooling down until window {self._cooldown_until}",
                             signals, self._streak_start)
@@ -137,6 +157,17 @@ class RetrainPolicy:
         """A retrain ran at ``window`` (promoted or rejected): restart the streak, cool down."""
         self._streak, self._streak_start = 0, None
         self._cooldown_until = window + self.config.cooldown_windows
+
+    def _suspicion(self, stats: WindowStats, signals: tuple[str, ...]) -> str:
+        """What the estimate says, and what the labels made of it; "" when nothing is suspected."""
+        if not self.suspected(stats):
+            return ""
+        said = (f"accuracy estimated from confidence {stats.estimated_accuracy:.3f} < "
+                f"{stats.estimated_baseline:.3f} - {self.config.max_accuracy_drop:.3f}")
+        if stats.labelled < self.config.min_labels or stats.accuracy is None:
+            return f"decay suspected: {said}"
+        verdict = "confirmed" if "decay" in signals else "not confirmed"
+        return f"decay suspected ({said}), {verdict} by {stats.labelled} labels (accuracy {stats.accuracy:.3f})"
 
     def _describe(self, stats: WindowStats, signals: tuple[str, ...]) -> str:
         parts = []

@@ -6,11 +6,14 @@ SQLite by default; any SQLAlchemy URL (PostgreSQL) works by passing it. Tables:
 ``feedback``     the true label of a request id, whenever it arrives (first label wins)
 ``checks``       one row per monitoring window: drift and accuracy figures, the decision
 ``events``       the audit trail: drift/decay detected, retrain started/failed, promoted/rejected
+``shadow_predictions``  the shadow's answer to a logged request the champion answered (shadow mode)
 
 ``leases``       who holds the scheduler's (and the retrain's) lock (``monitoring/lease.py``)
 
-The service writes predictions (through a buffered writer) and feedback; the monitor reads
-windows of predictions joined with feedback and writes checks and events. Neither imports the
+The service writes predictions (through a buffered writer), the shadow's predictions (scored by
+that writer after each batch, see :mod:`service.serving`) and feedback; the monitor reads windows
+of predictions joined with feedback, and the shadow's rows joined with both, and writes checks and
+events. Neither imports the
 other: this module is their only meeting point. APScheduler keeps its jobs in the same database
 (``apscheduler_jobs``). The schema is created and upgraded by Alembic (``monitoring/migrations``)
 in :meth:`PredictionStore.create` or ``driftloop db upgrade``.
@@ -24,6 +27,11 @@ order: on PostgreSQL every prediction insert takes a transaction-scoped advisory
 (``LOG_ORDER_LOCK``, released at commit, after the rows are visible), so ids grow in commit
 order; SQLite gets the same from its single writer lock. Batches are one transaction per flush
 of a service worker's writer, so the serialisation costs a few milliseconds per flush.
+
+Shadow rows are not in that order: a batch's shadow rows are committed after its predictions, in
+a transaction of their own (a shadow failure never touches the log), so a shadow row can become
+visible after a shadow row of a prediction with a higher id. :meth:`PredictionStore.shadow_rows`
+takes ``after_id`` to skip rows, not as a cursor to resume an incremental scan from.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import sqlalchemy as sa
 from models.errors import DriftloopError
 
 metadata = sa.MetaData()
+UPDATABLE_CHECK_FIELDS = ("outcome", "reason")  # what PredictionStore.update_check may change
 LOG_ORDER_LOCK = 0x6472_6C6F_6731  # PostgreSQL advisory lock key ("drlog1") serialising prediction inserts
 MIGRATION_LOCK = 0x6472_6C6D_6731  # ...and migrations ("drlmg1"), so two processes never migrate at once
 
@@ -84,6 +93,7 @@ checks = sa.Table(
     sa.Column("outcome", sa.String(32), nullable=True),  # of a retrain: promoted, rejected, waiting, failed
     sa.Column("report_path", sa.Text, nullable=True),
     sa.Column("duration_s", sa.Float, nullable=False),
+    sa.Column("estimated_accuracy", sa.Float, nullable=True),  # without labels, estimated (revision 0003)
 )
 
 events = sa.Table(
@@ -94,6 +104,17 @@ events = sa.Table(
     sa.Column("window", sa.Integer, nullable=True),
     sa.Column("model_version", sa.String(64), nullable=True),
     sa.Column("detail", sa.Text, nullable=False),  # JSON object
+)
+
+shadow_predictions = sa.Table(
+    "shadow_predictions", metadata,
+    sa.Column("request_id", sa.String(36), nullable=False),  # predictions.request_id (no constraint)
+    sa.Column("model_version", sa.String(64), nullable=False),  # the shadow's version
+    sa.Column("prediction", sa.Text, nullable=False),  # JSON scalar
+    sa.Column("confidence", sa.Float, nullable=True),  # as predictions.confidence, by the shadow
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),  # when the shadow scored it
+    # The version first: the index also serves "every row of this shadow" (shadow_rows).
+    sa.PrimaryKeyConstraint("model_version", "request_id", name="pk_shadow_predictions"),
 )
 
 leases = sa.Table(
@@ -257,6 +278,50 @@ class PredictionStore:
         """Predictions with ids in ``[first_id, last_id]`` that have a label, in id order."""
         return self._joined(predictions.c.id.between(first_id, last_id), labelled_only=True)
 
+    # -- shadow mode ------------------------------------------------------------------------
+    def insert_shadow_predictions(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows of ``request_id, model_version`` (the shadow's), ``prediction, confidence`` and
+        optionally ``created_at`` (default now), in one transaction; a row already there (same
+        request id and version) is kept as it is."""
+        if not rows:
+            return
+        now = utcnow()
+        payload = [{"request_id": r["request_id"], "model_version": r["model_version"],
+                    "prediction": json.dumps(r["prediction"]), "confidence": r.get("confidence"),
+                    "created_at": r.get("created_at") or now} for r in rows]
+        insert = self._insert(shadow_predictions).on_conflict_do_nothing(index_elements=["model_version", "request_id"])
+        with self.engine.begin() as conn:
+            conn.execute(insert, payload)
+
+    def shadow_rows(self, version: str, after_id: int = 0) -> pd.DataFrame:
+        """The logged rows that shadow ``version`` scored, with id > ``after_id``, in id order,
+        joined with labels.
+
+        Columns: id, request_id, created_at, model_version (the champion that answered),
+        prediction (the champion's), shadow_prediction, shadow_confidence, label (``None`` where no
+        feedback yet). A batch's shadow rows are committed just after its predictions: see "Log
+        order" above before using ``after_id`` as a cursor.
+        """
+        shadow = shadow_predictions
+        joined = shadow.join(predictions, predictions.c.request_id == shadow.c.request_id).outerjoin(
+            feedback, feedback.c.request_id == shadow.c.request_id)
+        q = (sa.select(predictions.c.id, predictions.c.request_id, predictions.c.created_at,
+                       predictions.c.model_version, predictions.c.prediction,
+                       shadow.c.prediction.label("shadow_prediction"), shadow.c.confidence.label("shadow_confidence"),
+                       feedback.c.label)
+             .select_from(joined).where(shadow.c.model_version == version, predictions.c.id > after_id)
+             .order_by(predictions.c.id))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+        columns = ["id", "request_id", "created_at", "model_version", "prediction", "shadow_prediction",
+                   "shadow_confidence", "label"]
+        return pd.DataFrame([{
+            "id": r["id"], "request_id": r["request_id"], "created_at": r["created_at"],
+            "model_version": r["model_version"], "prediction": json.loads(r["prediction"]),
+            "shadow_prediction": json.loads(r["shadow_prediction"]), "shadow_confidence": r["shadow_confidence"],
+            "label": _label(r["label"]),
+        } for r in rows], columns=columns)
+
     def _joined(self, where: Any, labelled_only: bool = False, limit: int | None = None) -> pd.DataFrame:
         on = predictions.c.request_id == feedback.c.request_id
         joined = predictions.join(feedback, on) if labelled_only else predictions.outerjoin(feedback, on)
@@ -274,12 +339,25 @@ class PredictionStore:
         return _check(row) if row else None
 
     def record_check(self, check: dict[str, Any]) -> None:
+        """One window's check: every column of ``checks`` but ``id`` (``created_at`` defaults to
+        now; the nullable ones, e.g. ``estimated_accuracy``, may be left out)."""
         row = dict(check)
         row["created_at"] = row.get("created_at") or utcnow()
         row["drifted_features"] = json.dumps(row["drifted_features"])
         row["feature_scores"] = json.dumps(row["feature_scores"])
         with self.engine.begin() as conn:
             conn.execute(checks.insert(), row)
+
+    def update_check(self, window: int, **fields: Any) -> None:
+        """Change a recorded check's ``outcome`` and/or ``reason`` (e.g. a retrain retried later).
+        Raises KeyError if no check has that window, TypeError for other fields."""
+        unknown = set(fields) - set(UPDATABLE_CHECK_FIELDS)
+        if unknown or not fields:
+            raise TypeError(f"update_check takes {' and/or '.join(UPDATABLE_CHECK_FIELDS)}, got {sorted(fields)}")
+        with self.engine.begin() as conn:
+            result = conn.execute(checks.update().where(checks.c.window == window).values(**fields))
+        if result.rowcount == 0:
+            raise KeyError(f"no check recorded for window {window}")
 
     def checks(self, since_window: int = -1) -> list[dict[str, Any]]:
         q = sa.select(checks).where(checks.c.window > since_window).order_by(checks.c.window)
@@ -310,10 +388,14 @@ def _frame(rows: Sequence[Any]) -> pd.DataFrame:
     frame = pd.DataFrame([{
         "id": r["id"], "request_id": r["request_id"], "created_at": r["created_at"],
         "model_version": r["model_version"], "prediction": json.loads(r["prediction"]),
-        "confidence": r["confidence"], "label": None if r["label"] is None else json.loads(r["label"]),
+        "confidence": r["confidence"], "label": _label(r["label"]),
     } for r in rows], columns=base)
     feats = pd.DataFrame([json.loads(r["features"]) for r in rows])
     return pd.concat([frame, feats], axis=1)
+
+
+def _label(stored: str | None) -> Any:
+    return None if stored is None else json.loads(stored)
 
 
 def _check(row: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@
                     -> {"model_version", "predictions", "probabilities" (classifiers), "request_ids"}
     POST /feedback  {"labels": [{"request_id": ..., "label": ...}, ...]}
                     -> {"accepted", "duplicates", "unknown_request_ids"}
-    GET  /model     the serving version, its metrics and feature schema
+    GET  /model     the serving version, its metrics and feature schema; ``shadow``: null, or the
+                    shadow version and whether this worker scores the prediction log with it
     GET  /history   the monitor's decisions with their evidence (?kind=checks|events&limit=N)
     POST /admin/promote {"version", "reason"} | /admin/rollback {"reason"} | /admin/reload
          | /admin/retrain {"reason"}: bearer token (serving.admin_token) required

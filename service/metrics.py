@@ -4,6 +4,13 @@ Created on first use, never at import: BentoML points ``PROMETHEUS_MULTIPROC_DIR
 per-server directory before its workers start, and a metric created earlier would be missing
 from the multi-process view. With several workers, counters are summed across workers and
 ``driftloop_model_workers`` counts the live workers serving each version (``livesum``).
+
+Shadow mode (:mod:`service.serving`): ``driftloop_shadow_rows_total{outcome}`` counts logged rows
+the shadow scored, refused (its schema would not take them) or failed on (graph or store error);
+``driftloop_shadow_model{model_version}`` is 1 for the shadow that live workers score with
+(``livemax``: 1 however many workers); ``driftloop_shadow_graph_seconds`` times the shadow's graph,
+one observation per prediction-log batch; ``driftloop_shadow_swaps_total{outcome}`` counts shadow
+loads done and refused (a broken artifact), apart from the champion's swaps.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ class ServingMetrics:
     batch_rows: Any  # Histogram: rows per graph run (one request, or a batch of several)
     shed: Any  # Counter{reason}: requests refused at once with 503 (overloaded, draining)
     input_repairs: Any  # Counter{feature, kind}: unknown categories accepted, missing values imputed
+    shadow_rows: Any  # Counter{outcome}: logged rows the shadow scored, refused, failed on
+    shadow_model: Any  # Gauge{model_version}: 1 for the shadow loaded by live workers
+    shadow_seconds: Any  # Histogram: seconds of the shadow's graph per prediction-log batch
+    shadow_swaps: Any  # Counter{outcome}: shadow loads done or refused, per worker
 
 
 @functools.cache
@@ -47,4 +58,13 @@ def serving_metrics() -> ServingMetrics:
         shed=pc.Counter("driftloop_requests_shed", "Requests refused at once with 503, by reason.", ["reason"]),
         input_repairs=pc.Counter("driftloop_input_repairs", "Input values repaired by policy: unknown categories "
                                  "accepted, missing values imputed.", ["feature", "kind"]),
+        shadow_rows=pc.Counter("driftloop_shadow_rows", "Prediction-log rows given to the shadow model, by outcome "
+                               "(scored, refused by its schema, failed).", ["outcome"]),
+        shadow_model=pc.Gauge("driftloop_shadow_model", "1 for the shadow version that live service workers score "
+                              "with.", ["model_version"], multiprocess_mode="livemax"),
+        shadow_seconds=pc.Histogram("driftloop_shadow_graph_seconds", "Seconds of the shadow model's graph per "
+                                    "prediction-log batch.",
+                                    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)),
+        shadow_swaps=pc.Counter("driftloop_shadow_swaps", "Shadow model loads by service workers, by outcome.",
+                                ["outcome"]),
     )

@@ -6,6 +6,12 @@ full they are dropped and counted. A background thread drains the queue every
 transaction. ``close`` drains everything before returning, so a graceful stop loses nothing;
 a hard kill loses at most the rows of the last ``flush_interval_s``. If an insert fails (the
 database is down), the batch is retried until the queue is full, then rows are dropped and counted.
+
+``after_write`` (optional) is given each batch once it is committed and counted as written, on
+the same thread: work that needs the logged rows but must not hold up requests (the serving
+worker scores them with its shadow model there). Its errors are logged and go no further: the
+batch is not retried, nothing is dropped. It does hold up the next batch for as long as it runs,
+and ``flush`` waits for it too.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ class PredictionLogWriter:
     def __init__(self, insert: Callable[[Sequence[dict[str, Any]]], None], *, max_rows: int = 100_000,
                  flush_interval_s: float = 0.2, batch_rows: int = 2_000,
                  on_written: Callable[[int], None] = lambda n: None,
-                 on_dropped: Callable[[int], None] = lambda n: None) -> None:
+                 on_dropped: Callable[[int], None] = lambda n: None,
+                 after_write: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
         self._insert = insert
+        self._after_write = after_write
         self._max_rows = max_rows
         self._interval = flush_interval_s
         self._batch_rows = batch_rows
@@ -126,3 +134,8 @@ class PredictionLogWriter:
             return
         self.written += len(batch)
         self._on_written(len(batch))
+        if self._after_write is not None:
+            try:
+                self._after_write(batch)
+            except Exception:  # the rows are written: whatever went wrong here stays here
+                log.exception("prediction log: after-write step failed on %d written rows", len(batch))

@@ -4,9 +4,20 @@ A request's path (:mod:`service.gate` receives it from HTTP): :meth:`Serving.pre
 current model (one attribute read, so a request never mixes two models) and validates the rows
 against *that* model's schema; the ONNX graph runs (inline, or in a batch with other requests,
 :mod:`service.batching`); :meth:`Serving.answer` hands the rows to the prediction-log writer and
-returns the answer with the version that produced it. :meth:`Serving.predict` is the three in one. :class:`ChampionWatcher` polls the registry's champion pointer and
-swaps in a verified, warmed-up model; a broken artifact is refused and the old model keeps
-serving.
+returns the answer with the version that produced it. :meth:`Serving.predict` is the three in one.
+:class:`ChampionWatcher` polls the registry's champion pointer and swaps in a verified, warmed-up
+model; a broken artifact is refused and the old model keeps serving.
+
+Shadow mode. The same watcher follows the registry's shadow pointer the same way and loads the
+shadow (verified, warmed up, on the champion's providers) into :attr:`Serving.shadow`; a shadow
+that cannot be loaded is refused, logged and counted, and leaves no shadow (never a different
+champion). The shadow never answers and never runs on the request path: the prediction-log
+writer, once a batch of rows is committed, hands it to :meth:`Serving._score_shadow`, which
+validates the logged inputs of the rows the champion answered against the *shadow's* schema (rows
+it refuses are counted), runs the shadow's graph once on them and writes its answers to the
+store's ``shadow_predictions``. Any error there is logged and counted; the logged rows are
+already committed. Without the prediction log (``serving.prediction_log: false``) nothing is
+scored and the shadow is not loaded: ``GET /model`` says so.
 """
 
 from __future__ import annotations
@@ -18,13 +29,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models.errors import DriftloopError, SchemaError
 from models.onnx_model import OnnxModel, providers_for
-from models.schema import SECOND_OUTPUT, SUPERVISED
+from models.schema import SECOND_OUTPUT, SUPERVISED, FeatureSchema
 from models.registry import Registry
 from monitoring.store import PredictionStore, utcnow
 from service.batching import Batcher, batching_enabled
@@ -60,19 +72,42 @@ def request_id_age(request_id: str, now: float | None = None) -> float | None:
     return (time.time() if now is None else now) - (value.int >> 80) / 1000.0
 
 
+def _named(pointer: Any) -> str | None:
+    """The version a registry pointer (a Champion, a Shadow) names; None for no pointer."""
+    return None if pointer is None else pointer.version
+
+
+@dataclass
+class _Pointer:
+    """A registry pointer the watcher follows, and what it last loaded from it."""
+
+    name: str  # "champion" or "shadow", for the log
+    stamp: Callable[[], tuple[int, int] | None]  # the registry's cheap change detector
+    read: Callable[[], str | None]  # the version it names now
+    on_swap: Callable[..., None]  # given the loaded model (None: an optional pointer named nothing)
+    on_refused: Callable[[str, Exception], None]
+    optional: bool  # the shadow: nothing named, or a refused version, means no model at all
+    seen: tuple[int, int] | None = None
+    current: str | None = None
+
+
 class ChampionWatcher:
-    """Polls the champion pointer and swaps the worker's model when it changes."""
+    """Polls the champion pointer (and, given ``on_shadow``, the shadow pointer) and swaps the
+    worker's model (its shadow) when it changes."""
 
     def __init__(self, registry: Registry, on_swap: Callable[[OnnxModel], None],
                  on_refused: Callable[[str, Exception], None], interval_s: float,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, *,
+                 on_shadow: Callable[[OnnxModel | None], None] | None = None,
+                 on_shadow_refused: Callable[[str, Exception], None] = lambda version, exc: None) -> None:
         self._registry = registry
-        self._on_swap = on_swap
-        self._on_refused = on_refused
         self._interval = interval_s
         self._providers = providers
-        self._stamp: tuple[int, int] | None = None
-        self._current: str | None = None
+        self._pointers = [_Pointer("champion", registry.pointer_stamp, lambda: _named(registry.champion()),
+                                   on_swap, on_refused, optional=False)]
+        if on_shadow is not None:
+            self._pointers.append(_Pointer("shadow", registry.shadow_stamp, lambda: _named(registry.shadow()),
+                                           on_shadow, on_shadow_refused, optional=True))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
 
@@ -86,23 +121,46 @@ class ChampionWatcher:
             self._thread.join(5)
 
     def check(self, force: bool = False) -> None:
-        """Look at the pointer once; swap if it names another version (``force``: even if the
+        """Look at each pointer once; swap if it names another version (``force``: even if the
         pointer file looks unchanged, e.g. to retry a version refused earlier)."""
-        stamp = self._registry.pointer_stamp()
-        if stamp is None or (stamp == self._stamp and not force):
+        for pointer in self._pointers:
+            self._follow(pointer, force)
+
+    def _follow(self, pointer: _Pointer, force: bool) -> None:
+        stamp = pointer.stamp()
+        if stamp == pointer.seen and not force:
             return
-        self._stamp = stamp
-        champion = self._registry.champion()
-        if champion is None or (champion.version == self._current and not force):
+        pointer.seen = stamp
+        try:
+            version = pointer.read()
+        except Exception:  # a hand-edited shadow pointer: no shadow (an unreadable champion's raises)
+            if not pointer.optional:
+                raise
+            log.exception("cannot read the %s pointer", pointer.name)
+            version = None
+        if version is None:
+            if pointer.optional:
+                self._drop(pointer)
+            return
+        if version == pointer.current and not force:
             return
         try:
-            model = self._registry.load(champion.version, providers=self._providers)
-        except Exception as exc:  # IntegrityError, ExportError, I/O: refuse, keep serving the old one
-            log.error("refused champion %s: %s", champion.version, exc)
-            self._on_refused(champion.version, exc)
+            model = self._registry.load(version, providers=self._providers)
+        except Exception as exc:  # IntegrityError, ExportError, I/O: refuse (the old champion serves on)
+            log.error("refused %s %s: %s", pointer.name, version, exc)
+            pointer.on_refused(version, exc)
+            if pointer.optional:
+                self._drop(pointer)
             return
-        self._current = champion.version
-        self._on_swap(model)
+        pointer.current = version
+        pointer.on_swap(model)
+
+    @staticmethod
+    def _drop(pointer: _Pointer) -> None:
+        """An optional pointer names nothing usable: no model (said once)."""
+        if pointer.current is not None:
+            pointer.current = None
+            pointer.on_swap(None)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -120,6 +178,8 @@ class Serving:
         self.metrics = metrics
         self.config = config
         self.model: OnnxModel | None = None
+        self.shadow: OnnxModel | None = None  # scored beside the champion, off the request path
+        self._shadow_refused: str | None = None  # why the shadow pointer's version is not loaded
         self.stopping = False  # shut down: nothing more is served
         self.draining = False  # SIGTERM received: readiness fails, new requests get 503
         self.flush_interval_s = config.log_flush_interval_s
@@ -130,14 +190,20 @@ class Serving:
         self.writer = PredictionLogWriter(
             store.insert_predictions, max_rows=config.log_queue_rows, flush_interval_s=config.log_flush_interval_s,
             on_written=self._logged, on_dropped=lambda n: metrics.log_rows.labels("dropped").inc(n),
+            after_write=self._score_shadow,
         ) if config.prediction_log else None
         self.batcher = Batcher(config.max_batch_rows, metrics.batch_rows.observe if config.metrics else lambda n: None)
-        self.watcher = ChampionWatcher(registry, self._swap, self._refused, config.poll_interval_s, providers)
+        # No prediction log, nothing for a shadow to score: it is not even loaded.
+        self.watcher = ChampionWatcher(registry, self._swap, self._refused, config.poll_interval_s, providers,
+                                       on_shadow=self._swap_shadow if self.writer is not None else None,
+                                       on_shadow_refused=self._refused_shadow)
         # Every outcome exported at 0 from the start: an alert on the increase of a counter needs
         # the series to exist before the first event.
         for child in (metrics.shed.labels("overloaded"), metrics.shed.labels("draining"),
                       metrics.log_rows.labels("written"), metrics.log_rows.labels("dropped"),
-                      metrics.swaps.labels("done"), metrics.swaps.labels("refused")):
+                      metrics.swaps.labels("done"), metrics.swaps.labels("refused"),
+                      metrics.shadow_swaps.labels("done"), metrics.shadow_swaps.labels("refused"),
+                      *(metrics.shadow_rows.labels(outcome) for outcome in ("scored", "refused", "failed"))):
             child.inc(0)
 
     def start(self) -> None:
@@ -162,6 +228,8 @@ class Serving:
             self.writer.close()
         if self.model is not None:
             self.metrics.model_workers.labels(self.model.version, self.device).set(0)
+        if self.shadow is not None:
+            self.metrics.shadow_model.labels(self.shadow.version).set(0)
         self.store.close()
 
     # -- the request path ---------------------------------------------------------------------
@@ -250,12 +318,27 @@ class Serving:
             "providers": model.providers,
             "device": self.device,
             "batching": self.batched(model),
+            "shadow": self._shadow_info(),
             "worker_pid": os.getpid(),
         }
 
+    def _shadow_info(self) -> dict[str, Any] | None:
+        """``/model``'s ``shadow``: null without a shadow, else its version and whether this
+        worker scores the prediction log with it (and if not, why)."""
+        shadow = self.shadow
+        if shadow is not None:
+            return {"model_version": shadow.version, "scoring": True}
+        pointer = self.registry.shadow()
+        if pointer is None:
+            return None
+        why = ("serving.prediction_log is false: a shadow scores the logged rows, so none are scored"
+               if self.writer is None else self._shadow_refused or "not loaded yet")
+        return {"model_version": pointer.version, "scoring": False, "reason": why}
+
     # -- admin actions (the HTTP layer checks the token first) ---------------------------------
     def reload(self) -> dict[str, Any]:
-        """Re-read the champion pointer now, in this worker (the others poll within their interval)."""
+        """Re-read the champion and shadow pointers now, in this worker (the others poll within their
+        interval); a version refused earlier is tried again."""
         self.watcher.check(force=True)
         return {"model_version": self.model.version if self.model else None, "worker_pid": os.getpid()}
 
@@ -283,6 +366,54 @@ class Serving:
         if old is not None and old.version != model.version:
             self.metrics.model_workers.labels(old.version, self.device).set(0)
         log.info("worker %d now serves %s (was %s)", os.getpid(), model.version, old.version if old else None)
+
+    def _swap_shadow(self, model: OnnxModel | None) -> None:
+        old = self.shadow
+        self.shadow = model  # atomic, as the champion: a batch being scored keeps the one it read
+        if model is not None:
+            self._shadow_refused = None
+            self.metrics.shadow_swaps.labels("done").inc()
+            self.metrics.shadow_model.labels(model.version).set(1)
+        if old is not None and (model is None or old.version != model.version):
+            self.metrics.shadow_model.labels(old.version).set(0)
+        log.info("worker %d now scores with shadow %s (was %s)", os.getpid(), model.version if model else None,
+                 old.version if old else None)
+
+    def _refused_shadow(self, version: str, exc: Exception) -> None:
+        self._shadow_refused = f"refused {version}: {exc}"
+        self.metrics.shadow_swaps.labels("refused").inc()
+
+    def _score_shadow(self, batch: list[dict[str, Any]]) -> None:
+        """The prediction-log writer's after-write step (its thread, the rows are committed): the
+        shadow scores the batch's rows that the champion answered, in one graph run, and its
+        answers go to the store. Rows its schema refuses are counted; errors are logged and
+        counted, never raised."""
+        shadow, champion = self.shadow, self.model  # one read each, as a request does
+        if shadow is None or champion is None or shadow.version == champion.version:
+            return
+        rows = [r for r in batch if r["model_version"] == champion.version]
+        if not rows:
+            return
+        count = self.metrics.shadow_rows.labels
+        pending = len(rows)  # rows neither refused nor scored yet: they failed if anything raises
+        try:
+            kept, feeds = _accepted(shadow.schema, [r["features"] for r in rows], self.config)
+            if len(kept) < len(rows):
+                count("refused").inc(len(rows) - len(kept))
+            pending = len(kept)
+            if kept:
+                start = time.perf_counter()
+                preds, second = shadow.predict(feeds)
+                self.metrics.shadow_seconds.observe(time.perf_counter() - start)
+                confidence = _confidence(shadow.schema.task, second, len(kept))
+                self.store.insert_shadow_predictions([
+                    {"request_id": rows[i]["request_id"], "model_version": shadow.version, "prediction": pred,
+                     "confidence": conf} for i, pred, conf in zip(kept, preds.tolist(), confidence)])
+        except Exception:
+            log.exception("shadow %s: scoring %d logged rows failed", shadow.version, pending)
+            count("failed").inc(pending)
+            return
+        count("scored").inc(pending)
 
     def _logged(self, rows: int) -> None:
         self.metrics.log_rows.labels("written").inc(rows)
@@ -314,6 +445,27 @@ def _confidence(task: str, second: np.ndarray | None, n: int) -> list[float | No
     if task == "clustering":
         return second.min(axis=1).tolist()
     return np.asarray(second, dtype=np.float64).reshape(-1).tolist()
+
+
+def _accepted(schema: FeatureSchema, rows: list[Any], config: ServingConfig) -> tuple[list[int], dict[str, np.ndarray]]:
+    """Which logged feature rows ``schema`` takes, under the serving input policies, and their
+    feeds: one pass when it takes them all (the usual case), else row by row to find the others."""
+    def feeds(subset: list[Any]) -> dict[str, np.ndarray]:
+        return schema.validate_rows(subset, len(subset), unknown_category=config.unknown_category,
+                                    missing_values=config.missing_values)
+
+    try:
+        return list(range(len(rows))), feeds(rows)
+    except SchemaError:
+        pass
+    kept = []
+    for i, row in enumerate(rows):
+        try:
+            feeds([row])
+        except SchemaError:
+            continue
+        kept.append(i)
+    return kept, feeds([rows[i] for i in kept]) if kept else {}
 
 
 def _check_labels(labels: list[tuple[str, Any]], model: OnnxModel) -> None:

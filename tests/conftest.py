@@ -29,7 +29,8 @@ def make_settings(root: Path, **overrides: Any):  # noqa: ANN201
     base: dict[str, Any] = {
         "registry": {"home": str(root / "bentoml")},
         "store": {"url": f"sqlite:///{root / 'driftloop.db'}"},
-        "monitoring": {"reports_dir": str(root / "reports"), "metrics_port": 0},
+        # No Evidently workspace unless a test asks (half a second per window): tests/test_workspace.py does
+        "monitoring": {"reports_dir": str(root / "reports"), "metrics_port": 0, "workspace": {"enabled": False}},
     }
     for key, value in overrides.items():
         base[key] = base.get(key, {}) | value if isinstance(value, dict) else value

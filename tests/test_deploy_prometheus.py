@@ -13,7 +13,7 @@ import yaml
 
 PROMETHEUS = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
 K8S_CONFIG = PROMETHEUS.parent / "k8s" / "prometheus-config.yaml"
-SEVERITIES = {"warning", "critical"}
+SEVERITIES = {"info", "warning", "critical"}
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from monitoring.policy import (
     COOLDOWN,
     NONE,
     RETRAIN,
+    SUSPECT,
     WATCH,
     Decision,
     PolicyConfig,
@@ -212,3 +213,38 @@ def test_flagged_windows_do_not_calibrate() -> None:
                                         baseline_rows=600, champion="v1")])
     assert policy.baseline(live(2, 0.8)).baseline_rows == 600  # neither window joined the baseline
 
+
+
+def estimated(window: int, estimate: float, labelled: int = 0, accuracy: float | None = None, **kw) -> WindowStats:
+    """A window whose confidence-based estimate is ``estimate`` against a validation accuracy of 0.787."""
+    kw.setdefault("drift_share", 0.0)
+    return WindowStats(window=window, rows=500, labelled=labelled, accuracy=accuracy, baseline_accuracy=0.787,
+                       baseline_rows=600, estimated_accuracy=estimate, estimated_baseline=0.787, **kw)
+
+
+@pytest.mark.parametrize(("estimate", "action"), [(0.70, SUSPECT), (0.74, NONE), (0.787, NONE)])
+def test_a_low_confidence_estimate_is_suspected_before_labels(estimate: float, action: str) -> None:
+    decision = RetrainPolicy(PolicyConfig(max_accuracy_drop=0.05)).update(estimated(0, estimate))
+    assert decision.action == action
+    assert decision.signals == ()  # a suspicion is not a signal: it never starts a streak
+    assert ("decay suspected" in decision.reason) == (action == SUSPECT)
+
+
+def test_a_suspicion_never_retrains_on_its_own() -> None:
+    policy = RetrainPolicy(PolicyConfig(consecutive=1))
+    assert [d.action for d in feed(policy, [estimated(w, 0.6) for w in range(5)])] == [SUSPECT] * 5
+
+
+def test_labels_confirm_or_clear_a_suspicion() -> None:
+    confirmed = RetrainPolicy(PolicyConfig(consecutive=1)).update(estimated(0, 0.70, labelled=400, accuracy=0.65))
+    assert confirmed.action == RETRAIN and confirmed.signals == ("decay",)
+    assert "confirmed by 400 labels" in confirmed.reason
+    cleared = RetrainPolicy(PolicyConfig(consecutive=1)).update(estimated(0, 0.70, labelled=400, accuracy=0.80))
+    assert cleared.action == NONE
+    assert "not confirmed by 400 labels" in cleared.reason
+
+
+def test_too_few_labels_leave_a_suspicion_open() -> None:
+    decision = RetrainPolicy(PolicyConfig(min_labels=100)).update(estimated(0, 0.70, labelled=60, accuracy=0.6))
+    assert decision.action == SUSPECT
+    assert "60 of 100 labels" in decision.reason

@@ -189,8 +189,8 @@ def test_cli_jobs_and_db_commands(monitor: FakeMonitor, tmp_path: Path) -> None:
         ["check", "check", "retention"]
     bad = runner.invoke(app, ["jobs", "pause", "nope", "--config", str(config)])
     assert bad.exit_code == 2 and "no job 'nope'" in bad.output
-    assert "revision 0002 (newest: 0002)" in cli("db", "current")
-    assert "store at revision 0002" in cli("db", "upgrade")
+    assert "revision 0003 (newest: 0003)" in cli("db", "current")
+    assert "store at revision 0003" in cli("db", "upgrade")
 
 
 def test_one_active_scheduler_and_a_clean_handover(store: PredictionStore, tmp_path: Path) -> None:

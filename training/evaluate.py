@@ -77,6 +77,43 @@ def calibration(y_true: Any, proba: np.ndarray, labels: list[Any], bins: int = 1
     return {"ece": float(ece), "brier": brier, "bins": table}
 
 
+def confidence_calibration(y_true: Any, proba: np.ndarray, labels: list[Any]) -> dict[str, Any]:
+    """How a classifier's top-class confidence maps to the chance it is right, learnt on rows it
+    did not train on (the validation split): an isotonic regression of "correct" on confidence.
+
+    Returned as its breakpoints (``x`` confidence, ``y`` probability correct, both ascending) so
+    it is stored in a version's metadata as JSON and applied with :func:`estimate_accuracy`.
+    The mean mapped confidence of a window estimates its accuracy before labels arrive
+    (confidence-based performance estimation). It holds under covariate shift, where the model's
+    confidence still means what it meant; a change of concept leaves confidence unchanged, so only
+    labels show it.
+    """
+    from sklearn.isotonic import IsotonicRegression
+
+    p = np.asarray(proba, dtype=float)
+    if p.ndim != 2 or p.shape != (len(y_true), len(labels)) or len(labels) < 2:
+        raise ValueError(f"proba has shape {p.shape}; expected ({len(y_true)}, {len(labels)}) with 2+ classes")
+    top = p.argmax(axis=1)
+    confidence = p[np.arange(len(p)), top]
+    correct = (np.asarray(plain_labels(y_true), dtype=object) == np.asarray(labels, dtype=object)[top]).astype(float)
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(confidence, correct)
+    return {"method": "isotonic", "x": [round(float(v), 6) for v in iso.X_thresholds_],
+            "y": [round(float(v), 6) for v in iso.y_thresholds_], "rows": int(len(p))}
+
+
+def estimate_accuracy(calibration: dict[str, Any] | None, confidence: Any) -> float | None:
+    """Expected accuracy of rows with these top-class confidences: the mean of their calibrated
+    chance of being right (:func:`confidence_calibration`); the plain mean confidence when the
+    version has no calibration (older versions). None without rows."""
+    c = np.asarray(confidence, dtype=float)
+    c = c[np.isfinite(c)]
+    if c.size == 0:
+        return None
+    if not calibration or not calibration.get("x"):
+        return float(c.mean())
+    return float(np.interp(c, calibration["x"], calibration["y"]).mean())
+
+
 def confusion_matrix(y_true: Any, y_pred: Any, labels: list[Any]) -> list[list[int]]:
     """Counts, ``matrix[i][j]``: rows whose true label is ``labels[i]``, predicted ``labels[j]``.
     Rows whose true or predicted label is not in ``labels`` are not counted."""

@@ -136,6 +136,11 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
         "params": params,
         "search": found.to_dict() if found else None,
         "metrics": metrics,
+        # classifiers: top-class confidence -> chance of being right, from the validation rows; the
+        # monitor estimates live accuracy with it before labels arrive
+        "confidence_calibration": (evaluate.confidence_calibration(y_valid, proba, labels)
+                                   if settings.task == "classification" and proba is not None and len(labels) > 1
+                                   else None),
         "parity": parity.to_dict(),
         "rows": {"train": len(train), "validation": len(valid)},
         "data_fingerprint": fingerprint(frame[[*schema.names, *([target] if target else [])]]),

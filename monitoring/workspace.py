@@ -1,0 +1,234 @@
+"""An Evidently 0.7 workspace of every checked window, browsable with ``evidently ui --workspace <path>``.
+
+One Evidently project per model version (``"<registry project> <version>"``), created on the
+version's first recorded window with a small dashboard (share of drifted columns, drifted
+columns, drift score per column); one snapshot per recorded window: the window's
+``DataDriftPreset`` snapshot (:attr:`monitoring.drift.DriftResult.snapshot`, the one the HTML
+report shows), stamped with the window's time, tagged ``window=<n>``, ``version=<v>`` and the
+caller's tags (the decision), with the monitor's figures as metadata.
+
+Design notes, from Evidently 0.7.23's source (``evidently/ui``):
+
+- Evidently's ``Workspace(path)`` builds, besides the project and snapshot files it writes, a
+  dataset manager whose constructor parses every snapshot of every project (with the metric
+  points of each: 20 to 50 ms a snapshot here, ``bench/workspace.py``; minutes on a long-running
+  monitor's workspace) and raises on one malformed snapshot. Every call used here (projects, runs,
+  dashboards) goes through its small ``LocalState`` file store only, so :class:`DriftWorkspace`
+  uses ``Workspace`` with that store alone (``_LocalWorkspace``): construction reads nothing;
+  a version's project is found by name once (one read of the projects' metadata files), then
+  cached.
+- The snapshot is built once per window (``Report.run``, also what ``save_html`` writes) and
+  re-stamped here through its serialisation model rather than run again with a timestamp: the
+  monitor may have built it earlier for the HTML report.
+- Timestamps are stored naive, in UTC: Evidently's own are naive (``datetime.now()``) and its UI
+  sorts and compares them with naive bounds (an aware one would fail those comparisons). An aware
+  ``timestamp`` is converted; a naive one is taken as UTC (as the prediction log's times are).
+  :meth:`DriftWorkspace.runs` gives them back aware (UTC).
+- Metadata values must be strings: the UI's series filters compare them as ``dict[str, str]``.
+- A snapshot file appears whole or not at all. Evidently's ``Workspace`` streams the JSON into
+  its final file; one truncated snapshot (a monitor killed while writing) makes ``evidently ui``
+  answer 500 to every project request. Here the snapshot is serialised first, written next to
+  its final name (``.<id>.json.partial``, which Evidently ignores) and hard-linked into place:
+  the link is atomic and is what the UI's file watcher sees as a new snapshot (it ignores a
+  rename, whose source name is not a snapshot's). A failure raises; nothing is swallowed (the
+  caller decides whether to log and go on).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from driftloop.settings import Settings
+    from monitoring.drift import DriftResult
+
+VALUE_DRIFT = "evidently:metric_v2:ValueDrift"  # the preset's per-column metric
+DRIFTED_COLUMNS = "evidently:metric_v2:DriftedColumnsCount"  # and its count/share of drifted columns
+
+
+@dataclass(frozen=True)
+class WorkspaceRun:
+    """What the workspace holds for one recorded window."""
+
+    id: str  # Evidently's snapshot id
+    name: str | None
+    window: int | None  # from the ``window`` metadata
+    timestamp: datetime  # the window's time, aware (UTC)
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@functools.cache
+def _workspace_class() -> type:
+    """Evidently's local ``Workspace`` on its ``LocalState`` file store alone (see the module's
+    docstring): the same files, the same methods, without the managers that load every snapshot."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently's telemetry: never phone home
+    from evidently.ui.storage.local.base import LocalState
+    from evidently.ui.workspace import Workspace
+
+    from evidently.legacy.core import new_id
+    from evidently.legacy.utils import NumpyEncoder
+
+    class _LocalWorkspace(Workspace):  # type: ignore[misc]
+        def __init__(self, path: str) -> None:  # Workspace.__init__ deliberately not called
+            self.path = path
+            self.state = LocalState(path)
+
+        def _add_run(self, project_id: Any, snapshot: Any) -> Any:
+            """``LocalState.write_snapshot``'s file, whole or not at all."""
+            snapshot_id = new_id()
+            text = json.dumps(snapshot.to_snapshot_model().dict(), cls=NumpyEncoder)  # before touching the disk
+            final = Path(self._get_snapshot_url(project_id, snapshot_id))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            partial = final.with_name(f".{final.name}.partial")
+            partial.write_text(text, encoding="utf-8")
+            try:
+                os.link(partial, final)
+            finally:
+                partial.unlink()
+            return snapshot_id
+
+    return _LocalWorkspace
+
+
+def utc_naive(timestamp: datetime) -> datetime:
+    """The timestamp as Evidently stores it here: naive, in UTC (a naive one is taken as UTC)."""
+    if timestamp.tzinfo is None:
+        return timestamp
+    return timestamp.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+class DriftWorkspace:
+    """An Evidently 0.7 local workspace: one Evidently project per model version (named
+    ``"<registry project> <version>"``), one snapshot per recorded window."""
+
+    def __init__(self, path: Path, project: str) -> None:
+        self.path = Path(path)
+        self.project = project
+        self._workspace: Any = None  # built on first use
+        self._projects: dict[str, str | None] = {}  # version -> Evidently project id (None: none yet)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DriftWorkspace | None:
+        """``monitoring.workspace`` (None when disabled); its path defaults to ``<reports_dir>/evidently``."""
+        config = settings.monitoring.workspace
+        if not config.enabled:
+            return None
+        return cls(config.path or settings.monitoring.reports_dir / "evidently", settings.registry.project)
+
+    def project_name(self, version: str) -> str:
+        return f"{self.project} {version}"
+
+    # -- writing -----------------------------------------------------------------------------------
+    def record(self, version: str, window: int, result: DriftResult, *, timestamp: datetime,
+               tags: Sequence[str] = (), metadata: dict[str, str] | None = None,
+               description: str | None = None) -> str:
+        """Add the window's snapshot to the version's project (created on first use, with its
+        dashboard; ``description`` is the new project's); returns the snapshot's id.
+
+        ``timestamp`` is the window's time (the UI's time axis); ``tags`` and ``metadata`` are
+        added to ``window=<n>``, ``version=<v>`` and the check's figures."""
+        from evidently.core.report import Snapshot
+
+        extra = dict(metadata or {})
+        wrong = sorted(key for key, value in extra.items() if not isinstance(value, str))
+        if wrong:
+            raise TypeError(f"workspace metadata values must be strings; not {wrong}")
+        model = result.snapshot.to_snapshot_model()  # builds it (Report.run) unless built already
+        labels = [*model.tags, f"window={window}", f"version={version}", *tags]
+        info = dict(model.metadata) | {
+            "project": self.project, "version": version, "window": str(window),
+            "drift_share": f"{result.share:.4f}", "drifted": ",".join(result.drifted)} | extra
+        stamped = Snapshot.load_model(model.copy(update={
+            "timestamp": utc_naive(timestamp), "tags": list(dict.fromkeys(labels)), "metadata": info}))
+        project_id = self._project_id(version) or self._create(version, model, description)
+        return str(self._ws().add_run(project_id, stamped, name=f"window {window}").id)
+
+    def _create(self, version: str, model: Any, description: str | None) -> str:
+        ws = self._ws()
+        self.path.mkdir(parents=True, exist_ok=True)
+        project = ws.create_project(self.project_name(version), description or (
+            f"Drift of {self.project} model version {version} against its reference sample: one snapshot "
+            "per checked window (Evidently's DataDriftPreset), at the window's time."))
+        ws.save_dashboard(project.id, dashboard(_value_drift_columns(model)))
+        self._projects[version] = str(project.id)
+        return str(project.id)
+
+    # -- reading -----------------------------------------------------------------------------------
+    def project_id(self, version: str) -> str | None:
+        """The version's Evidently project id, None when it has none yet."""
+        return self._project_id(version)
+
+    def runs(self, version: str) -> list[WorkspaceRun]:
+        """The version's recorded windows, in time order (each snapshot read back by Evidently)."""
+        project_id = self._project_id(version)
+        if project_id is None:
+            return []
+        ws = self._ws()
+        out = []
+        for run_id in ws.list_runs(project_id):
+            run = ws.get_run(project_id, run_id)
+            window = run.metadata.get("window")
+            out.append(WorkspaceRun(str(run_id), run.name, int(window) if isinstance(window, str) else None,
+                                    run.timestamp.replace(tzinfo=timezone.utc), list(run.tags),
+                                    dict(run.metadata)))
+        return sorted(out, key=lambda r: (r.timestamp, r.window if r.window is not None else -1, r.id))
+
+    def _project_id(self, version: str) -> str | None:
+        """Found by name among the stored projects, once per version (the oldest, should a
+        name appear twice: Evidently's ids are time-ordered UUIDv7)."""
+        if version not in self._projects:
+            ws = self._ws()
+            name = self.project_name(version)
+            found = []
+            if self.path.is_dir():
+                for pid in ws.state.list_projects():
+                    project = ws.get_project(pid)  # None: a directory without project metadata
+                    if project is not None and project.name == name:
+                        found.append(str(project.id))
+            self._projects[version] = min(found) if found else None
+        return self._projects[version]
+
+    def _ws(self) -> Any:
+        if self._workspace is None:
+            self._workspace = _workspace_class()(str(self.path))
+        return self._workspace
+
+
+def _value_drift_columns(model: Any) -> list[str]:
+    """The columns the snapshot's preset judged (features, media summaries, prediction), in its order."""
+    columns = []
+    for result in model.metric_results.values():
+        location = getattr(result, "metric_value_location", None)
+        if location is not None and location.metric.params.get("type") == VALUE_DRIFT:
+            columns.append(str(location.metric.params["column"]))
+    return list(dict.fromkeys(columns))
+
+
+def dashboard(columns: Sequence[str]) -> Any:
+    """The project's dashboard (one tab: Evidently OSS shows one): the share of drifted columns
+    and their count over time, and every column's drift score."""
+    from evidently.sdk.models import DashboardModel, DashboardTabModel, PanelMetric
+    from evidently.sdk.panels import bar_plot_panel, line_plot_panel
+
+    panels = [
+        line_plot_panel("Share of drifted columns", [
+            PanelMetric(legend="share", metric=DRIFTED_COLUMNS, metric_labels={"value_type": "share"})],
+            description="Evidently's DataDriftPreset per window (the prediction column counts when logged)",
+            size="half"),
+        bar_plot_panel("Drifted columns", [
+            PanelMetric(legend="drifted columns", metric=DRIFTED_COLUMNS, metric_labels={"value_type": "count"})],
+            size="half"),
+        line_plot_panel("Drift score per column", [
+            PanelMetric(legend=column, metric=VALUE_DRIFT, metric_labels={"column": column}) for column in columns],
+            description="Each column's method and threshold are in its series' labels: p-values drift below "
+                        "the threshold, distances above it"),
+    ]
+    return DashboardModel(tabs=[DashboardTabModel(title="Drift", panels=[p.id for p in panels])], panels=panels)

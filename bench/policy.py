@@ -1,6 +1,7 @@
 """Policy benchmark: driftloop's retraining policy against never-retrain and retrain-every-K.
 
-    python -m bench.policy [--json FILE] [--quick] [--only NAME ...]
+    python -m bench.policy [--json FILE] [--quick] [--only NAME ...] [--strategy NAME]
+                           [--guard-rows N] [--guard-max-drop X]
 
 Every scenario (``training/scenarios.py``: stationary, abrupt covariate shift, abrupt concept
 change with late labels, gradual drift, recurring drift) is replayed in process through the
@@ -20,6 +21,13 @@ at every K-th window, retrain on the K windows before it, through the same job a
 change, is scored on the same rows. Accuracy is measured on the true label of every row served
 (not only on the rows whose label arrived).
 
+The first model learns the scenario's ``train`` period through :func:`training.train.initial_frame`
+(the period is written to a Parquet file that is ``data.path``), so the guard set
+(``retraining.guard``) is carved out of it as in production and every retrain strategy sees it as
+the initial data. ``--strategy`` sets ``retraining.strategy`` of the driftloop arm (the periodic
+arm keeps the default); ``--guard-rows`` and ``--guard-max-drop`` set the guard of every arm. Each
+arm's retrains (strategy, outcome, holdout and guard figures) are listed under its scenario.
+
 Detection delay: the first alarm (retrain or alert decision) on a window at or after the change's
 first window, in windows (alarm window - onset window) and in rows (rows served after the onset
 when that check ran, so label latency counts). False alarms: alarms on windows before the first
@@ -34,6 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
+import typing
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +63,7 @@ LABEL_DELAY = 100  # rows between a prediction and its label (the demo's)
 ORACLE_ROWS = 3000  # the oracle learns from as many post-change rows as the first model had
 EQUAL = 0.005  # accuracies within half a point count as equal (the periodic comparison)
 ALARMS = (pol.RETRAIN, pol.ALERT)
+INITIAL_FILE = "initial.parquet"  # the first model's data (data.path), in the scenario's base directory
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
@@ -111,6 +121,10 @@ class EveryKWindows:
     def retrained(self, window: int) -> None:
         """Nothing to remember: the schedule does not depend on what came of a retrain."""
 
+    def suspected(self, stats: pol.WindowStats) -> bool:
+        """No detector: never suspects a decay before the labels come (``Monitor._suspect_early``)."""
+        return False
+
 
 @dataclass
 class ArmRun:
@@ -123,6 +137,7 @@ class ArmRun:
     checked_at: dict[int, int]  # window -> live rows served when its check ran
     seconds: float
     versions: list[str] = field(default_factory=list)
+    retrain_log: list[dict[str, Any]] = field(default_factory=list)  # per trained candidate: its gate
 
     def alarms(self, first: int, last: int) -> list[dict[str, Any]]:
         return [c for c in self.checks if first <= c["window"] < last and c["decision"] in ALARMS]
@@ -133,14 +148,33 @@ class ArmRun:
                 ("promoted", "rejected", "failed")]
 
 
+@dataclass(frozen=True)
+class Options:
+    """The loop's settings the benchmark varies: ``strategy`` (the driftloop arm's
+    ``retraining.strategy``; None: the default) and ``retraining`` (every arm's overrides: the guard)."""
+
+    strategy: str | None = None
+    retraining: dict[str, Any] = field(default_factory=dict)
+
+    def for_arm(self, arm: str) -> dict[str, Any]:
+        extra = {"strategy": self.strategy} if arm == "driftloop" and self.strategy else {}
+        return self.retraining | extra
+
+
 # -- running ---------------------------------------------------------------------------------------
-def settings_for(root: Path, **monitoring: Any) -> Any:
+def settings_for(root: Path, initial: Path | None = None, retraining: dict[str, Any] | None = None,
+                 **monitoring: Any) -> Any:
+    """The loop's settings under ``root``; ``initial``: the first model's data file (``data.path``)."""
     from driftloop.settings import load_settings
 
+    data = {} if initial is None else {"data": {"path": str(initial), "target": sc.TARGET, "timestamp": sc.TIMESTAMP},
+                                       "features": dict(sc.FEATURES)}
     return load_settings(None, registry={"home": str(root / "bentoml")},
                          store={"url": f"sqlite:///{root / 'driftloop.db'}"},
+                         # no Evidently workspace: half a second per window, and not what is measured here
                          monitoring={"reports_dir": str(root / "reports"), "metrics_port": 0,
-                                     "window_rows": WINDOW} | monitoring)
+                                     "window_rows": WINDOW, "workspace": {"enabled": False}} | monitoring,
+                         retraining=retraining or {}, **data)
 
 
 def changes_of(parts: list[sc.Period | sc.Ramp]) -> list[Change]:
@@ -159,8 +193,8 @@ def changes_of(parts: list[sc.Period | sc.Ramp]) -> list[Change]:
     return out
 
 
-def run_arm(arm: str, live: pd.DataFrame, base: Path, root: Path, case: Case, progress: Callable[[str], None]
-            ) -> ArmRun:
+def run_arm(arm: str, live: pd.DataFrame, base: Path, root: Path, case: Case, progress: Callable[[str], None],
+            options: Options = Options()) -> ArmRun:
     """Replay ``live`` through a monitor with the arm's policy, from a copy of the registry in ``base``."""
     from models.registry import Registry
     from monitoring.monitor import Monitor
@@ -168,7 +202,7 @@ def run_arm(arm: str, live: pd.DataFrame, base: Path, root: Path, case: Case, pr
 
     started = time.perf_counter()
     shutil.copytree(base / "bentoml", root / "bentoml")
-    settings = settings_for(root, dry_run=arm == "never")
+    settings = settings_for(root, base / INITIAL_FILE, options.for_arm(arm), dry_run=arm == "never")
     store = PredictionStore(settings.store.url).create()
     registry = Registry(settings.registry.home, settings.registry.project)
     now = [START.timestamp()]
@@ -216,9 +250,27 @@ def run_arm(arm: str, live: pd.DataFrame, base: Path, root: Path, case: Case, pr
     for check in monitor.run_once():
         checked_at[check["window"]] = n
     run = ArmRun(arm, correct, served, store.checks(), checked_at, time.perf_counter() - started,
-                 [v.version for v in registry.versions()])
+                 [v.version for v in registry.versions()], retrain_log(store))
     store.close()
     return run
+
+
+def retrain_log(store: Any) -> list[dict[str, Any]]:
+    """Every trained candidate's outcome in the store's events: window, strategy, status, the
+    holdout's and the guard set's figures."""
+    out = []
+    for event in store.events():
+        if event["kind"] not in ("retrain_promoted", "retrain_rejected"):
+            continue
+        d, guard = event["detail"], event["detail"].get("guard") or {}
+        weights = (d.get("training_data") or {}).get("weights") or {}
+        out.append({"window": event["window"], "status": d["status"], "strategy": d.get("strategy", ""),
+                    "candidate": d["candidate"], "metric": d["metric"], "holdout": d["candidate_score"],
+                    "holdout_champion": d["champion_score"], "holdout_rows": d["holdout_rows"],
+                    "train_rows": d["train_rows"], "guard": guard.get("candidate"),
+                    "guard_champion": guard.get("champion"), "guard_drop": guard.get("drop"),
+                    "weights_ess": weights.get("ess")})
+    return out
 
 
 def oracle_correct(case: Case, live: pd.DataFrame, changes: list[Change], root: Path) -> np.ndarray:
@@ -238,32 +290,34 @@ def oracle_correct(case: Case, live: pd.DataFrame, changes: list[Change], root: 
     return out
 
 
-def run_case(case: Case, quick: bool, arms: list[str], workdir: Path, progress: Callable[[str], None]
-             ) -> dict[str, Any]:
+def run_case(case: Case, quick: bool, arms: list[str], workdir: Path, progress: Callable[[str], None],
+             options: Options = Options()) -> dict[str, Any]:
     """Replay the scenario once per arm and return its figures."""
-    return analyse(case, *replay_case(case, quick, arms, workdir, progress))
+    return analyse(case, *replay_case(case, quick, arms, workdir, progress, options))
 
 
-def replay_case(case: Case, quick: bool, arms: list[str], workdir: Path, progress: Callable[[str], None]
-                ) -> tuple[pd.DataFrame, list[Change], dict[str, ArmRun], np.ndarray]:
-    """Train the first model and the oracles, replay every arm: (live rows, changes, runs, oracle)."""
+def replay_case(case: Case, quick: bool, arms: list[str], workdir: Path, progress: Callable[[str], None],
+                options: Options = Options()) -> tuple[pd.DataFrame, list[Change], dict[str, ArmRun], np.ndarray]:
+    """Train the first model (on :func:`~training.train.initial_frame`: the ``train`` period less
+    the guard rows) and the oracles, replay every arm: (live rows, changes, runs, oracle)."""
     from models.registry import Registry
-    from training.train import train_version
+    from training.train import initial_frame, train_version
 
     parts = case.timeline(**(case.quick if quick else case.full))
     frame = sc.generate(parts, seed=case.seed)
     live = frame[frame["period"] != "train"].reset_index(drop=True)
     changes = changes_of(parts)
     base = workdir / case.name / "base"
-    settings = settings_for(base)
+    base.mkdir(parents=True, exist_ok=True)
+    frame.loc[frame["period"] == "train", [*sc.FEATURES, sc.TARGET, sc.TIMESTAMP]].to_parquet(base / INITIAL_FILE)
+    settings = settings_for(base, base / INITIAL_FILE, options.retraining)
     registry = Registry(settings.registry.home, settings.registry.project)
-    first = train_version(settings, frame[frame["period"] == "train"].reset_index(drop=True), registry,
-                          trigger="initial")
+    first = train_version(settings, initial_frame(settings), registry, trigger="initial")
     registry.promote(first.version.version, actor="bench", reason="the benchmark's first model")
     oracle = oracle_correct(case, live, changes, base)
     progress(f"{case.name}: {len(live):,} live rows, {len(live) // WINDOW} windows, changes at "
              f"{[c.onset // WINDOW for c in changes]}")
-    runs = {arm: run_arm(arm, live, base, workdir / case.name / arm, case, progress) for arm in arms}
+    runs = {arm: run_arm(arm, live, base, workdir / case.name / arm, case, progress, options) for arm in arms}
     return live, changes, runs, oracle
 
 
@@ -293,7 +347,7 @@ def analyse(case: Case, live: pd.DataFrame, changes: list[Change], runs: dict[st
             "flagged_quiet": sum(c["decision"] != pol.NONE for c in quiet_checks)
             if not arm.startswith("every-") else None,
             "accuracy": float(run.correct.mean()), "accuracy_per_window": per_window,
-            "seconds": round(run.seconds, 1), "changes": [],
+            "seconds": round(run.seconds, 1), "changes": [], "retrain_log": run.retrain_log,
         }
         for change in changes:
             arms[arm]["changes"].append(change_figures(run, change, changes, oracle, never))
@@ -402,10 +456,25 @@ def render(result: dict[str, Any], periodic: str) -> str:
                     f"{_f(c.get('post_retrain_accuracy')):>12} {_f(c.get('oracle_same_rows')):>6} "
                     f"{_f(c.get('oracle_ratio'), '.1%'):>6} {_f(c.get('never_same_rows')):>6}")
     lines.append(accuracy_over_time(result))
+    lines += retrain_lines(result)
     for name, met, evidence in targets(result, periodic):
         verdict = "n/a   " if met is None else "MET   " if met else "MISSED"
         lines.append(f"  target {verdict} {name}: {evidence}")
     return "\n".join(lines)
+
+
+def retrain_lines(result: dict[str, Any]) -> list[str]:
+    """One line per trained candidate: where, how it was trained, and what the gate saw."""
+    lines = []
+    for arm, a in result["arms"].items():
+        for r in a.get("retrain_log", []):
+            guard = "-" if r["guard"] is None else \
+                f"{r['guard']:.3f} vs {r['guard_champion']:.3f} (drop {r['guard_drop']:+.3f})"
+            lines.append(f"  retrain {arm:<10} w{r['window']:<3} {r['strategy']:<19} {r['status']:<8} "
+                         f"{r['train_rows']:>5} rows; {r['metric']} {r['holdout']:.3f} vs {r['holdout_champion']:.3f} "
+                         f"on {r['holdout_rows']}; guard {guard}"
+                         + ("" if r["weights_ess"] is None else f"; ess {r['weights_ess']:.0f}"))
+    return lines
 
 
 def accuracy_over_time(result: dict[str, Any], columns: int = 20) -> str:
@@ -449,6 +518,8 @@ def summary(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from driftloop.settings import RetrainingConfig
+
     parser = argparse.ArgumentParser(prog="python -m bench.policy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--quick", action="store_true", help="short streams (a minute or so)")
@@ -456,7 +527,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=K, help=f"the periodic baseline's K (default {K})")
     parser.add_argument("--workdir", type=Path, help="keep the registries and stores here (default: a temp dir)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every non-quiet decision")
+    strategies = typing.get_args(RetrainingConfig.model_fields["strategy"].annotation)
+    parser.add_argument("--strategy", choices=strategies, help="the driftloop arm's retraining.strategy")
+    parser.add_argument("--guard-rows", type=int, help="every arm's retraining.guard.rows (0: no guard set)")
+    parser.add_argument("--guard-max-drop", type=float, help="every arm's retraining.guard.max_drop")
     args = parser.parse_args(argv)
+    guard = {k: v for k, v in (("rows", args.guard_rows), ("max_drop", args.guard_max_drop)) if v is not None}
+    options = Options(args.strategy, {"guard": guard} if guard else {})
     periodic = f"every-{args.k}"
     arms = ["driftloop", "never", periodic]
     progress = (lambda line: print(line, flush=True)) if args.verbose else (lambda line: None)
@@ -466,17 +543,20 @@ def main(argv: list[str] | None = None) -> int:
         for case in CASES:
             if args.only and case.name not in args.only:
                 continue
-            result = run_case(case, args.quick, arms, workdir, progress)
+            result = run_case(case, args.quick, arms, workdir, progress, options)
             result["targets"] = [{"target": t, "met": m, "evidence": e} for t, m, e in targets(result, periodic)]
             missed += sum(t["met"] is False for t in result["targets"])
             results.append(result)
             print(render(result, periodic), end="\n\n", flush=True)
+    print(f"driftloop arm: strategy {args.strategy or 'default'}; "
+          f"every arm: retraining {options.retraining or 'default'}")
     print(summary(results))
     total = sum(t["met"] is not None for r in results for t in r["targets"])
     print(f"targets met: {total - missed} of {total}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"window_rows": WINDOW, "k": args.k, "quick": args.quick,
+                                         "strategy": args.strategy, "retraining": options.retraining,
                                          "scenarios": results}, indent=1))
     return 1 if missed else 0
 

@@ -75,8 +75,9 @@ class BoostingModel(SklearnModel):
 
 
 def fit_boosting(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series, params: dict[str, Any], seed: int,
-                 warm_start: bytes | None = None) -> BoostingModel:
-    """Fit LightGBM on ``schema``'s features (numeric passed through, categorical one-hot encoded)."""
+                 warm_start: bytes | None = None, sample_weight: np.ndarray | None = None) -> BoostingModel:
+    """Fit LightGBM on ``schema``'s features (numeric passed through, categorical one-hot encoded);
+    ``sample_weight``: one weight per row, LightGBM's own."""
     from sklearn.pipeline import Pipeline
 
     if warm_start is not None:
@@ -97,7 +98,8 @@ def fit_boosting(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series, params: d
     estimator = estimator_cls(**(DEFAULTS | {"random_state": seed} | params))
     pipeline = Pipeline([("pre", preprocessor(schema, scaled=False)), ("model", estimator)])
     try:
-        pipeline.fit(as_float32(x, schema.numeric), y)
+        pipeline.fit(as_float32(x, schema.numeric), y,
+                     **({} if sample_weight is None else {"model__sample_weight": sample_weight}))
     except lightgbm.basic.LightGBMError as exc:  # a parameter value LightGBM checks at fit time
         raise ConfigError(f"model.params: LightGBM refused them: {exc}") from None
     text = estimator.booster_.model_to_string()

@@ -23,6 +23,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.utils.validation import has_fit_parameter
 
 from models.errors import ConfigError
 from models.schema import FeatureSchema
@@ -40,7 +41,8 @@ class Trained(Protocol):
     def to_onnx(self, schema: FeatureSchema) -> bytes: ...
 
 
-Fitter = Callable[[FeatureSchema, pd.DataFrame, pd.Series, dict[str, Any], int, bytes | None], Trained]
+# (schema, x, y, params, seed, warm_start) -> Trained; a Family with weighted=True also takes sample_weight=
+Fitter = Callable[..., Trained]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Family:
     fitter: Fitter | None = None  # any other family: (schema, x, y, params, seed, warm_start) -> Trained
     neural: bool = False  # can fine-tune from the champion's graph (warm start)
     inputs: str = "tabular"  # or "image" / "sequence": one array feature
+    weighted: bool = False  # its fitter takes sample_weight (scikit-learn families: read from fit's signature)
 
 
 class SklearnModel:
@@ -149,15 +152,15 @@ def _autoencoder(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None, pa
 
 
 def _lightgbm(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None, params: dict[str, Any], seed: int,
-              warm_start: bytes | None) -> Trained:
+              warm_start: bytes | None, sample_weight: np.ndarray | None = None) -> Trained:
     from models.boosting import fit_boosting  # lightgbm and onnxmltools only when used
 
-    return fit_boosting(schema, x, y, params, seed, warm_start)
+    return fit_boosting(schema, x, y, params, seed, warm_start, sample_weight=sample_weight)
 
 
 # Histogram gradient boosting: scikit-learn's HistGradientBoosting* do not convert with
 # skl2onnx 1.20 under protobuf 7 (a bool in an int attribute), LightGBM via onnxmltools does.
-FAMILIES["lightgbm"] = Family("lightgbm", CLS_REG, fitter=_lightgbm)
+FAMILIES["lightgbm"] = Family("lightgbm", CLS_REG, fitter=_lightgbm, weighted=True)
 
 
 def _array_net(kind: str) -> Fitter:
@@ -196,20 +199,49 @@ def preprocessor(schema: FeatureSchema, scaled: bool = True) -> ColumnTransforme
 
 
 def fit_model(schema: FeatureSchema, kind: str, params: dict[str, Any] | None, seed: int,
-              x: pd.DataFrame, y: pd.Series | None, warm_start: bytes | None = None) -> Trained:
+              x: pd.DataFrame, y: pd.Series | None, warm_start: bytes | None = None,
+              sample_weight: np.ndarray | None = None) -> Trained:
     """Fit the ``kind`` family on features ``x`` and target ``y`` (None for unsupervised tasks);
-    neural families may start from the weights in ``warm_start`` (an earlier version's graph)."""
+    neural families may start from the weights in ``warm_start`` (an earlier version's graph).
+
+    ``sample_weight`` (one per row): passed to the estimator's ``fit`` where it takes one
+    (scikit-learn estimators whose ``fit`` has ``sample_weight``, LightGBM); every other kind
+    (k-nearest neighbours, the neural ones) learns from :func:`resample` of the rows instead, the
+    one fallback: as many rows drawn with replacement, each with probability proportional to its
+    weight, deterministic with ``seed``.
+    """
     family = family_of(kind, schema.task)
     if warm_start is not None and not family.neural:
         raise ConfigError(f"model.warm_start: {kind!r} cannot fine-tune; only neural kinds can")
-    if family.fitter is not None:
+    pipeline = build_pipeline(schema, kind, params, seed) if family.fitter is None else None
+    weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if weights is not None:
+        takes = family.weighted if pipeline is None else has_fit_parameter(pipeline.named_steps["model"],
+                                                                            "sample_weight")
+        if not takes:
+            x, y = resample(x, y, weights, seed)
+            weights = None
+    if pipeline is None:
         try:
-            return family.fitter(schema, x, y, dict(params or {}), seed, warm_start)
+            return family.fitter(schema, x, y, dict(params or {}), seed, warm_start,
+                                 **({} if weights is None else {"sample_weight": weights}))
         except TypeError as exc:
             raise ConfigError(f"model.params: {kind!r} ({schema.task}) refused them: {exc}") from None
-    pipeline = build_pipeline(schema, kind, params, seed)
-    pipeline.fit(x, y) if y is not None else pipeline.fit(x)
+    fit_params = {} if weights is None else {"model__sample_weight": weights}
+    pipeline.fit(x, y, **fit_params) if y is not None else pipeline.fit(x, **fit_params)
     return SklearnModel(pipeline, schema.task)
+
+
+def resample(x: pd.DataFrame, y: pd.Series | None, sample_weight: np.ndarray, seed: int
+             ) -> tuple[pd.DataFrame, pd.Series | None]:
+    """``len(x)`` rows drawn with replacement, with probability proportional to ``sample_weight``
+    (``seed``-deterministic), kept in their original order: weights for kinds that take none."""
+    w = np.asarray(sample_weight, dtype=np.float64)
+    if len(w) != len(x) or not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"sample_weight: {len(w)} finite, non-negative weights with a positive sum needed "
+                         f"for {len(x)} rows")
+    picked = np.sort(np.random.default_rng(seed).choice(len(x), size=len(x), replace=True, p=w / w.sum()))
+    return x.iloc[picked].reset_index(drop=True), None if y is None else y.iloc[picked].reset_index(drop=True)
 
 
 def build_pipeline(schema: FeatureSchema, kind: str, params: dict[str, Any] | None = None,

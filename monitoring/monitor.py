@@ -284,11 +284,12 @@ class Monitor:
         return done
 
     def _fresh_rows(self, first_id: int, last_id: int) -> pd.DataFrame:
-        """The rows a retrain learns from: labelled ones (supervised) or all (unsupervised)."""
+        """The rows a retrain gets: every logged row of the streak, with its label as the target
+        (None where none arrived yet: the job trains on labelled rows; the ``reweighted`` strategy
+        also weighs by the unlabelled ones' inputs)."""
+        fresh = self.store.rows_between(first_id, last_id)
         if self.settings.task in SUPERVISED:
-            fresh = self.store.labelled_rows(first_id, last_id).rename(columns={"label": self.settings.data.target})
-        else:
-            fresh = self.store.rows_between(first_id, last_id)
+            fresh = fresh.rename(columns={"label": self.settings.data.target})
         if self.settings.data.timestamp:
             fresh[self.settings.data.timestamp] = fresh["created_at"]
         return fresh

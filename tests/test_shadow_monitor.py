@@ -125,3 +125,26 @@ def test_no_new_retrain_while_a_candidate_is_in_shadow(shadow_world: dict[str, A
     assert retrains and calls == []
     assert {c["outcome"] for c in retrains} == {"shadow_pending"}
     assert all("is in shadow" in c["reason"] for c in shadow_world["store"].checks() if c["decision"] == "retrain")
+
+
+def test_a_candidate_that_passes_the_gate_goes_to_shadow_not_to_the_champion(shadow_world: dict[str, Any]) -> None:
+    settings = make_settings(Path(shadow_world["settings"].monitoring.reports_dir).parent,
+                             registry={"home": str(shadow_world["settings"].registry.home)},
+                             monitoring={"window_rows": WINDOW, "min_labels": 100},
+                             retraining={"min_rows": 300, "shadow": {"enabled": True, "min_labels": 300}})
+    store, registry = shadow_world["store"], shadow_world["registry"]
+    monitor = Monitor(settings, store, registry)
+    rows = live(shadow_world)
+    checks = []
+    for start in range(0, 3 * WINDOW, WINDOW):
+        serve(store, registry, rows.iloc[start:start + WINDOW])
+        checks += monitor.run_once()
+    (retrained,) = [c for c in checks if c["decision"] == "retrain"]
+    assert retrained["outcome"] == "shadow", retrained
+    (event,) = store.events("retrain_shadow")
+    assert registry.shadow().version == event["detail"]["candidate"] and registry.champion().version == "v1"
+    serve_with_shadow(shadow_world, rows.iloc[3 * WINDOW:4 * WINDOW])  # the workers score it; 300 labels arrive
+    monitor.run_once()
+    assert registry.shadow() is None
+    (verdict,) = store.events("shadow_promoted") + store.events("shadow_rejected")
+    assert verdict["model_version"] == event["detail"]["candidate"] and verdict["detail"]["labelled"] >= 300

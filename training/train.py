@@ -21,9 +21,9 @@ from models.errors import ConfigError
 from models.families import expected_anomaly_rate, fit_model
 from models.onnx_model import OnnxModel, check_parity
 from models.registry import ModelVersion, Registry
-from models.schema import SUPERVISED, FeatureSchema, as_array
+from models.schema import SUPERVISED, FeatureSchema
 from training import data as data_mod
-from training import evaluate, scenarios
+from training import evaluate, guard, scenarios
 from training.report import permutation_importance, write_report
 from training.search import search
 
@@ -42,13 +42,26 @@ class TrainResult:
     seconds: float
 
 
-def initial_frame(settings: Settings) -> pd.DataFrame:
-    """The data the first model learns from: the user's file, or the scenario's ``train`` period."""
+def source_frame(settings: Settings) -> pd.DataFrame:
+    """The initial data as given: the user's file, or the scenario's ``train`` period."""
     if settings.data.path is not None:
-        columns = [*settings.features, settings.data.target]
+        columns = [*settings.features, *([settings.data.target] if settings.data.target else [])]
         return data_mod.load_frame(settings.data.path, columns, settings.data.timestamp)
     frame = scenarios.scenario_frame(settings.data.scenario, seed=settings.seed)
     return frame[frame["period"] == "train"].reset_index(drop=True)
+
+
+def initial_frame(settings: Settings) -> pd.DataFrame:
+    """The data the first model learns from (and ``window_and_original`` / ``reweighted``
+    retraining too): :func:`source_frame` without the guard set's rows (``training/guard.py``),
+    which is fixed here at first use."""
+    source = source_frame(settings)
+    return guard.without_guard(source, guard.guard_frame(settings, source), guard.guard_columns(settings))
+
+
+def guard_frame(settings: Settings) -> pd.DataFrame | None:
+    """The fixed guard set (None when ``retraining.guard`` configures none)."""
+    return guard.guard_frame(settings)
 
 
 Progress = Callable[[str], None]
@@ -82,26 +95,42 @@ class Fitted:
 
 
 def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None,
-        progress: Progress | None = None) -> Fitted:
+        progress: Progress | None = None, *, sample_weight: np.ndarray | None = None,
+        base: pd.DataFrame | None = None, reference: pd.DataFrame | None = None) -> Fitted:
     """split -> fit -> evaluate -> export -> check parity, on ``frame`` (features and target).
 
     ``warm_start``: an earlier version's ONNX graph to fine-tune from (neural kinds only).
-    ``progress`` hears one line per finished step.
+    ``progress`` hears one line per finished step. For retraining (``training/retrain.py``):
+
+    * ``sample_weight``: one weight per row of ``frame`` (importance weights); the rows of the
+      training split keep theirs (see :func:`models.families.fit_model` for kinds that take none);
+      the validation figures stay unweighted;
+    * ``base``: rows always in the training split, before ``frame``'s (never validated): the
+      original data under ``window_and_original``, so the validation rows stay the newest live ones;
+    * ``reference``: the drift baseline to keep (default: a sample of ``frame``), e.g. the live
+      inputs a reweighted model was adapted to.
     """
     started = time.perf_counter()
     step = _Steps(progress)
     supervised = settings.task in SUPERVISED
     target = settings.data.target if supervised else None  # unsupervised kinds learn from inputs only
     timestamp = settings.data.timestamp if settings.data.timestamp in frame.columns else None
-    labels = sorted(frame[target].unique().tolist()) if settings.task == "classification" else []
-    schema = FeatureSchema.infer(frame, dict(settings.features), settings.task, target, tuple(labels))
+    frame = frame.reset_index(drop=True)
+    seen = frame if base is None else pd.concat([base, frame], ignore_index=True)
+    labels = sorted(seen[target].unique().tolist()) if settings.task == "classification" else []
+    schema = FeatureSchema.infer(seen, dict(settings.features), settings.task, target, tuple(labels))
 
     train, valid = data_mod.split(frame, settings.training.validation_fraction, timestamp, settings.seed)
+    weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[train.index.to_numpy()]
+    n_base = 0 if base is None else len(base)
     step(f"split {len(frame)} rows: {len(train)} to train, {len(valid)} to validate"
-         f"{' (time-ordered)' if timestamp else ' (shuffled)'}")
+         f"{' (time-ordered)' if timestamp else ' (shuffled)'}{f'; {n_base} more always trained on' if n_base else ''}")
+    if base is not None:
+        train = pd.concat([base, train], ignore_index=True)
+        weights = None if weights is None else np.concatenate([np.ones(n_base), weights])
     params = dict(settings.model.params)
     found = None
-    if settings.model.search is not None:
+    if settings.model.search is not None:  # unweighted: the search picks parameters, not the fit
         found = search(schema, settings.model.kind, params, settings.model.search, settings.seed,
                        train[schema.names], train[target], time_ordered=timestamp is not None)
         params |= found.best_params
@@ -109,10 +138,11 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
              f"{found.metric} {found.best_score:.4f}")
     try:
         model = fit_model(schema, settings.model.kind, params, settings.seed,
-                          train[schema.names], train[target] if target else None, warm_start)
+                          train[schema.names], train[target] if target else None, warm_start, sample_weight=weights)
     except InvalidParameterError as exc:  # a parameter value out of range, found at fit time
         raise ConfigError(f"model.params: {exc}") from None
-    step(f"fit {settings.model.kind}{' (fine-tuned from the champion)' if warm_start else ''}")
+    step(f"fit {settings.model.kind}{' (fine-tuned from the champion)' if warm_start else ''}"
+         f"{' (importance-weighted)' if weights is not None else ''}")
 
     x_valid = valid[schema.names]
     y_valid = valid[target] if target else None
@@ -129,8 +159,9 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
     parity = check_parity(model, onnx_bytes, schema, valid)
     step(f"exported to ONNX ({len(onnx_bytes) / 1024:.0f} KiB); parity: max difference {parity.max_abs_diff:.1e}")
 
-    reference = frame[schema.names].sample(n=min(settings.training.reference_rows, len(frame)),
-                                           random_state=settings.seed)
+    pool = frame if reference is None else reference
+    reference = pool[schema.names].sample(n=min(settings.training.reference_rows, len(pool)),
+                                          random_state=settings.seed)
     metadata = {
         "kind": settings.model.kind,
         "params": params,
@@ -143,8 +174,8 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
                                    else None),
         "parity": parity.to_dict(),
         "rows": {"train": len(train), "validation": len(valid)},
-        "data_fingerprint": fingerprint(frame[[*schema.names, *([target] if target else [])]]),
-        "time_range": _time_range(frame, timestamp),
+        "data_fingerprint": fingerprint(seen[[*schema.names, *([target] if target else [])]]),
+        "time_range": _time_range(seen, timestamp if base is None or timestamp in base.columns else None),
         "libraries": library_versions(),
         "code_revision": code_revision(),
         "seed": settings.seed,
@@ -199,12 +230,7 @@ def train_version(settings: Settings, frame: pd.DataFrame, registry: Registry, *
 
 def fingerprint(frame: pd.DataFrame) -> str:
     """sha256 of the rows' contents (array values, images and sequences, by their bytes)."""
-    frame = frame.reset_index(drop=True).copy()
-    for name in frame.columns:
-        if frame[name].dtype == object and len(frame) and isinstance(frame[name].iloc[0], (list, np.ndarray)):
-            frame[name] = frame[name].map(lambda v: as_array(v, np.float64).tobytes())
-    hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    return hashlib.sha256(hashed.tobytes()).hexdigest()
+    return hashlib.sha256(guard.row_hashes(frame).tobytes()).hexdigest()
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:

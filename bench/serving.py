@@ -61,7 +61,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -539,14 +538,10 @@ class BareServer(Server):
         return process_tree(self.proc.pid) if self.proc else []
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        from driftloop.launch import stop_process
+
+        if self.proc is not None:
+            stop_process(self.proc, 15)
 
 
 # -- the benchmark ---------------------------------------------------------------------------------

@@ -144,13 +144,7 @@ class ServiceProcess:
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process(self.proc, timeout)
         if self._log:
             self._log.close()
         if self.bentoml_home is not None:
@@ -162,3 +156,16 @@ class ServiceProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """SIGTERM a child started with ``start_new_session=True``; if it has not exited after
+    ``timeout`` seconds, SIGKILL its whole process group."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)

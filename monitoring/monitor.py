@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from models.registry import Registry
+from models.registry import ModelVersion, Registry
 from training.evaluate import estimate_accuracy, primary
 from training.retrain import PROMOTED, REJECTED
 from models.schema import SUPERVISED, FeatureSchema
@@ -75,6 +75,7 @@ class Monitor:
         self.policy = pol.RetrainPolicy(policy_config(settings))
         self._baseline: DriftBaseline | None = None  # the champion's reference, prepared once
         self.workspace = DriftWorkspace.from_settings(settings)
+        self._versions: dict[str, ModelVersion] = {}  # registry records read so far (see _version)
         self._estimated = (-1, 0)  # the newest window estimated while it waited for labels, and its last id
         self._suspected_window = -1  # ...and the newest of those suspected (its event is recorded)
         self._restore()
@@ -96,7 +97,7 @@ class Monitor:
         """The policy's view of a window: drift, the accuracy of the rows the champion answered,
         and the estimate from its confidence (compared with its validation accuracy, the scale
         its calibration was learnt on)."""
-        metadata = self.registry.get(champion).metadata
+        metadata = self._version(champion).metadata
         baseline, baseline_rows = expected_accuracy(metadata)
         calibrated = metadata.get("confidence_calibration") and metadata.get("metrics", {}).get("accuracy")
         return pol.WindowStats(index, rows, drift_share, labelled, accuracy,
@@ -104,10 +105,16 @@ class Monitor:
                                estimated_accuracy=estimated if calibrated else None,
                                estimated_baseline=calibrated or None)
 
+    def _version(self, version: str) -> ModelVersion:
+        """A registered version's record, read from the registry once (versions never change)."""
+        if version not in self._versions:
+            self._versions[version] = self.registry.get(version)
+        return self._versions[version]
+
     def _estimate(self, version: str, frame: pd.DataFrame) -> float | None:
         """Accuracy of ``version``'s rows in ``frame`` estimated from their logged confidence
         (classifiers; calibrated by the version's validation rows when it has them)."""
-        mv = self.registry.get(version)
+        mv = self._version(version)
         if mv.schema.task != "classification" or "confidence" not in frame:
             return None
         rows = frame.loc[frame["model_version"] == version, "confidence"].dropna()
@@ -179,7 +186,7 @@ class Monitor:
         if champion is None:
             raise RuntimeError("no champion: train and promote a model before monitoring")
         reference_version = champion.version
-        schema = self.registry.get(reference_version).schema
+        schema = self._version(reference_version).schema
         served = frame["model_version"].mode().iloc[0]
 
         drift = self._drift_baseline(reference_version, schema).check(frame)
@@ -245,7 +252,7 @@ class Monitor:
             self.workspace.record(version, index, drift, timestamp=_utc(frame["created_at"].max()),
                                   tags=[f"decision={decision.action}"],
                                   metadata={"decision": decision.action, "reason": decision.reason},
-                                  description=f"{self.registry.get(version).metadata.get('kind')} {version}: "
+                                  description=f"{self._version(version).metadata.get('kind')} {version}: "
                                               "every checked window against this version's reference")
         except Exception:
             log.exception("window %d: the Evidently snapshot could not be written", index)
@@ -406,7 +413,7 @@ class Monitor:
     def _interrupted(self) -> None:
         """Checks still "running": the process that ran their retrain died (this one runs none
         now, and no live process holds the retrain lease). Recorded as failed, to be retried."""
-        running = [c for c in self.store.checks() if c["outcome"] == RUNNING]
+        running = self.store.checks(outcome=RUNNING)
         if not running or read_state(self.store, RETRAIN_LEASE).active:
             return
         starts = {e["window"]: e for e in self.store.events("retrain_started")}
@@ -437,8 +444,7 @@ class Monitor:
         if check["accuracy"] is not None:
             m.accuracy.set(check["accuracy"])
         version = check["reference_version"]
-        mv = self.registry.get(version)
-        m.set_expected_accuracy(version, expected_accuracy(mv.metadata)[0])
+        m.set_expected_accuracy(version, expected_accuracy(self._version(version).metadata)[0])
         if check["estimated_accuracy"] is not None:  # classifiers: from the champion's calibrated confidence
             m.estimated_accuracy.labels("confidence").set(check["estimated_accuracy"])
         m.label_coverage.set(check["labelled"] / check["rows"])

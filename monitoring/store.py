@@ -359,8 +359,11 @@ class PredictionStore:
         if result.rowcount == 0:
             raise KeyError(f"no check recorded for window {window}")
 
-    def checks(self, since_window: int = -1) -> list[dict[str, Any]]:
+    def checks(self, since_window: int = -1, outcome: str | None = None) -> list[dict[str, Any]]:
+        """Checks after ``since_window`` in window order; only those with ``outcome`` if given."""
         q = sa.select(checks).where(checks.c.window > since_window).order_by(checks.c.window)
+        if outcome is not None:
+            q = q.where(checks.c.outcome == outcome)
         with self.engine.connect() as conn:
             return [_check(r) for r in conn.execute(q).mappings()]
 

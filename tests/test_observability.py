@@ -12,7 +12,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 import yaml
 
 from driftloop.demo import Replay, free_port
-from driftloop.launch import ServiceProcess, write_config
+from driftloop.launch import ServiceProcess, stop_process, write_config
 from models.registry import Registry
 from monitoring.store import PredictionStore
 from tests.conftest import make_settings
@@ -100,13 +99,7 @@ class Prometheus:
 
     def stop(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 20)
 
 
 def start_monitor(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -116,16 +109,6 @@ def start_monitor(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:  # the child keeps its own descriptor
         return subprocess.Popen([str(driftloop), "monitor", "--config", str(config)], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 @pytest.fixture(scope="session")

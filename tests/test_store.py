@@ -161,6 +161,8 @@ def test_checks_round_trip(store: PredictionStore) -> None:
     assert last is not None and last["window"] == 2 and last["outcome"] == "promoted"
     assert last["drifted_features"] == ["f2"]
     assert [c["window"] for c in store.checks(since_window=0)] == [1, 2]
+    assert [c["window"] for c in store.checks(outcome="promoted")] == [2]
+    assert store.checks(since_window=2, outcome="promoted") == []
 
 
 def test_record_check_keeps_a_given_created_at(store: PredictionStore) -> None:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from driftloop.demo import free_port
+from driftloop.launch import stop_process
 from monitoring.drift import DriftBaseline, DriftResult, preset_columns
 from monitoring.workspace import DriftWorkspace, utc_naive
 
@@ -224,13 +225,7 @@ class EvidentlyUI:
 
     def stop(self) -> None:
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 20)
 
 
 @pytest.mark.slow

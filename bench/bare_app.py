@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from models.schema import SECOND_OUTPUT, FeatureSchema
+from driftloop.models.schema import SECOND_OUTPUT, FeatureSchema
 
 CONFIG_ENV = "BARE_APP_CONFIG"
 

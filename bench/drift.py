@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.schema import FeatureSchema
-from monitoring.drift import DriftBaseline, frame_for_drift, preset_columns, run_preset
+from driftloop.models.schema import FeatureSchema
+from driftloop.monitoring.drift import DriftBaseline, frame_for_drift, preset_columns, run_preset
 
 TARGET_RATIO = 1 / 3
 

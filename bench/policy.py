@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monitoring import policy as pol
-from training import scenarios as sc
+from driftloop.monitoring import policy as pol
+from driftloop.training import scenarios as sc
 
 WINDOW = 500  # rows per monitoring window (the default monitoring.window_rows)
 K = 4  # the periodic baseline retrains every K windows on the K windows before (see README)
@@ -196,9 +196,9 @@ def changes_of(parts: list[sc.Period | sc.Ramp]) -> list[Change]:
 def run_arm(arm: str, live: pd.DataFrame, base: Path, root: Path, case: Case, progress: Callable[[str], None],
             options: Options = Options()) -> ArmRun:
     """Replay ``live`` through a monitor with the arm's policy, from a copy of the registry in ``base``."""
-    from models.registry import Registry
-    from monitoring.monitor import Monitor
-    from monitoring.store import PredictionStore
+    from driftloop.models.registry import Registry
+    from driftloop.monitoring.monitor import Monitor
+    from driftloop.monitoring.store import PredictionStore
 
     started = time.perf_counter()
     shutil.copytree(base / "bentoml", root / "bentoml")
@@ -276,7 +276,7 @@ def retrain_log(store: Any) -> list[dict[str, Any]]:
 def oracle_correct(case: Case, live: pd.DataFrame, changes: list[Change], root: Path) -> np.ndarray:
     """Per live row, whether the oracle of the row's segment (trained on a fresh sample of the
     world after that segment's change) predicts its label; NaN before the first change."""
-    from training.train import fit
+    from driftloop.training.train import fit
 
     settings = settings_for(root)
     out = np.full(len(live), np.nan)
@@ -300,8 +300,8 @@ def replay_case(case: Case, quick: bool, arms: list[str], workdir: Path, progres
                 options: Options = Options()) -> tuple[pd.DataFrame, list[Change], dict[str, ArmRun], np.ndarray]:
     """Train the first model (on :func:`~training.train.initial_frame`: the ``train`` period less
     the guard rows) and the oracles, replay every arm: (live rows, changes, runs, oracle)."""
-    from models.registry import Registry
-    from training.train import initial_frame, train_version
+    from driftloop.models.registry import Registry
+    from driftloop.training.train import initial_frame, train_version
 
     parts = case.timeline(**(case.quick if quick else case.full))
     frame = sc.generate(parts, seed=case.seed)

@@ -559,11 +559,11 @@ class Prepared:
 def prepare(workdir: Path, seed: int = 42, port: int | None = None) -> Prepared:
     """Train the built-in ``loans`` scenario's gradient boosting model into a registry under
     ``workdir``, promote it, and verify the file the bare app will load."""
-    from driftloop.demo import free_port
+    from driftloop.launch import free_port
     from driftloop.settings import load_settings
-    from models.registry import MODEL_FILE, Registry
-    from training.scenarios import scenario_frame
-    from training.train import train_version
+    from driftloop.models.registry import MODEL_FILE, Registry
+    from driftloop.training.scenarios import scenario_frame
+    from driftloop.training.train import train_version
 
     settings = load_settings(None, seed=seed, model={"kind": "gradient_boosting"},
                              registry={"home": str(workdir / "bentoml")},
@@ -614,10 +614,10 @@ def inprocess_costs(prep: Prepared, workdir: Path, calls: int = 2000) -> dict[st
     import statistics
 
     from bench.bare_app import BareModel
-    from models.registry import Registry
-    from monitoring.store import PredictionStore
-    from service.metrics import serving_metrics
-    from service.serving import Serving
+    from driftloop.models.registry import Registry
+    from driftloop.monitoring.store import PredictionStore
+    from driftloop.service.metrics import serving_metrics
+    from driftloop.service.serving import Serving
 
     rows = [prep.rows[0]]
 
@@ -676,7 +676,7 @@ class ServingBenchmark:
         return format_table(self)
 
     def to_dict(self) -> dict[str, Any]:
-        from training.report import jsonable
+        from driftloop.training.report import jsonable
 
         return jsonable(asdict(self))
 
@@ -688,7 +688,7 @@ class ServingBenchmark:
 
 
 def machine_info() -> dict[str, Any]:
-    from training.train import library_versions
+    from driftloop.training.train import library_versions
 
     versions = library_versions(LIBRARIES)
     exe = wrk_path()
@@ -729,7 +729,7 @@ def run_benchmark(*, duration: float = DURATION_S, connections: Sequence[int] = 
         inprocess = inprocess_costs(prep, workdir, inprocess_calls)
         body = json.dumps({"rows": [prep.rows[0]]}).encode()
         script = write_wrk_script(body, workdir / "post.lua")
-        from driftloop.demo import free_port
+        from driftloop.launch import free_port
 
         host = prep.settings.serving.host
         bare = BareServer(prep.model_path, prep.sha256, prep.version, prep.schema, workdir, host, free_port())

@@ -48,11 +48,11 @@ GRU_PARAMS = {"epochs": 20, "patience": 3}  # the default network (32 units, a 6
 
 def train(workdir: Path, kind: str, scenario: str, params: dict[str, Any] | None = None, **serving: Any) -> Any:
     """Settings for a one-worker service over a fresh registry with ``kind`` trained and promoted."""
-    from driftloop.demo import free_port
+    from driftloop.launch import free_port
     from driftloop.settings import load_settings
-    from models.registry import Registry
-    from training.scenarios import scenario_frame
-    from training.train import train_version
+    from driftloop.models.registry import Registry
+    from driftloop.training.scenarios import scenario_frame
+    from driftloop.training.train import train_version
 
     settings = load_settings(None, seed=42, model={"kind": kind, "params": params or {}}, data={"scenario": scenario},
                              registry={"home": str(workdir / "bentoml")},
@@ -73,7 +73,7 @@ def train(workdir: Path, kind: str, scenario: str, params: dict[str, Any] | None
 @contextlib.contextmanager
 def serving(settings: Any, workdir: Path, name: str, **overrides: Any) -> Iterator[DriftloopServer]:
     """The service with ``serving`` overrides, its own store and port; stopped on exit."""
-    from driftloop.demo import free_port
+    from driftloop.launch import free_port
 
     run_dir = workdir / name
     run_dir.mkdir(parents=True, exist_ok=True)

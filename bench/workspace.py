@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.schema import FeatureSchema
-from monitoring.drift import DriftBaseline
-from monitoring.workspace import DriftWorkspace
-from training import scenarios
+from driftloop.models.schema import FeatureSchema
+from driftloop.monitoring.drift import DriftBaseline
+from driftloop.monitoring.workspace import DriftWorkspace
+from driftloop.training import scenarios
 
 
 def _ms(seconds: list[float]) -> str:

@@ -5,7 +5,9 @@
 Reads the settings (``--config`` or ``DRIFTLOOP_CONFIG``), finds the champion, and runs
 ``bentoml build`` with ``deploy/bentofile.yaml`` plus that one model, with ``BENTOML_HOME`` at the
 registry's home, so the model comes out of the registry's store and the Bento lands beside it
-(``<registry.home>/bentos``). Prints the Bento's tag. Nothing is downloaded: the Python packages
+(``<registry.home>/bentos``). Prints the Bento's tag. The build context is the repository staged in
+the installed layout (pyproject.toml's ``package-dir``: ``models/`` becomes ``driftloop/models/``,
+...), so the Bento imports ``driftloop.service.app`` exactly as an installed driftloop does. Nothing is downloaded: the Python packages
 are recorded, not resolved (``lock_packages: false``).
 """
 
@@ -16,7 +18,9 @@ import json
 import os
 import subprocess
 import sys
+import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -31,10 +35,21 @@ def bentofile_with(champion_tag: str, version: str) -> dict:
     return spec
 
 
+def stage(project_root: Path, into: Path) -> Path:
+    """Copy the project's packages into ``into`` in their installed layout (pyproject.toml's
+    ``[tool.setuptools.package-dir]``), with the requirements file the bentofile names."""
+    pyproject = tomllib.loads((project_root / "pyproject.toml").read_text())
+    for package, folder in pyproject["tool"]["setuptools"]["package-dir"].items():
+        shutil.copytree(project_root / folder, into / package.replace(".", "/"), dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (into / "deploy").mkdir(exist_ok=True)
+    shutil.copy2(project_root / "deploy" / "requirements-service.txt", into / "deploy")
+    return into
+
+
 def build(config: str | None, project_root: Path) -> str:
-    sys.path.insert(0, str(project_root))
+    from driftloop.models.registry import Registry
     from driftloop.settings import load_settings
-    from models.registry import Registry
 
     settings = load_settings(config)
     registry = Registry(settings.registry.home, settings.registry.project)
@@ -47,9 +62,10 @@ def build(config: str | None, project_root: Path) -> str:
     env = os.environ | {"BENTOML_HOME": str(Path(settings.registry.home).resolve()),
                         "BENTOML_DO_NOT_TRACK": "true", "DO_NOT_TRACK": "1"}
     with tempfile.TemporaryDirectory() as tmp:
+        context = stage(project_root, Path(tmp) / "context")
         bentofile = Path(tmp) / "bentofile.yaml"
         bentofile.write_text(yaml.safe_dump(bentofile_with(tag, champion.version), sort_keys=False))
-        out = subprocess.run([str(bentoml), "build", "-f", str(bentofile), "--output", "tag", str(project_root)],
+        out = subprocess.run([str(bentoml), "build", "-f", str(bentofile), "--output", "tag", str(context)],
                              env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"bentoml build failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from models.errors import DriftloopError
+from driftloop.models.errors import DriftloopError
 
 app = typer.Typer(help="driftloop: train, serve, watch, retrain.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -50,7 +50,7 @@ def _logging(verbose: bool = False) -> None:
 
 
 def _registry(settings):  # noqa: ANN001, ANN202
-    from models.registry import Registry
+    from driftloop.models.registry import Registry
 
     return Registry(settings.registry.home, settings.registry.project)
 
@@ -62,8 +62,8 @@ def train(config: ConfigOpt = None,
     """Train a model on the configured data, export it to ONNX, register it."""
     logging.basicConfig(level=logging.WARNING)
     try:
-        from training.report import metrics_table
-        from training.train import initial_frame, report_dir, train_version
+        from driftloop.training.report import metrics_table
+        from driftloop.training.train import initial_frame, report_dir, train_version
 
         settings = _settings(config)
         registry = _registry(settings)
@@ -108,11 +108,11 @@ def monitor(config: ConfigOpt = None,
             once: Annotated[bool, typer.Option(help="Check the ready windows once and exit.")] = False) -> None:
     """Run the monitor: scheduled drift and accuracy checks that trigger retraining."""
     _logging()
-    from monitoring.metrics import MonitorMetrics
-    from monitoring.monitor import Monitor
-    from monitoring.scheduler import ActiveScheduler, exclusive_retrainer
-    from monitoring.store import PredictionStore
-    from training.retrain import retrain
+    from driftloop.monitoring.metrics import MonitorMetrics
+    from driftloop.monitoring.monitor import Monitor
+    from driftloop.monitoring.scheduler import ActiveScheduler, exclusive_retrainer
+    from driftloop.monitoring.store import PredictionStore
+    from driftloop.training.retrain import retrain
 
     try:
         settings = _settings(config)
@@ -147,7 +147,7 @@ def monitor(config: ConfigOpt = None,
 @contextmanager
 def _store(config: Path | None, migrate: bool = True):  # noqa: ANN202
     """The configured store (migrated to the newest revision unless ``migrate`` is False), closed after."""
-    from monitoring.store import PredictionStore
+    from driftloop.monitoring.store import PredictionStore
 
     store = PredictionStore(_settings(config).store.url)
     try:
@@ -159,8 +159,8 @@ def _store(config: Path | None, migrate: bool = True):  # noqa: ANN202
 @jobs_app.command("list")
 def jobs_list(config: ConfigOpt = None) -> None:
     """Every job, its schedule and next run; and which monitor is active."""
-    from monitoring.lease import SCHEDULER, read_state
-    from monitoring.scheduler import list_jobs
+    from driftloop.monitoring.lease import SCHEDULER, read_state
+    from driftloop.monitoring.scheduler import list_jobs
 
     try:
         with _store(config) as store:
@@ -198,7 +198,7 @@ def jobs_run(name: str, config: ConfigOpt = None) -> None:
 
 
 def _job_command(action: str, name: str, config: Path | None) -> None:
-    from monitoring import scheduler as sched
+    from driftloop.monitoring import scheduler as sched
 
     do = {"pause": sched.pause_job, "resume": sched.resume_job, "run": sched.run_job_now}[action]
     try:
@@ -215,7 +215,7 @@ def _job_command(action: str, name: str, config: Path | None) -> None:
 def db_upgrade(config: ConfigOpt = None,
                revision: Annotated[str, typer.Option(help="Target revision.")] = "head") -> None:
     """Create the store's tables or migrate them to REVISION (the newest by default)."""
-    from monitoring import migrations
+    from driftloop.monitoring import migrations
 
     try:
         with _store(config, migrate=False) as store:
@@ -229,7 +229,7 @@ def db_upgrade(config: ConfigOpt = None,
 @db_app.command("current")
 def db_current(config: ConfigOpt = None) -> None:
     """The store's schema revision and the newest this driftloop knows."""
-    from monitoring import migrations
+    from driftloop.monitoring import migrations
 
     try:
         with _store(config, migrate=False) as store:
@@ -259,7 +259,7 @@ def demo(workdir: Annotated[Path, typer.Option(help="Where the demo keeps its re
 def history(config: ConfigOpt = None,
             events: Annotated[bool, typer.Option(help="Show the audit events instead of the checks.")] = False) -> None:
     """The monitor's checks (one per window) or its audit events."""
-    from monitoring.store import PredictionStore
+    from driftloop.monitoring.store import PredictionStore
 
     settings = _settings(config)
     store = PredictionStore(settings.store.url).create()
@@ -285,7 +285,7 @@ def bench(rows: Annotated[int, typer.Option(min=10, help="Training rows per mode
           = None) -> None:
     """Benchmark every model family: training time, ONNX size, latency (native vs onnxruntime), parity."""
     logging.basicConfig(level=logging.WARNING)
-    from training.benchmark import run_benchmark
+    from driftloop.training.benchmark import run_benchmark
 
     names = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
     try:
@@ -357,7 +357,7 @@ def models_diff(a: Annotated[str, typer.Argument(metavar="V1")], b: Annotated[st
     except DriftloopError as exc:
         _fail(exc)
     if as_json:
-        from training.report import jsonable
+        from driftloop.training.report import jsonable
 
         typer.echo(json.dumps(jsonable(diff), indent=2, default=str, allow_nan=False))
         return

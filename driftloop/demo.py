@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import shutil
-import socket
 import threading
 import time
 from collections import Counter
@@ -22,21 +21,15 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from driftloop.launch import ServiceProcess, write_config
+from driftloop.launch import ServiceProcess, free_port, write_config
 from driftloop.settings import Settings, load_settings
-from models.registry import Registry
-from monitoring.metrics import MonitorMetrics
-from monitoring.monitor import Monitor
-from monitoring.scheduler import build_scheduler
-from monitoring.store import PredictionStore
-from training import scenarios
-from training.train import train_version
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from driftloop.models.registry import Registry
+from driftloop.monitoring.metrics import MonitorMetrics
+from driftloop.monitoring.monitor import Monitor
+from driftloop.monitoring.scheduler import build_scheduler
+from driftloop.monitoring.store import PredictionStore
+from driftloop.training import scenarios
+from driftloop.training.train import train_version
 
 
 def demo_settings(workdir: Path, config: Path | None = None, **overrides: Any) -> Settings:

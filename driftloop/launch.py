@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,8 +26,15 @@ import yaml
 
 from driftloop.settings import Settings
 
-SERVICE = "service.app:Driftloop"
+SERVICE = "driftloop.service.app:Driftloop"
 SERVICE_NAME = "driftloop"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the OS's pick)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def write_config(settings: Settings, path: Path) -> Path:
@@ -49,7 +57,7 @@ def bentoml_config(settings: Settings) -> dict[str, Any]:
                               "logging": {"access": {"enabled": settings.serving.access_log}}}
     if not settings.serving.tracing:
         config["tracing"] = {"excluded_urls": [".*"]}
-    from models.onnx_model import providers_for
+    from driftloop.models.onnx_model import providers_for
 
     if providers_for(settings.serving.device)[0] == "cuda":  # raises for cuda without a GPU
         config["resources"] = {"gpu": 1}

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from models.errors import ConfigError
+from driftloop.models.errors import ConfigError
 
 ENV_PREFIX = "DRIFTLOOP_"
 
@@ -53,7 +53,7 @@ class ModelConfig(_Section):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        from models.families import FAMILIES
+        from driftloop.models.families import FAMILIES
 
         if kind not in FAMILIES:
             raise ValueError(f"unknown kind {kind!r}; available: {sorted(FAMILIES)}")
@@ -61,7 +61,7 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _can_fine_tune(self) -> ModelConfig:
-        from models.families import FAMILIES
+        from driftloop.models.families import FAMILIES
 
         family = FAMILIES[self.kind]
         if self.warm_start and not family.neural:
@@ -272,12 +272,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _complete(self) -> Settings:
         if self.data.path is None:  # the built-in scenario brings its own schema
-            from training import scenarios
+            from driftloop.builtin import SCENARIO_COLUMNS
 
-            scenario = scenarios.SCENARIOS.get(self.data.scenario)
+            scenario = SCENARIO_COLUMNS.get(self.data.scenario)
             if scenario is None:
                 raise ValueError(f"data.scenario: unknown scenario {self.data.scenario!r}; "
-                                 f"available: {sorted(scenarios.SCENARIOS)}")
+                                 f"available: {sorted(SCENARIO_COLUMNS)}")
             updates: dict[str, Any] = {}
             if not self.features:
                 updates["features"] = dict(scenario.features)

@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from models.errors import DriftloopError, IntegrityError, RegistryError
-from models.onnx_model import OnnxModel
-from models.registry import MODEL_FILE, REFERENCE_FILE, ModelVersion
-from models.schema import FeatureSchema
+from driftloop.models.errors import DriftloopError, IntegrityError, RegistryError
+from driftloop.models.onnx_model import OnnxModel
+from driftloop.models.registry import MODEL_FILE, REFERENCE_FILE, ModelVersion
+from driftloop.models.schema import FeatureSchema
 
 if TYPE_CHECKING:
-    from models.registry import Registry
+    from driftloop.models.registry import Registry
 
 FORMAT = "driftloop-model"
 FORMAT_VERSION = 1

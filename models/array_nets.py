@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.errors import ConfigError, ExportError
-from models.neural import (
+from driftloop.models.errors import ConfigError, ExportError
+from driftloop.models.neural import (
     MLPParams,
     Targets,
     _export_network,
@@ -29,7 +29,7 @@ from models.neural import (
     train_network,
     warm_weights,
 )
-from models.schema import Feature, FeatureSchema, as_array
+from driftloop.models.schema import Feature, FeatureSchema, as_array
 
 log = logging.getLogger("driftloop.neural")
 

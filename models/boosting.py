@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.errors import ConfigError, ExportError
-from models.families import SklearnModel, preprocessor
-from models.schema import FeatureSchema
+from driftloop.models.errors import ConfigError, ExportError
+from driftloop.models.families import SklearnModel, preprocessor
+from driftloop.models.schema import FeatureSchema
 
 KIND = "hist_gradient_boosting"
 TASKS = ("classification", "regression")
@@ -68,7 +68,7 @@ class BoostingModel(SklearnModel):
         return self.pipeline.predict_proba(as_float32(x, self.numeric))
 
     def to_onnx(self, schema: FeatureSchema) -> bytes:
-        from models.onnx_model import export_onnx
+        from driftloop.models.onnx_model import export_onnx
 
         register_converters()
         return export_onnx(self.pipeline, schema)

@@ -25,8 +25,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils.validation import has_fit_parameter
 
-from models.errors import ConfigError
-from models.schema import FeatureSchema
+from driftloop.models.errors import ConfigError
+from driftloop.models.schema import FeatureSchema
 
 
 class Trained(Protocol):
@@ -82,7 +82,7 @@ class SklearnModel:
         return None
 
     def to_onnx(self, schema: FeatureSchema) -> bytes:
-        from models.onnx_model import export_onnx
+        from driftloop.models.onnx_model import export_onnx
 
         return export_onnx(self.pipeline, schema)
 
@@ -139,21 +139,21 @@ FAMILIES: dict[str, Family] = {f.kind: f for f in (
 
 def _mlp(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series, params: dict[str, Any], seed: int,
          warm_start: bytes | None) -> Trained:
-    from models.neural import fit_mlp  # torch only when a neural model is trained
+    from driftloop.models.neural import fit_mlp  # torch only when a neural model is trained
 
     return fit_mlp(schema, x, y, params, seed, warm_start)
 
 
 def _autoencoder(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None, params: dict[str, Any], seed: int,
                  warm_start: bytes | None) -> Trained:
-    from models.neural import fit_autoencoder
+    from driftloop.models.neural import fit_autoencoder
 
     return fit_autoencoder(schema, x, y, params, seed, warm_start)
 
 
 def _lightgbm(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None, params: dict[str, Any], seed: int,
               warm_start: bytes | None, sample_weight: np.ndarray | None = None) -> Trained:
-    from models.boosting import fit_boosting  # lightgbm and onnxmltools only when used
+    from driftloop.models.boosting import fit_boosting  # lightgbm and onnxmltools only when used
 
     return fit_boosting(schema, x, y, params, seed, warm_start, sample_weight=sample_weight)
 
@@ -166,7 +166,7 @@ FAMILIES["lightgbm"] = Family("lightgbm", CLS_REG, fitter=_lightgbm, weighted=Tr
 def _array_net(kind: str) -> Fitter:
     def fit(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None, params: dict[str, Any], seed: int,
             warm_start: bytes | None) -> Trained:
-        from models.array_nets import fit_array_net
+        from driftloop.models.array_nets import fit_array_net
 
         return fit_array_net(kind, schema, x, y, params, seed, warm_start)
     return fit

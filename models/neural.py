@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 
-from models.errors import ConfigError, ExportError
-from models.onnx_model import EMBEDDING
-from models.schema import FeatureSchema
+from driftloop.models.errors import ConfigError, ExportError
+from driftloop.models.onnx_model import EMBEDDING
+from driftloop.models.schema import FeatureSchema
 
 log = logging.getLogger("driftloop.neural")
 OPSET = 18
@@ -248,7 +248,7 @@ def fit_mlp(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series, params: dict[s
             warm_start: bytes | None = None) -> TorchTabularModel:
     import torch
 
-    from models.families import preprocessor
+    from driftloop.models.families import preprocessor
 
     p = MLPParams.parse(params)
     torch.manual_seed(seed)
@@ -414,7 +414,7 @@ def fit_autoencoder(schema: FeatureSchema, x: pd.DataFrame, y: pd.Series | None,
                     seed: int, warm_start: bytes | None = None) -> TorchAutoencoderModel:
     import torch
 
-    from models.families import preprocessor
+    from driftloop.models.families import preprocessor
 
     p = AutoencoderParams.parse(params)
     if not 0.0 < p.contamination < 0.5:

@@ -16,8 +16,8 @@ import onnxruntime as ort
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from models.errors import ExportError
-from models.schema import FeatureSchema
+from driftloop.models.errors import ExportError
+from driftloop.models.schema import FeatureSchema
 
 # Parity tolerances: the graph computes in float32, scikit-learn in float64.
 PROBA_TOLERANCE = 1e-4
@@ -107,7 +107,7 @@ def check_external_data(onnx_bytes: bytes, model_dir: Path) -> list[Path]:
     import onnx
     from onnx.external_data_helper import _get_all_tensors
 
-    from models.errors import IntegrityError
+    from driftloop.models.errors import IntegrityError
 
     try:
         proto = onnx.load_from_string(onnx_bytes)  # never reads external data itself

@@ -39,9 +39,9 @@ from typing import Any
 
 import pandas as pd
 
-from models.errors import IntegrityError, RegistryError, UnknownVersion
-from models.onnx_model import OnnxModel, check_external_data
-from models.schema import FeatureSchema
+from driftloop.models.errors import IntegrityError, RegistryError, UnknownVersion
+from driftloop.models.onnx_model import OnnxModel, check_external_data
+from driftloop.models.schema import FeatureSchema
 
 MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.parquet"
@@ -187,6 +187,12 @@ def _replace_json(path: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def project_dir(home: str | Path, project: str) -> Path:
+    """driftloop's own files of a project beside BentoML's model store: the champion and shadow
+    pointers, the history, training reports, the guard set."""
+    return Path(home) / "driftloop" / project
+
+
 class Registry:
     """Versions and champion of one project in a BentoML model store rooted at ``home``."""
 
@@ -196,11 +202,11 @@ class Registry:
         self.home = Path(home)
         self.project = project
         self._store = ModelStore(self.home / "models")
-        self._dir = self.home / "driftloop" / project
-        self.pointer_path = self._dir / "champion.json"
-        self.shadow_path = self._dir / "shadow.json"
-        self.history_path = self._dir / "history.jsonl"
-        self._last_version_path = self._dir / "last_version"
+        self.project_dir = project_dir(self.home, project)
+        self.pointer_path = self.project_dir / "champion.json"
+        self.shadow_path = self.project_dir / "shadow.json"
+        self.history_path = self.project_dir / "history.jsonl"
+        self._last_version_path = self.project_dir / "last_version"
 
     # -- versions -------------------------------------------------------------------------------
     def versions(self) -> list[ModelVersion]:
@@ -272,13 +278,13 @@ class Registry:
     # -- moving versions between registries (models/archive.py) ----------------------------------
     def export(self, version: str, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the verified ``version`` to one ``.tar.gz`` or ``.zip`` archive with a manifest."""
-        from models.archive import export_version
+        from driftloop.models.archive import export_version
 
         return export_version(self, version, Path(path), overwrite=overwrite)
 
     def import_(self, path: str | Path, actor: str) -> ModelVersion:
         """Register an archive from :meth:`export` as a new version, after verifying all of it."""
-        from models.archive import import_version
+        from driftloop.models.archive import import_version
 
         return import_version(self, Path(path), actor)
 
@@ -489,7 +495,7 @@ class Registry:
             self._append({"action": action, "version": version, "actor": actor, "reason": reason, "at": _now()})
 
     def _append(self, record: dict[str, Any]) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self.project_dir.mkdir(parents=True, exist_ok=True)
         with open(self.history_path, "a") as fh:
             fh.write(json.dumps(record, default=str) + "\n")
             fh.flush()
@@ -497,8 +503,8 @@ class Registry:
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        with open(self._dir / ".lock", "w") as fh:
+        self.project_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.project_dir / ".lock", "w") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from models.errors import SchemaError
+from driftloop.models.errors import SchemaError
 
 FeatureKind = Literal["numeric", "categorical", "image", "sequence"]
 Task = Literal["classification", "regression", "clustering", "anomaly"]
@@ -28,6 +28,25 @@ SECOND_OUTPUT: dict[str, str | None] = {
     "clustering": "distances",  # (n, clusters): distance to every cluster centre
     "anomaly": "anomaly_scores",  # (n,): higher is more anomalous; predictions are 1 = anomaly
 }
+
+
+def plain_label(value: Any) -> Any:
+    """A label or a served prediction as one comparable value: ``1``, ``1.0``, ``np.int64(1)`` and
+    ``np.float64(1.0)`` are all ``1``; other numbers are floats; everything else is itself (strings
+    stay strings: ``"1"`` is not ``1``). Labels arrive as JSON, a column with gaps holds floats, and a
+    graph answers numpy scalars: every comparison of labels with predictions goes through here."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def same_label(prediction: Any, label: Any) -> bool:
+    """Whether a served prediction equals a label (see :func:`plain_label`)."""
+    return plain_label(prediction) == plain_label(label)
 
 
 @dataclass(frozen=True)

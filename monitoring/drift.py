@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from models.errors import ConfigError
-from models.schema import MEDIA_KINDS, FeatureSchema, as_array
+from driftloop.models.errors import ConfigError
+from driftloop.models.schema import MEDIA_KINDS, FeatureSchema, as_array
 
 if TYPE_CHECKING:
     from driftloop.settings import DriftConfig

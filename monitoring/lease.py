@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from monitoring.store import PredictionStore, StoreError, leases
+from driftloop.monitoring.store import PredictionStore, StoreError, leases
 
 log = logging.getLogger("driftloop.lease")
 SAFETY = 0.8  # share of ttl_s a holder trusts a renewal for (the rest absorbs delays and clock rate)

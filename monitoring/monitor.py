@@ -28,21 +28,21 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from models.registry import ModelVersion, Registry
-from training.evaluate import estimate_accuracy, primary
-from training.retrain import PROMOTED, REJECTED
-from models.schema import SUPERVISED, FeatureSchema
-from monitoring import policy as pol
-from monitoring.drift import PREDICTION, DriftBaseline, DriftResult
-from monitoring.lease import RETRAIN as RETRAIN_LEASE
-from monitoring.lease import read_state
-from monitoring.metrics import MonitorMetrics
-from monitoring.store import PredictionStore
-from monitoring.workspace import DriftWorkspace
+from driftloop.models.registry import ModelVersion, Registry
+from driftloop.training.evaluate import estimate_accuracy, primary
+from driftloop.training.retrain import PROMOTED, REJECTED
+from driftloop.models.schema import SUPERVISED, FeatureSchema
+from driftloop.monitoring import policy as pol
+from driftloop.monitoring.drift import PREDICTION, DriftBaseline, DriftResult
+from driftloop.monitoring.lease import RETRAIN as RETRAIN_LEASE
+from driftloop.monitoring.lease import read_state
+from driftloop.monitoring.metrics import MonitorMetrics
+from driftloop.monitoring.store import PredictionStore
+from driftloop.monitoring.workspace import DriftWorkspace
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings
-    from training.retrain import RetrainOutcome
+    from driftloop.training.retrain import RetrainOutcome
 
 log = logging.getLogger("driftloop.monitor")
 # A check's retrain outcome besides the job's own (promoted, rejected, waiting, shadow)
@@ -64,7 +64,7 @@ class Monitor:
                  clock: Callable[[], float] = time.time,
                  on_check: Callable[[dict[str, Any]], None] | None = None) -> None:
         if retrainer is None:
-            from training.retrain import retrain as retrainer
+            from driftloop.training.retrain import retrain as retrainer
         self.settings = settings
         self.store = store
         self.registry = registry

@@ -46,14 +46,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from monitoring.lease import RETRAIN, SCHEDULER, Heartbeat, Lease, holding
-from monitoring.monitor import Monitor
-from monitoring.store import PredictionStore, StoreError
+from driftloop.monitoring.lease import RETRAIN, SCHEDULER, Heartbeat, Lease, holding
+from driftloop.monitoring.monitor import Monitor
+from driftloop.monitoring.store import PredictionStore, StoreError
 
 log = logging.getLogger("driftloop.scheduler")
 CHECK_JOB = "check"
 RETENTION_JOB = "retention"
-JOB_FUNC = "monitoring.scheduler:_unbound_job"
+JOB_FUNC = "driftloop.monitoring.scheduler:_unbound_job"
 JOB_DEFAULTS = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
 
 

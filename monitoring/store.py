@@ -46,7 +46,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from models.errors import DriftloopError
+from driftloop.models.errors import DriftloopError
 
 metadata = sa.MetaData()
 UPDATABLE_CHECK_FIELDS = ("outcome", "reason")  # what PredictionStore.update_check may change
@@ -170,7 +170,7 @@ class PredictionStore:
     def create(self) -> PredictionStore:
         """Create or upgrade the schema to the newest migration (idempotent); returns self."""
         if not self._created:
-            from monitoring.migrations import upgrade
+            from driftloop.monitoring.migrations import upgrade
 
             upgrade(self)
             self._created = True

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings
-    from monitoring.drift import DriftResult
+    from driftloop.monitoring.drift import DriftResult
 
 VALUE_DRIFT = "evidently:metric_v2:ValueDrift"  # the preset's per-column metric
 DRIFTED_COLUMNS = "evidently:metric_v2:DriftedColumnsCount"  # and its count/share of drifted columns

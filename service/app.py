@@ -43,9 +43,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from models.errors import DriftloopError, RegistryError, SchemaError, UnknownVersion
-from service.gate import RequestGate, predict_answer
-from service.serving import NotReady, Serving, token_ok
+from driftloop.models.errors import DriftloopError, RegistryError, SchemaError, UnknownVersion
+from driftloop.service.gate import RequestGate, predict_answer
+from driftloop.service.serving import NotReady, Serving, token_ok
 
 log = logging.getLogger("driftloop.service")
 
@@ -129,9 +129,9 @@ info_app = Starlette(routes=[Route("/model", _model_route, methods=["GET"]),
 class Driftloop:
     def __init__(self) -> None:
         from driftloop.settings import load_settings
-        from models.registry import Registry
-        from monitoring.store import PredictionStore
-        from service.metrics import serving_metrics
+        from driftloop.models.registry import Registry
+        from driftloop.monitoring.store import PredictionStore
+        from driftloop.service.metrics import serving_metrics
 
         logging.getLogger("driftloop").setLevel(os.environ.get("DRIFTLOOP_LOG_LEVEL", "INFO"))
         settings = load_settings(os.environ.get("DRIFTLOOP_CONFIG") or None)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from models.onnx_model import OnnxModel
+from driftloop.models.onnx_model import OnnxModel
 
 Outputs = tuple[np.ndarray, np.ndarray | None]
 
@@ -94,7 +94,7 @@ def batching_enabled(setting: str, model: OnnxModel) -> bool:
     """``serving.batching``: on, off, or auto (on for neural kinds, whose graphs gain from it)."""
     if setting != "auto":
         return setting == "on"
-    from models.families import FAMILIES
+    from driftloop.models.families import FAMILIES
 
     family = FAMILIES.get(str(model.metadata.get("kind")))
     return bool(family and family.neural)

@@ -26,8 +26,8 @@ import asyncio
 import json
 from typing import Any
 
-from models.errors import SchemaError
-from service.serving import NotReady, Serving, token_ok
+from driftloop.models.errors import SchemaError
+from driftloop.service.serving import NotReady, Serving, token_ok
 
 PASS_THROUGH = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")

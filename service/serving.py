@@ -34,14 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.errors import DriftloopError, SchemaError
-from models.onnx_model import OnnxModel, providers_for
-from models.schema import SECOND_OUTPUT, SUPERVISED, FeatureSchema
-from models.registry import Registry
-from monitoring.store import PredictionStore, utcnow
-from service.batching import Batcher, batching_enabled
-from service.metrics import ServingMetrics
-from service.predlog import PredictionLogWriter
+from driftloop.models.errors import DriftloopError, SchemaError
+from driftloop.models.onnx_model import OnnxModel, providers_for
+from driftloop.models.schema import SECOND_OUTPUT, SUPERVISED, FeatureSchema
+from driftloop.models.registry import Registry
+from driftloop.monitoring.store import PredictionStore, utcnow
+from driftloop.service.batching import Batcher, batching_enabled
+from driftloop.service.metrics import ServingMetrics
+from driftloop.service.predlog import PredictionLogWriter
 
 if TYPE_CHECKING:
     from driftloop.settings import ServingConfig

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.families import FAMILIES
+from driftloop.models.families import FAMILIES
 from tests.conftest import make_settings
-from training import scenarios
+from driftloop.training import scenarios
 
 QUICK = {"mlp": {"hidden": [16], "epochs": 40, "patience": 5},
          "autoencoder": {"hidden": [8, 4], "epochs": 40, "patience": 5},

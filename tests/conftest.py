@@ -45,7 +45,7 @@ def settings(tmp_path: Path):  # noqa: ANN201
 @pytest.fixture(scope="session")
 def loans() -> pd.DataFrame:
     """The built-in scenario's default timeline (train, stable, covariate, concept)."""
-    from training.scenarios import scenario_frame
+    from driftloop.training.scenarios import scenario_frame
 
     return scenario_frame("loans", seed=42)
 
@@ -53,8 +53,8 @@ def loans() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def champion_home(tmp_path_factory: pytest.TempPathFactory, loans: pd.DataFrame) -> Path:
     """A registry with v1 trained on the scenario's train period and promoted (trained once)."""
-    from models.registry import Registry
-    from training.train import train_version
+    from driftloop.models.registry import Registry
+    from driftloop.training.train import train_version
 
     root = tmp_path_factory.mktemp("champion")
     settings = make_settings(root)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.registry import Registry
-from service.batching import Batcher, batching_enabled
-from training.scenarios import scenario_frame
+from driftloop.models.registry import Registry
+from driftloop.service.batching import Batcher, batching_enabled
+from driftloop.training.scenarios import scenario_frame
 
 
 @pytest.fixture(scope="module")

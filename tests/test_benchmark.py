@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from driftloop.cli import app
-from models.errors import ConfigError
-from models.families import FAMILIES, SklearnModel
-from training import benchmark
-from training.benchmark import Benchmark, cases, run_benchmark, run_case, task_data
+from driftloop.models.errors import ConfigError
+from driftloop.models.families import FAMILIES, SklearnModel
+from driftloop.training import benchmark
+from driftloop.training.benchmark import Benchmark, cases, run_benchmark, run_case, task_data
 
 CHEAP = ["logistic_regression", "kmeans", "decision_tree"]
 FIGURES = ("train_s", "export_s", "onnx_kib", "session_ms", "native_1_us", "onnx_1_us", "speedup_1",

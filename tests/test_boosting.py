@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.boosting import DEFAULTS, as_float32, fit_boosting, float32_thresholds
-from models.errors import ConfigError
-from models.onnx_model import check_parity, run, session
-from models.schema import FeatureSchema
-from training.scenarios import FEATURES, TARGET
+from driftloop.models.boosting import DEFAULTS, as_float32, fit_boosting, float32_thresholds
+from driftloop.models.errors import ConfigError
+from driftloop.models.onnx_model import check_parity, run, session
+from driftloop.models.schema import FeatureSchema
+from driftloop.training.scenarios import FEATURES, TARGET
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,14 +14,14 @@ import httpx
 import numpy as np
 import pytest
 
-from driftloop.demo import free_port
+from driftloop.launch import free_port
 from driftloop.launch import ServiceProcess, write_config
-from models.families import FAMILIES
-from models.registry import Registry
+from driftloop.models.families import FAMILIES
+from driftloop.models.registry import Registry
 from tests.cases import case
 from tests.conftest import make_settings
-from training.retrain import retrain
-from training.train import train_version
+from driftloop.training.retrain import retrain
+from driftloop.training.train import train_version
 
 pytestmark = pytest.mark.slow
 CASES = [(kind, task) for kind, family in sorted(FAMILIES.items()) for task in family.tasks]

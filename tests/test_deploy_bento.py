@@ -22,7 +22,7 @@ from tests.conftest import make_settings
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PACKAGES = ("service", "models", "monitoring", "driftloop", "training")
+PACKAGES = ("driftloop",)  # one import name: driftloop.service, driftloop.models, ...
 
 
 def offline() -> list[str]:
@@ -53,7 +53,7 @@ def bento(champion_home: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 def test_the_bento_names_the_champion(bento: dict[str, Any]) -> None:
     info = yaml.safe_load((bento["dir"] / "bento.yaml").read_text())
-    assert info["service"] == "service.app:Driftloop" and info["name"] == "driftloop"
+    assert info["service"] == "driftloop.service.app:Driftloop" and info["name"] == "driftloop"
     assert [m["tag"] for m in info["models"]] == ["loans:v1"] == [bento["built"]["champion"]]
     assert info["labels"] == {"project": "driftloop", "champion": "v1"}
 
@@ -79,7 +79,7 @@ def test_bento_source_is_enough_to_import_the_service(bento: dict[str, Any]) -> 
     src = bento["dir"] / "src"
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import service.app, monitoring.store; from driftloop.settings import load_settings; load_settings(None);"
+        "import driftloop.service.app, driftloop.monitoring.store; from driftloop.settings import load_settings; load_settings(None);"
         f"mods = [m for n, m in sys.modules.items() if n.split('.')[0] in {PACKAGES!r}];"
         "bad = [m.__name__ for m in mods if not (getattr(m, '__file__', None) or sys.argv[1]).startswith(sys.argv[1])];"
         "assert not bad, bad; print(len(mods))"
@@ -88,7 +88,7 @@ def test_bento_source_is_enough_to_import_the_service(bento: dict[str, Any]) -> 
                          env=bento["env"], cwd=bento["root"], timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     assert int(out.stdout.strip()) > 10
-    assert not (src / "training" / "train.py").exists()  # no training code beyond the scenarios
+    assert not (src / "driftloop" / "training").exists()  # no training code
 
 
 def test_bento_requirements_are_the_service_image_s(bento: dict[str, Any]) -> None:

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 
 from driftloop.launch import bentoml_config
-from models.errors import ExportError
-from models.onnx_model import providers_for
+from driftloop.models.errors import ExportError
+from driftloop.models.onnx_model import providers_for
 
 from tests.conftest import make_settings
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from driftloop.settings import DriftConfig, DriftMethod
-from models.errors import ConfigError
-from models.schema import FeatureSchema
-from monitoring.drift import PREDICTION, DriftBaseline, check_drift, preset_columns, run_preset
+from driftloop.models.errors import ConfigError
+from driftloop.models.schema import FeatureSchema
+from driftloop.monitoring.drift import PREDICTION, DriftBaseline, check_drift, preset_columns, run_preset
 
 KINDS = {"amount": "numeric", "rating": "numeric", "flag": "numeric", "region": "categorical",
          "member": "categorical"}
@@ -41,7 +41,7 @@ def schema_of(frame: pd.DataFrame, kinds: dict[str, str] = KINDS, task: str = "r
 
 def preset_for(baseline: DriftBaseline, window: pd.DataFrame, config: DriftConfig | None = None,
                ) -> dict[str, dict[str, Any]]:
-    from monitoring.drift import frame_for_drift
+    from driftloop.monitoring.drift import frame_for_drift
 
     current, _ = frame_for_drift(window, baseline.schema)
     reference = baseline.frame[current.columns]
@@ -175,7 +175,7 @@ def test_prediction_drift_compares_the_versions_served_predictions_with_its_refe
     ours = result.prediction
     assert ours is not None and ours["method"] == "Z-test p_value" and ours["drifted"]
     assert PREDICTION not in result.columns and result.share == len(result.drifted) / 5
-    from monitoring.drift import frame_for_drift
+    from driftloop.monitoring.drift import frame_for_drift
 
     served = baseline._served_predictions(window)
     assert served is not None and int(served.notna().sum()) == 200
@@ -198,12 +198,12 @@ def test_the_monitor_records_prediction_drift_beside_the_features(champion_home:
     its served classes against the champion's predictions on its reference sample."""
     import shutil
 
-    from models.registry import Registry
-    from monitoring.monitor import Monitor
-    from monitoring.store import PredictionStore
+    from driftloop.models.registry import Registry
+    from driftloop.monitoring.monitor import Monitor
+    from driftloop.monitoring.store import PredictionStore
     from tests.conftest import make_settings
     from tests.test_monitor import serve
-    from training import scenarios
+    from driftloop.training import scenarios
 
     home = tmp_path / "bentoml"
     shutil.copytree(champion_home / "bentoml", home)

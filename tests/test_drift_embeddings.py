@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from driftloop.settings import DriftConfig, EmbeddingsMethod
-from models.schema import FeatureSchema, as_array
-from monitoring.drift import PREDICTION, DriftBaseline, preset_columns
+from driftloop.models.schema import FeatureSchema, as_array
+from driftloop.monitoring.drift import PREDICTION, DriftBaseline, preset_columns
 
 SHAPE = (6, 6)
 
@@ -88,7 +88,7 @@ def test_scores_equal_evidently_embeddings_drift_metric(reference: pd.DataFrame)
 ])
 def test_embeddings_methods_follow_the_config_and_evidentlys_defaults(config: EmbeddingsMethod | None,
                                                                      expected: dict[str, Any]) -> None:
-    from monitoring.drift import embeddings_method
+    from driftloop.monitoring.drift import embeddings_method
 
     method = embeddings_method(DriftConfig(embeddings=config) if config else None, reference_rows=1500)
     assert type(method).__name__ == expected.pop("type")
@@ -98,8 +98,8 @@ def test_embeddings_methods_follow_the_config_and_evidentlys_defaults(config: Em
 
 @pytest.fixture(scope="module")
 def cnn() -> tuple[Any, bytes, FeatureSchema, pd.DataFrame]:
-    from models.families import fit_model
-    from training.media import DIGITS_FEATURES, DIGITS_TARGET, digits_frame
+    from driftloop.models.families import fit_model
+    from driftloop.training.media import DIGITS_FEATURES, DIGITS_TARGET, digits_frame
 
     frame = digits_frame(seed=5)
     train = frame[frame["period"] == "train"].head(200).reset_index(drop=True)
@@ -112,7 +112,7 @@ def cnn() -> tuple[Any, bytes, FeatureSchema, pd.DataFrame]:
 
 @pytest.mark.slow
 def test_the_cnn_graph_returns_its_embedding_last_and_serving_ignores_it(cnn: Any) -> None:
-    from models.onnx_model import OnnxModel
+    from driftloop.models.onnx_model import OnnxModel
 
     native, onnx_bytes, schema, rows = cnn
     model = OnnxModel.from_bytes("v1", schema, onnx_bytes, {})
@@ -127,8 +127,8 @@ def test_the_cnn_graph_returns_its_embedding_last_and_serving_ignores_it(cnn: An
 
 @pytest.mark.slow
 def test_a_recurrent_regressor_still_answers_one_output() -> None:
-    from models.families import fit_model
-    from models.onnx_model import OnnxModel
+    from driftloop.models.families import fit_model
+    from driftloop.models.onnx_model import OnnxModel
 
     rng = np.random.default_rng(6)
     frame = pd.DataFrame({"signal": list(rng.normal(0.0, 1.0, (120, 5, 2))), "y": rng.normal(0.0, 1.0, 120)})

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.registry import Registry
-from monitoring.metrics import MonitorMetrics
-from monitoring.monitor import Monitor
-from monitoring.store import PredictionStore
-from training import scenarios
-from training.evaluate import confidence_calibration, estimate_accuracy
+from driftloop.models.registry import Registry
+from driftloop.monitoring.metrics import MonitorMetrics
+from driftloop.monitoring.monitor import Monitor
+from driftloop.monitoring.store import PredictionStore
+from driftloop.training import scenarios
+from driftloop.training.evaluate import confidence_calibration, estimate_accuracy
 
 from tests.conftest import make_settings
 from tests.test_monitor import serve

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.errors import ConfigError
-from models.families import FAMILIES, build_pipeline
-from models.registry import Registry
-from models.schema import FeatureSchema
-from training.train import train_version
+from driftloop.models.errors import ConfigError
+from driftloop.models.families import FAMILIES, build_pipeline
+from driftloop.models.registry import Registry
+from driftloop.models.schema import FeatureSchema
+from driftloop.training.train import train_version
 
 from tests.cases import case
 from tests.conftest import make_settings

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from models.registry import Registry
-from monitoring.store import PredictionStore
-from service.gate import RequestGate
-from service.metrics import serving_metrics
-from service.serving import Serving
+from driftloop.models.registry import Registry
+from driftloop.monitoring.store import PredictionStore
+from driftloop.service.gate import RequestGate
+from driftloop.service.metrics import serving_metrics
+from driftloop.service.serving import Serving
 
 from tests.conftest import make_settings
 

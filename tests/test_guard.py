@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.errors import IntegrityError, SchemaError
-from models.registry import Registry
-from training import guard as guard_mod
-from training import scenarios as sc
-from training.retrain import REJECTED, retrain
-from training.train import guard_frame, initial_frame, source_frame, train_version
+from driftloop.models.errors import IntegrityError, SchemaError
+from driftloop.models.registry import Registry
+from driftloop.training import guard as guard_mod
+from driftloop.training import scenarios as sc
+from driftloop.training.retrain import REJECTED, retrain
+from driftloop.training.train import guard_frame, initial_frame, source_frame, train_version
 
 from tests.conftest import make_settings
 

@@ -9,8 +9,8 @@ import pytest
 
 from driftloop.demo import run_demo
 from driftloop.settings import load_settings
-from models.registry import Registry
-from training import scenarios
+from driftloop.models.registry import Registry
+from driftloop.training import scenarios
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from training.media import (
+from driftloop.training.media import (
     AFTER_MAINTENANCE,
     BEFORE_MAINTENANCE,
     BRIGHTNESS_OFFSET,

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from models.registry import Registry
-from monitoring.monitor import Monitor
-from monitoring.store import PredictionStore, utcnow
-from service.serving import new_request_id
+from driftloop.models.registry import Registry
+from driftloop.monitoring.monitor import Monitor
+from driftloop.monitoring.store import PredictionStore, utcnow
+from driftloop.service.serving import new_request_id
 from tests.cases import QUICK
 from tests.conftest import make_settings
-from training import scenarios
-from training.train import train_version
+from driftloop.training import scenarios
+from driftloop.training.train import train_version
 
 pytestmark = pytest.mark.slow
 WINDOW = 200

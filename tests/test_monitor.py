@@ -13,12 +13,12 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from models.registry import Registry
-from monitoring.monitor import Monitor
-from monitoring.store import PredictionStore, utcnow
-from service.serving import new_request_id
-from training import scenarios
-from training.retrain import retrain
+from driftloop.models.registry import Registry
+from driftloop.monitoring.monitor import Monitor
+from driftloop.monitoring.store import PredictionStore, utcnow
+from driftloop.service.serving import new_request_id
+from driftloop.training import scenarios
+from driftloop.training.retrain import retrain
 
 from tests.conftest import make_settings
 
@@ -145,7 +145,7 @@ def test_a_requested_retrain_runs_once_on_the_newest_windows(world: dict[str, An
 
 
 def test_retention_keeps_the_champion_and_its_lineage(world: dict[str, Any]) -> None:
-    from monitoring.scheduler import build_scheduler, run_retention
+    from driftloop.monitoring.scheduler import build_scheduler, run_retention
     from tests.conftest import make_settings as settings_for
 
     registry: Registry = world["registry"]

@@ -7,12 +7,12 @@ import onnx
 import pandas as pd
 import pytest
 
-from models.errors import ConfigError
-from models.families import fit_model
-from models.neural import NET_PREFIX, warm_weights
-from models.onnx_model import check_parity, run, session
-from models.schema import FeatureSchema
-from training.scenarios import FEATURES, TARGET
+from driftloop.models.errors import ConfigError
+from driftloop.models.families import fit_model
+from driftloop.models.neural import NET_PREFIX, warm_weights
+from driftloop.models.onnx_model import check_parity, run, session
+from driftloop.models.schema import FeatureSchema
+from driftloop.training.scenarios import FEATURES, TARGET
 
 FAST = {"hidden": [16], "epochs": 30, "patience": 5}
 
@@ -83,10 +83,10 @@ def test_training_is_reproducible_by_seed(data: tuple[FeatureSchema, pd.DataFram
 
 
 def test_retraining_fine_tunes_the_champion(tmp_path, loans: pd.DataFrame) -> None:  # noqa: ANN001
-    from models.registry import Registry
+    from driftloop.models.registry import Registry
     from tests.conftest import make_settings
-    from training.retrain import retrain
-    from training.train import train_version
+    from driftloop.training.retrain import retrain
+    from driftloop.training.train import train_version
 
     settings = make_settings(tmp_path, model={"kind": "mlp", "params": FAST, "warm_start": True},
                              retraining={"min_rows": 200})

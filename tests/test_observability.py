@@ -23,14 +23,15 @@ import httpx
 import pytest
 import yaml
 
-from driftloop.demo import Replay, free_port
+from driftloop.demo import Replay
+from driftloop.launch import free_port
 from driftloop.launch import ServiceProcess, stop_process, write_config
-from models.registry import Registry
-from monitoring.store import PredictionStore
+from driftloop.models.registry import Registry
+from driftloop.monitoring.store import PredictionStore
 from tests.conftest import make_settings
 from tests.test_deploy_grafana import DASHBOARDS, dashboard_targets
-from training import scenarios
-from training.train import train_version
+from driftloop.training import scenarios
+from driftloop.training.train import train_version
 
 pytestmark = pytest.mark.slow
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

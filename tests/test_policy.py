@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from monitoring.policy import (
+from driftloop.monitoring.policy import (
     ALERT,
     COOLDOWN,
     NONE,

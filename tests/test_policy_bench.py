@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from bench import policy as bench
-from monitoring import policy as pol
-from training import scenarios as sc
+from driftloop.monitoring import policy as pol
+from driftloop.training import scenarios as sc
 
 W = bench.WINDOW
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 
-from monitoring.store import PredictionStore, predictions
+from driftloop.monitoring.store import PredictionStore, predictions
 
 from tests.test_store import pred
 

@@ -14,11 +14,11 @@ import httpx
 import pandas as pd
 import pytest
 
-from driftloop.demo import free_port
+from driftloop.launch import free_port
 from driftloop.launch import ServiceProcess, write_config
-from monitoring.lease import SCHEDULER, read_state
-from monitoring.store import PredictionStore
-from training import scenarios
+from driftloop.monitoring.lease import SCHEDULER, read_state
+from driftloop.monitoring.store import PredictionStore
+from driftloop.training import scenarios
 
 from tests.conftest import make_settings
 from tests.test_scheduler import owner_pid, start_monitor, wait_until

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from monitoring.store import PredictionStore
-from service.predlog import PredictionLogWriter
+from driftloop.monitoring.store import PredictionStore
+from driftloop.service.predlog import PredictionLogWriter
 
 LONG = 60.0  # a flush interval no test waits for: only close()/a full batch may trigger a write
 SHORT = 0.01

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import IntegrityError, RegistryError
-from models.registry import MODEL_FILE, REFERENCE_FILE, Registry
+from driftloop.models.errors import IntegrityError, RegistryError
+from driftloop.models.registry import MODEL_FILE, REFERENCE_FILE, Registry
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def _graph_with_external_weight(location: str) -> bytes:
 def test_external_data_outside_the_model_directory_is_refused(tmp_path: Path, location: str) -> None:
     import numpy as np
 
-    from models.onnx_model import check_external_data
+    from driftloop.models.onnx_model import check_external_data
 
     model_dir = tmp_path / "v1"
     model_dir.mkdir()
@@ -132,7 +132,7 @@ def test_external_data_outside_the_model_directory_is_refused(tmp_path: Path, lo
 def test_external_data_inside_the_model_directory_is_found(tmp_path: Path) -> None:
     import numpy as np
 
-    from models.onnx_model import check_external_data
+    from driftloop.models.onnx_model import check_external_data
 
     with pytest.raises(IntegrityError, match="is missing"):
         check_external_data(_graph_with_external_weight("weights.bin"), tmp_path)

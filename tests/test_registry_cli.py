@@ -18,9 +18,9 @@ import yaml
 from typer.testing import CliRunner
 
 from driftloop.cli import app
-from models.errors import IntegrityError, RegistryError
-from models.registry import MODEL_FILE, REFERENCE_FILE, Registry
-from models.schema import Feature, FeatureSchema
+from driftloop.models.errors import IntegrityError, RegistryError
+from driftloop.models.registry import MODEL_FILE, REFERENCE_FILE, Registry
+from driftloop.models.schema import Feature, FeatureSchema
 
 runner = CliRunner()
 NEW_COMMANDS = [["models", "diff"], ["models", "export"], ["models", "import"], ["models", "prune"]]

@@ -16,9 +16,9 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from models.families import SklearnModel
-from training import evaluate
-from training.report import metrics_table, permutation_importance, write_report
+from driftloop.models.families import SklearnModel
+from driftloop.training import evaluate
+from driftloop.training.report import metrics_table, permutation_importance, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,7 +290,7 @@ def test_report_for_a_regressor(regressor, tmp_path: Path) -> None:  # noqa: ANN
 
 
 def test_importing_the_report_module_does_not_import_matplotlib() -> None:
-    code = "import sys, training.report; print('matplotlib' in sys.modules)"
+    code = "import sys, driftloop.training.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from models.errors import ConfigError
-from models.families import fit_model, resample
-from models.registry import Registry
-from models.schema import FeatureSchema
-from training import scenarios as sc
-from training.retrain import PROMOTED, WAITING, choose_strategy, retrain
-from training.reweight import importance_weights
-from training.train import initial_frame
+from driftloop.models.errors import ConfigError
+from driftloop.models.families import fit_model, resample
+from driftloop.models.registry import Registry
+from driftloop.models.schema import FeatureSchema
+from driftloop.training import scenarios as sc
+from driftloop.training.retrain import PROMOTED, WAITING, choose_strategy, retrain
+from driftloop.training.reweight import importance_weights
+from driftloop.training.train import initial_frame
 
 from tests.conftest import make_settings
 from tests.test_guard import GUARD_ROWS, guarded_home, root, settings_at  # noqa: F401 (fixtures)
@@ -48,7 +48,7 @@ def synth_settings(root: Path, **retraining: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def synth_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.train import train_version
+    from driftloop.training.train import train_version
 
     home = tmp_path_factory.mktemp("synth")
     synth(2000, 0.0, 1.0, seed=1).to_csv(home / "initial.csv", index=False)
@@ -118,7 +118,7 @@ def streak(rows: int = 800, unlabelled_every: int = 4) -> pd.DataFrame:
 
 @pytest.mark.parametrize("missing", [None, np.nan])
 def test_labels_with_gaps_come_back_as_integers(tmp_path: Path, missing: Any) -> None:
-    from training.retrain import _labelled
+    from driftloop.training.retrain import _labelled
 
     fresh = streak(12).astype({sc.TARGET: object if missing is None else float})
     fresh.loc[fresh.index[::4], sc.TARGET] = missing

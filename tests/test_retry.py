@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from models.registry import Registry
-from monitoring.monitor import Monitor
-from training.retrain import retrain
+from driftloop.models.registry import Registry
+from driftloop.monitoring.monitor import Monitor
+from driftloop.training.retrain import retrain
 
 from tests.test_monitor import WINDOW, serve, world  # noqa: F401  (world: the fixture)
 
@@ -118,10 +118,10 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from tests.conftest import make_settings
     from tests.test_monitor import WINDOW, serve
-    from models.registry import Registry
-    from monitoring.monitor import Monitor
-    from monitoring.store import PredictionStore
-    from training import scenarios
+    from driftloop.models.registry import Registry
+    from driftloop.monitoring.monitor import Monitor
+    from driftloop.monitoring.store import PredictionStore
+    from driftloop.training import scenarios
 
     settings = make_settings(Path({tmp!r}), registry={{"home": {home!r}}},
                              monitoring={{"window_rows": WINDOW, "min_labels": 100}}, retraining={{"min_rows": 300}})

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy.stats import chi2_contingency, ks_2samp
 
-from training.scenarios import (
+from driftloop.training.scenarios import (
     FEATURES,
     RATE_RISE,
     SCENARIOS,

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from monitoring import scheduler as sched
-from monitoring.lease import RETRAIN, SCHEDULER, Lease, LeaseBusy, holding, read_state
-from monitoring.store import PredictionStore, StoreError
+from driftloop.monitoring import scheduler as sched
+from driftloop.monitoring.lease import RETRAIN, SCHEDULER, Lease, LeaseBusy, holding, read_state
+from driftloop.monitoring.store import PredictionStore, StoreError
 
 from tests.conftest import make_settings
 

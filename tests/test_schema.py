@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.errors import DriftloopError, SchemaError
-from models.schema import Feature, FeatureSchema
+from driftloop.models.errors import DriftloopError, SchemaError
+from driftloop.models.schema import Feature, FeatureSchema
 
 KINDS = {"income": "numeric", "age": "numeric", "region": "categorical"}
 
@@ -47,7 +47,7 @@ def test_infer_numeric_range_and_sorted_categories(schema: FeatureSchema, frame:
 
 
 def test_infer_on_the_scenario(loans: pd.DataFrame) -> None:
-    from training.scenarios import FEATURES, TARGET
+    from driftloop.training.scenarios import FEATURES, TARGET
 
     s = FeatureSchema.infer(loans, FEATURES, "classification", TARGET)
     by_name = {f.name: f for f in s.features}

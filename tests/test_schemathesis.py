@@ -28,7 +28,7 @@ import pytest
 import schemathesis
 from schemathesis.engine import Status, events, from_schema
 
-from driftloop.demo import free_port
+from driftloop.launch import free_port
 from driftloop.launch import ServiceProcess, write_config
 
 from tests.conftest import make_settings

@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from models.errors import ConfigError
-from models.registry import Registry
+from driftloop.models.errors import ConfigError
+from driftloop.models.registry import Registry
 from tests.conftest import make_settings
-from training.search import candidates
-from training.train import train_version
+from driftloop.training.search import candidates
+from driftloop.training.train import train_version
 
 
 def train_with(tmp_path: Path, frame: pd.DataFrame, kind: str, search: dict, **extra) -> dict:  # noqa: ANN003

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from driftloop.demo import free_port
+from driftloop.launch import free_port
 from driftloop.launch import ServiceProcess, write_config
-from models.registry import MODEL_FILE, Registry
-from monitoring.store import PredictionStore
+from driftloop.models.registry import MODEL_FILE, Registry
+from driftloop.monitoring.store import PredictionStore
 
 from tests.conftest import make_settings
 

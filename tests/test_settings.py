@@ -9,9 +9,9 @@ import yaml
 from pydantic import ValidationError
 
 from driftloop.settings import Settings, load_settings
-from models.errors import ConfigError
+from driftloop.models.errors import ConfigError
 from tests.conftest import make_settings
-from training import scenarios
+from driftloop.training import scenarios
 
 
 def write(tmp_path: Path, data: dict | str) -> Path:

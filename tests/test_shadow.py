@@ -23,13 +23,13 @@ import yaml
 from typer.testing import CliRunner
 
 from driftloop.cli import app
-from models.errors import IntegrityError, RegistryError, UnknownVersion
-from models.registry import MODEL_FILE, Registry
-from models.schema import Feature, FeatureSchema
-from monitoring import migrations
-from monitoring.store import PredictionStore, StoreError
-from service.metrics import serving_metrics
-from service.serving import Serving
+from driftloop.models.errors import IntegrityError, RegistryError, UnknownVersion
+from driftloop.models.registry import MODEL_FILE, Registry
+from driftloop.models.schema import Feature, FeatureSchema
+from driftloop.monitoring import migrations
+from driftloop.monitoring.store import PredictionStore, StoreError
+from driftloop.service.metrics import serving_metrics
+from driftloop.service.serving import Serving
 
 from tests.conftest import make_settings
 from tests.test_store import check, pred
@@ -43,7 +43,7 @@ ROW = {"income": 52000.0, "age": 41.0, "debt_ratio": 0.31, "credit_lines": 6.0, 
 @pytest.fixture(scope="module")
 def shadow_home(champion_home: Path, loans: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's registry (v1 champion) plus v2: another family on the concept period."""
-    from training.train import train_version
+    from driftloop.training.train import train_version
 
     root = tmp_path_factory.mktemp("shadow")
     shutil.copytree(champion_home / "bentoml", root / "bentoml")
@@ -446,7 +446,7 @@ def test_upgrade_from_0002_keeps_the_rows_and_downgrade_too(store: PredictionSto
 
 
 def test_a_database_from_before_migrations_without_the_new_column_is_adopted(tmp_path: Path) -> None:
-    from monitoring.store import metadata
+    from driftloop.monitoring.store import metadata
 
     path = tmp_path / "legacy.db"
     engine = sa.create_engine(f"sqlite:///{path}")

@@ -11,11 +11,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from models.registry import Registry
-from monitoring.monitor import Monitor
-from monitoring.store import PredictionStore
-from training import scenarios
-from training.train import train_version
+from driftloop.models.registry import Registry
+from driftloop.monitoring.monitor import Monitor
+from driftloop.monitoring.store import PredictionStore
+from driftloop.training import scenarios
+from driftloop.training.train import train_version
 
 from tests.conftest import make_settings
 from tests.test_monitor import serve

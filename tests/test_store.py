@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from monitoring.store import FeedbackResult, PredictionStore
+from driftloop.monitoring.store import FeedbackResult, PredictionStore
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -208,7 +208,7 @@ def test_create_twice_on_the_same_file(tmp_path: Path) -> None:
 def test_a_fresh_database_is_migrated_to_the_newest_revision(store: PredictionStore) -> None:
     import sqlalchemy as sa
 
-    from monitoring import migrations
+    from driftloop.monitoring import migrations
 
     assert migrations.current(store) == migrations.head() == "0003"
     assert {"predictions", "feedback", "checks", "events", "leases", "apscheduler_jobs",
@@ -218,8 +218,8 @@ def test_a_fresh_database_is_migrated_to_the_newest_revision(store: PredictionSt
 def test_a_database_made_before_migrations_is_adopted_with_its_rows(tmp_path: Path) -> None:
     import sqlalchemy as sa
 
-    from monitoring import migrations
-    from monitoring.store import metadata
+    from driftloop.monitoring import migrations
+    from driftloop.monitoring.store import metadata
 
     path = tmp_path / "old.db"
     engine = sa.create_engine(url(path))
@@ -241,7 +241,7 @@ def test_a_database_made_before_migrations_is_adopted_with_its_rows(tmp_path: Pa
 def test_a_foreign_database_is_refused_with_the_differences_named(tmp_path: Path) -> None:
     import sqlalchemy as sa
 
-    from monitoring.store import StoreError
+    from driftloop.monitoring.store import StoreError
 
     path = tmp_path / "foreign.db"
     engine = sa.create_engine(url(path))
@@ -255,7 +255,7 @@ def test_a_foreign_database_is_refused_with_the_differences_named(tmp_path: Path
 def test_a_database_from_a_newer_driftloop_is_refused(store: PredictionStore, store_url: str) -> None:
     import sqlalchemy as sa
 
-    from monitoring.store import StoreError
+    from driftloop.monitoring.store import StoreError
 
     with store.engine.begin() as conn:
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099'"))
@@ -270,7 +270,7 @@ def test_a_database_from_a_newer_driftloop_is_refused(store: PredictionStore, st
 def test_downgrade_to_the_baseline_and_upgrade_again(store: PredictionStore) -> None:
     import sqlalchemy as sa
 
-    from monitoring import migrations
+    from driftloop.monitoring import migrations
 
     fill(store, 2)
     migrations.downgrade(store, "0001")
@@ -283,7 +283,7 @@ def test_downgrade_to_the_baseline_and_upgrade_again(store: PredictionStore) -> 
 def test_processes_starting_together_on_a_fresh_database_migrate_it_once(store_url: str) -> None:
     import threading
 
-    from monitoring import migrations
+    from driftloop.monitoring import migrations
 
     stores = [PredictionStore(store_url) for _ in range(4)]  # one engine each, as separate processes
     errors: list[BaseException] = []

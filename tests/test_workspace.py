@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from driftloop.demo import free_port
+from driftloop.launch import free_port
 from driftloop.launch import stop_process
-from monitoring.drift import DriftBaseline, DriftResult, preset_columns
-from monitoring.workspace import DriftWorkspace, utc_naive
+from driftloop.monitoring.drift import DriftBaseline, DriftResult, preset_columns
+from driftloop.monitoring.workspace import DriftWorkspace, utc_naive
 
 from tests.test_drift import schema_of, tabular
 
@@ -284,12 +284,12 @@ def test_evidently_ui_serves_every_version_and_new_windows(tmp_path: Path, recor
 def test_the_monitor_snapshots_every_checked_window_into_the_workspace(champion_home: Path, tmp_path: Path) -> None:
     """The wiring: each check of a monitor run lands in its reference version's Evidently project,
     tagged with the decision, at the window's time."""
-    from models.registry import Registry
-    from monitoring.monitor import Monitor
-    from monitoring.store import PredictionStore
+    from driftloop.models.registry import Registry
+    from driftloop.monitoring.monitor import Monitor
+    from driftloop.monitoring.store import PredictionStore
     from tests.conftest import make_settings
     from tests.test_monitor import serve
-    from training import scenarios
+    from driftloop.training import scenarios
 
     home = tmp_path / "bentoml"
     shutil.copytree(champion_home / "bentoml", home)

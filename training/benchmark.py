@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models import onnx_model
-from models.errors import ConfigError
-from models.families import FAMILIES, fit_model
-from models.schema import FeatureSchema
-from training import scenarios
-from training.report import jsonable
-from training.train import library_versions
+from driftloop.models import onnx_model
+from driftloop.models.errors import ConfigError
+from driftloop.models.families import FAMILIES, fit_model
+from driftloop.models.schema import FeatureSchema
+from driftloop.training import scenarios
+from driftloop.training.report import jsonable
+from driftloop.training.train import library_versions
 
 ROWS = 3000  # training rows
 BATCH = 1024  # rows of the batch latency; also the held-out rows of the parity check

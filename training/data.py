@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.errors import ConfigError, SchemaError
+from driftloop.models.errors import ConfigError, SchemaError
 
 
 def load_frame(path: Path, columns: list[str], timestamp: str | None) -> pd.DataFrame:

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from driftloop.models.schema import plain_label, same_label
+
 
 def classification_metrics(y_true: Any, y_pred: Any, proba: np.ndarray | None,
                            labels: list[Any]) -> dict[str, float]:
@@ -186,5 +188,32 @@ def primary(task: str) -> tuple[str, bool]:
 
 
 def plain_labels(values: Any) -> list[Any]:
-    """Python scalars (``np.int64(1)`` -> ``1``), so labels compare and serialise as themselves."""
-    return [v.item() if isinstance(v, np.generic) else v for v in values]
+    """Python scalars (``np.int64(1)`` -> ``1``, ``1.0`` -> ``1``), so labels compare and
+    serialise as themselves (:func:`driftloop.models.schema.plain_label`)."""
+    return [plain_label(v) for v in values]
+
+
+def logged_score(task: str, predictions: Any, labels: Any) -> float:
+    """The primary metric of served predictions against the labels that arrived for them
+    (accuracy or RMSE): what the monitor's windows and the shadow judge measure on logged rows.
+    Served ``1`` and a label ``1.0`` are the same class."""
+    if task == "classification":
+        pairs = list(zip(predictions, labels, strict=True))
+        return float(sum(same_label(p, y) for p, y in pairs) / len(pairs)) if pairs else float("nan")
+    if task == "regression":
+        errors = np.asarray(predictions, dtype=float) - np.asarray(labels, dtype=float)
+        return float(np.sqrt((errors ** 2).mean())) if len(errors) else float("nan")
+    raise ValueError(f"task {task!r} has no labels to score served predictions against")
+
+
+def gain(task: str, candidate: float, champion: float) -> float:
+    """How much better ``candidate`` scores than ``champion`` on the task's primary metric
+    (positive: better, whichever way the metric points)."""
+    _, higher_is_better = primary(task)
+    return (candidate - champion) * (1 if higher_is_better else -1)
+
+
+def beats(task: str, candidate: float, champion: float, margin: float) -> bool:
+    """The promotion rule, for the retrain gate and the shadow judge alike: the candidate's primary
+    metric is better than the champion's by at least ``margin`` (``retraining.margin``)."""
+    return gain(task, candidate, champion) >= margin

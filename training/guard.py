@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from models.errors import ConfigError, IntegrityError, SchemaError
-from models.registry import sha256_file
-from models.schema import SUPERVISED, as_array
-from training import data as data_mod
+from driftloop.models.errors import ConfigError, IntegrityError, SchemaError
+from driftloop.models.registry import sha256_file
+from driftloop.models.schema import SUPERVISED, as_array
+from driftloop.training import data as data_mod
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings
@@ -128,7 +128,7 @@ def _fix(settings: Settings, source: pd.DataFrame | None, data_path: Path, meta_
         origin["file_sha256"] = sha256_file(Path(path))
     else:
         if source is None:
-            from training.train import source_frame  # train imports this module
+            from driftloop.training.train import source_frame  # train imports this module
 
             source = source_frame(settings)
         missing = [c for c in columns if c not in source.columns]

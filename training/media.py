@@ -51,6 +51,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from driftloop.builtin import SCENARIO_COLUMNS
+
 START = pd.Timestamp("2026-01-01T00:00:00Z")
 DECIMALS = 4  # values are stored rounded, like the loans scenario's
 
@@ -72,9 +74,9 @@ class MediaPeriod:
 
 # --------------------------------------------------------------------------------- digits
 
-DIGITS_FEATURES: dict[str, str] = {"pixels": "image"}
-DIGITS_TARGET = "digit"
-DIGITS_TIMESTAMP = "captured_at"
+DIGITS_FEATURES: dict[str, str] = SCENARIO_COLUMNS["digits"].features
+DIGITS_TARGET = SCENARIO_COLUMNS["digits"].target
+DIGITS_TIMESTAMP = SCENARIO_COLUMNS["digits"].timestamp
 IMAGE_SHAPE = (8, 8)
 TRAIN_POOL_FRACTION = 0.6
 NOISE_SIGMA = 0.3
@@ -177,9 +179,9 @@ def digits_frame(seed: int = 42, **sizes: int) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------------- sensors
 
-SENSOR_FEATURES: dict[str, str] = {"signal": "sequence"}
-SENSOR_TARGET = "state"
-SENSOR_TIMESTAMP = "captured_at"
+SENSOR_FEATURES: dict[str, str] = SCENARIO_COLUMNS["sensors"].features
+SENSOR_TARGET = SCENARIO_COLUMNS["sensors"].target
+SENSOR_TIMESTAMP = SCENARIO_COLUMNS["sensors"].timestamp
 SEQUENCE_SHAPE = (32, 3)  # (steps, channels)
 CHANNELS = ("vibration", "temperature", "current")
 FAULT_RATE = 0.4

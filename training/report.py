@@ -20,13 +20,13 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from training import evaluate
+from driftloop.training import evaluate
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from models.families import Trained
+    from driftloop.models.families import Trained
 
 TASKS = ("classification", "regression")
 MAX_SCATTER_POINTS = 5000  # regression scatter plots draw a fixed subsample beyond this

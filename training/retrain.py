@@ -45,14 +45,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from models.errors import ConfigError, RegistryError
-from models.families import expected_anomaly_rate
-from models.onnx_model import OnnxModel
-from models.registry import MODEL_FILE, Registry
-from models.schema import SUPERVISED, FeatureSchema
-from training import evaluate
-from training.reweight import importance_weights, weighted_metric
-from training.train import fit, guard_frame, initial_frame, register
+from driftloop.models.errors import ConfigError, RegistryError
+from driftloop.models.families import expected_anomaly_rate
+from driftloop.models.onnx_model import OnnxModel
+from driftloop.models.registry import MODEL_FILE, Registry
+from driftloop.models.schema import SUPERVISED, FeatureSchema
+from driftloop.training import evaluate
+from driftloop.training.reweight import importance_weights, weighted_metric
+from driftloop.training.train import fit, guard_frame, initial_frame, register
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings

@@ -31,9 +31,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from models.errors import ConfigError
-from models.families import preprocessor
-from models.schema import FeatureSchema
+from driftloop.models.errors import ConfigError
+from driftloop.models.families import preprocessor
+from driftloop.models.schema import FeatureSchema
 
 
 @dataclass(frozen=True)

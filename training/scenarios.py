@@ -22,16 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-FEATURES: dict[str, str] = {
-    "income": "numeric",
-    "age": "numeric",
-    "debt_ratio": "numeric",
-    "credit_lines": "numeric",
-    "region": "categorical",
-    "employment": "categorical",
-}
-TARGET = "default"
-TIMESTAMP = "applied_at"
+from driftloop.builtin import SCENARIO_COLUMNS, ScenarioColumns
+
+LOANS = SCENARIO_COLUMNS["loans"]
+FEATURES: dict[str, str] = LOANS.features
+TARGET = LOANS.target
+TIMESTAMP = LOANS.timestamp
 REGIONS = ("north", "south", "east", "west")
 EMPLOYMENT = ("salaried", "self_employed", "unemployed")
 
@@ -120,13 +116,27 @@ def default_probability(x: pd.DataFrame, rule: Rule) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A built-in scenario: its columns, the model kind that suits it, and its frame."""
+    """A built-in scenario: its columns (:mod:`driftloop.builtin`), the model kind that suits it,
+    and its frame."""
 
-    features: dict[str, str]
-    target: str
-    timestamp: str
-    kind: str  # the model kind its demo and tests use
+    columns: ScenarioColumns
     frame: Callable[..., pd.DataFrame]  # (seed, **sizes) -> every period, in time order
+
+    @property
+    def features(self) -> dict[str, str]:
+        return self.columns.features
+
+    @property
+    def target(self) -> str:
+        return self.columns.target
+
+    @property
+    def timestamp(self) -> str:
+        return self.columns.timestamp
+
+    @property
+    def kind(self) -> str:
+        return self.columns.kind
 
 
 def _loans_frame(seed: int = 42, **sizes: int) -> pd.DataFrame:
@@ -134,15 +144,10 @@ def _loans_frame(seed: int = 42, **sizes: int) -> pd.DataFrame:
 
 
 def _scenarios() -> dict[str, Scenario]:
-    from training import media  # images and sequences (see training/media.py)
+    from driftloop.training import media  # images and sequences (see training/media.py)
 
-    return {
-        "loans": Scenario(FEATURES, TARGET, TIMESTAMP, "gradient_boosting", _loans_frame),
-        "digits": Scenario(media.DIGITS_FEATURES, media.DIGITS_TARGET, media.DIGITS_TIMESTAMP, "cnn",
-                           media.digits_frame),
-        "sensors": Scenario(media.SENSOR_FEATURES, media.SENSOR_TARGET, media.SENSOR_TIMESTAMP, "gru",
-                            media.sensors_frame),
-    }
+    frames = {"loans": _loans_frame, "digits": media.digits_frame, "sensors": media.sensors_frame}
+    return {name: Scenario(SCENARIO_COLUMNS[name], frames[name]) for name in SCENARIO_COLUMNS}
 
 
 SCENARIOS = _scenarios()

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from models.errors import ConfigError
-from models.families import FAMILIES, build_pipeline, fit_model
-from models.schema import SUPERVISED, FeatureSchema
-from training import evaluate
+from driftloop.models.errors import ConfigError
+from driftloop.models.families import FAMILIES, build_pipeline, fit_model
+from driftloop.models.schema import SUPERVISED, FeatureSchema
+from driftloop.training import evaluate
 
 if TYPE_CHECKING:
     from driftloop.settings import SearchConfig

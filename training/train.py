@@ -17,15 +17,15 @@ import numpy as np
 import pandas as pd
 from sklearn.utils._param_validation import InvalidParameterError
 
-from models.errors import ConfigError
-from models.families import expected_anomaly_rate, fit_model
-from models.onnx_model import OnnxModel, check_parity
-from models.registry import ModelVersion, Registry
-from models.schema import SUPERVISED, FeatureSchema
-from training import data as data_mod
-from training import evaluate, guard, scenarios
-from training.report import permutation_importance, write_report
-from training.search import search
+from driftloop.models.errors import ConfigError
+from driftloop.models.families import expected_anomaly_rate, fit_model
+from driftloop.models.onnx_model import OnnxModel, check_parity
+from driftloop.models.registry import ModelVersion, Registry
+from driftloop.models.schema import SUPERVISED, FeatureSchema
+from driftloop.training import data as data_mod
+from driftloop.training import evaluate, guard, scenarios
+from driftloop.training.report import permutation_importance, write_report
+from driftloop.training.search import search
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 if TYPE_CHECKING:
-    from monitoring.store import PredictionStore
+    from driftloop.monitoring.store import PredictionStore
 
 BASELINE = "0001"  # the schema metadata.create_all used to make
 LEGACY_TABLES = ("predictions", "feedback", "checks", "events")
@@ -34,7 +34,7 @@ def config() -> Any:
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", "monitoring:migrations")
+    cfg.set_main_option("script_location", "driftloop.monitoring:migrations")
     return cfg
 
 
@@ -57,7 +57,7 @@ def upgrade(store: PredictionStore, revision: str = "head") -> str:
     from alembic import command
     from alembic.util import CommandError
 
-    from monitoring.store import StoreError
+    from driftloop.monitoring.store import StoreError
 
     target = head() if revision == "head" else revision
     if revision == "head" and _quiet(lambda: current(store)) == target:
@@ -87,7 +87,7 @@ def _adopt_legacy(conn: sa.Connection, cfg: Any) -> None:
     """Stamp a pre-migration database with the baseline once its tables are checked."""
     from alembic import command
 
-    from monitoring.store import StoreError, metadata
+    from driftloop.monitoring.store import StoreError, metadata
 
     inspector = sa.inspect(conn)
     tables = set(inspector.get_table_names())
@@ -114,7 +114,7 @@ def _adopt_legacy(conn: sa.Connection, cfg: Any) -> None:
 @contextmanager
 def _locked(store: PredictionStore) -> Iterator[sa.Connection]:
     """A connection in a transaction that no other process can be migrating in at once."""
-    from monitoring.store import MIGRATION_LOCK
+    from driftloop.monitoring.store import MIGRATION_LOCK
 
     if store.dialect == "sqlite":
         path = store.engine.url.database

@@ -1,0 +1,39 @@
+"""Files written so that a reader sees the old content or the new, never half of either.
+
+Every artifact driftloop writes in place of an older one (the champion and shadow pointers, an
+imported archive, a training report, the guard set's copy) goes through :func:`replace_atomically`:
+the content is written to a temporary file in the same directory, flushed to disk, and renamed
+over the target (``os.replace``: atomic on POSIX and Windows within one filesystem).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def replace_atomically(path: str | Path, write: Callable[[Path], None], *, mode: int = 0o644) -> Path:
+    """Write ``path`` through ``write(tmp)`` (which fills the temporary file it is given), then
+    rename it over ``path``. A failure leaves ``path`` as it was and no temporary file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)  # mkstemp's 0600 would surprise whoever reads the file next
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """:func:`replace_atomically` for a text file (UTF-8)."""
+    return replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -90,8 +90,10 @@ def service_command(settings: Settings, config_path: Path,
 class ServiceProcess:
     """A running ``bentoml serve``; a context manager that stops it gracefully (SIGTERM)."""
 
-    def __init__(self, settings: Settings, config_path: Path, log_path: Path | None = None) -> None:
+    def __init__(self, settings: Settings, config_path: Path, log_path: Path | None = None,
+                 cwd: Path | None = None) -> None:
         self.settings = settings
+        self.cwd = cwd  # the server's working directory (default: this process's)
         self.config_path = config_path
         self.log_path = log_path
         self.url = f"http://{settings.serving.host}:{settings.serving.port}"
@@ -106,7 +108,7 @@ class ServiceProcess:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log or subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
         try:
             self.wait_ready(ready_timeout)
         except BaseException:  # never leave a half-started server behind

@@ -38,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from driftloop.models.schema import SECOND_OUTPUT, FeatureSchema
+from driftloop.models.schema import SCORES_FIELD, FeatureSchema
 
 CONFIG_ENV = "BARE_APP_CONFIG"
 
@@ -55,7 +55,7 @@ class BareModel:
         self.session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
         self.schema = FeatureSchema.from_dict(schema)
         self.version = version
-        self.second = SECOND_OUTPUT[self.schema.task]
+        self.scores_field = SCORES_FIELD[self.schema.task]
         self.names = self.schema.names
         self.outputs = [o.name for o in self.session.get_outputs() if o.name != "embedding"]  # as the service
 
@@ -69,8 +69,8 @@ class BareModel:
         outputs = self.session.run(self.outputs, feeds)
         answer: dict[str, Any] = {"model_version": self.version,
                                   "predictions": np.asarray(outputs[0]).reshape(-1).tolist()}
-        if self.second is not None and len(outputs) > 1:
-            answer[self.second] = np.round(np.asarray(outputs[1]).astype(np.float64), 6).tolist()
+        if self.scores_field is not None and len(outputs) > 1:
+            answer[self.scores_field] = np.round(np.asarray(outputs[1]).astype(np.float64), 6).tolist()
         return answer
 
 

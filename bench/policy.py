@@ -55,6 +55,7 @@ import pandas as pd
 
 from driftloop.monitoring import policy as pol
 from driftloop.training import scenarios as sc
+from driftloop.vocabulary import Check, Decision, EventKind, Outcome
 
 WINDOW = 500  # rows per monitoring window (the default monitoring.window_rows)
 K = 4  # the periodic baseline retrains every K windows on the K windows before (see README)
@@ -62,7 +63,9 @@ STEP = 100  # rows served between two monitor runs
 LABEL_DELAY = 100  # rows between a prediction and its label (the demo's)
 ORACLE_ROWS = 3000  # the oracle learns from as many post-change rows as the first model had
 EQUAL = 0.005  # accuracies within half a point count as equal (the periodic comparison)
-ALARMS = (pol.RETRAIN, pol.ALERT)
+ALARMS = (Decision.RETRAIN, Decision.ALERT)
+RAN = (Outcome.PROMOTED, Outcome.REJECTED, Outcome.FAILED)  # a retrain that trained (or tried to train) a candidate
+TRAINED = (EventKind.RETRAIN_PROMOTED, EventKind.RETRAIN_REJECTED)  # a candidate the gate judged
 INITIAL_FILE = "initial.parquet"  # the first model's data (data.path), in the scenario's base directory
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -113,16 +116,17 @@ class EveryKWindows:
 
     k: int
 
-    def update(self, stats: pol.WindowStats) -> pol.Decision:
+    def update(self, stats: pol.WindowStats) -> pol.PolicyDecision:
         if (stats.window + 1) % self.k == 0:
-            return pol.Decision(pol.RETRAIN, f"scheduled: every {self.k} windows", (), stats.window - self.k + 1)
-        return pol.Decision(pol.NONE, "not due")
+            return pol.PolicyDecision(Decision.RETRAIN, f"scheduled: every {self.k} windows", (),
+                                      stats.window - self.k + 1)
+        return pol.PolicyDecision(Decision.NONE, "not due")
 
     def retrained(self, window: int) -> None:
         """Nothing to remember: the schedule does not depend on what came of a retrain."""
 
     def suspected(self, stats: pol.WindowStats) -> bool:
-        """No detector: never suspects a decay before the labels come (``Monitor._suspect_early``)."""
+        """No detector: never suspects a decay before the labels come (monitoring/early_warning.py)."""
         return False
 
 
@@ -133,19 +137,18 @@ class ArmRun:
     arm: str
     correct: np.ndarray  # per live row: the served prediction was the true label
     served: list[str]  # per live row: the version that answered
-    checks: list[dict[str, Any]]
+    checks: list[Check]
     checked_at: dict[int, int]  # window -> live rows served when its check ran
     seconds: float
     versions: list[str] = field(default_factory=list)
     retrain_log: list[dict[str, Any]] = field(default_factory=list)  # per trained candidate: its gate
 
-    def alarms(self, first: int, last: int) -> list[dict[str, Any]]:
-        return [c for c in self.checks if first <= c["window"] < last and c["decision"] in ALARMS]
+    def alarms(self, first: int, last: int) -> list[Check]:
+        return [c for c in self.checks if first <= c.window < last and c.decision in ALARMS]
 
-    def retrains(self) -> list[dict[str, Any]]:
+    def retrains(self) -> list[Check]:
         """Retrains that ran (a candidate was trained): promoted, rejected or failed."""
-        return [c for c in self.checks if c["decision"] == pol.RETRAIN and c["outcome"] in
-                ("promoted", "rejected", "failed")]
+        return [c for c in self.checks if c.decision == Decision.RETRAIN and c.outcome in RAN]
 
 
 @dataclass(frozen=True)
@@ -206,9 +209,8 @@ def run_arm(arm: str, live: pd.DataFrame, base: Path, root: Path, case: Case, pr
     store = PredictionStore(settings.store.url).create()
     registry = Registry(settings.registry.home, settings.registry.project)
     now = [START.timestamp()]
-    monitor = Monitor(settings, store, registry, clock=lambda: now[0])
-    if arm.startswith("every-"):
-        monitor.policy = EveryKWindows(int(arm.split("-")[1]))  # type: ignore[assignment]
+    periodic = EveryKWindows(int(arm.split("-")[1])) if arm.startswith("every-") else None
+    monitor = Monitor(settings, store, registry, clock=lambda: now[0], policy=periodic)  # type: ignore[arg-type]
 
     n = len(live)
     truth = live[sc.TARGET].to_numpy()
@@ -242,13 +244,13 @@ def run_arm(arm: str, live: pd.DataFrame, base: Path, root: Path, case: Case, pr
         send_labels(max(0, end - case.label_delay))
         now[0] = (START + timedelta(seconds=end - 1)).timestamp()
         for check in monitor.run_once():
-            checked_at[check["window"]] = end
-            if check["decision"] != pol.NONE:
-                progress(f"  {arm:<10} window {check['window']:>3}: {check['decision']} {check['outcome'] or ''}")
+            checked_at[check.window] = end
+            if check.decision != Decision.NONE:
+                progress(f"  {arm:<10} window {check.window:>3}: {check.decision} {check.outcome or ''}")
     send_labels(n)  # the stream is over: every label arrives, and the last windows are checked
     now[0] += settings.monitoring.label_wait_s + 1
     for check in monitor.run_once():
-        checked_at[check["window"]] = n
+        checked_at[check.window] = n
     run = ArmRun(arm, correct, served, store.checks(), checked_at, time.perf_counter() - started,
                  [v.version for v in registry.versions()], retrain_log(store))
     store.close()
@@ -260,7 +262,7 @@ def retrain_log(store: Any) -> list[dict[str, Any]]:
     holdout's and the guard set's figures."""
     out = []
     for event in store.events():
-        if event["kind"] not in ("retrain_promoted", "retrain_rejected"):
+        if event["kind"] not in TRAINED:
             continue
         d, guard = event["detail"], event["detail"].get("guard") or {}
         weights = (d.get("training_data") or {}).get("weights") or {}
@@ -335,16 +337,16 @@ def analyse(case: Case, live: pd.DataFrame, changes: list[Change], runs: dict[st
     never = runs.get("never")
     arms: dict[str, Any] = {}
     for arm, run in runs.items():
-        quiet_checks = [c for c in run.checks if c["window"] < quiet_windows]
+        quiet_checks = [c for c in run.checks if c.window < quiet_windows]
         false_alarms = run.alarms(0, quiet_windows)
         per_window = [float(run.correct[w * WINDOW:(w + 1) * WINDOW].mean()) for w in range(n // WINDOW)]
         retrains = run.retrains()
         arms[arm] = {
-            "retrains": len(retrains), "promoted": sum(c["outcome"] == "promoted" for c in retrains),
-            "retrain_windows": [c["window"] for c in retrains],
+            "retrains": len(retrains), "promoted": sum(c.outcome == Outcome.PROMOTED for c in retrains),
+            "retrain_windows": [c.window for c in retrains],
             "checks": len(run.checks), "quiet_checks": len(quiet_checks),
             "false_alarms": len(false_alarms) if not arm.startswith("every-") else None,
-            "flagged_quiet": sum(c["decision"] != pol.NONE for c in quiet_checks)
+            "flagged_quiet": sum(c.decision != Decision.NONE for c in quiet_checks)
             if not arm.startswith("every-") else None,
             "accuracy": float(run.correct.mean()), "accuracy_per_window": per_window,
             "seconds": round(run.seconds, 1), "changes": [], "retrain_log": run.retrain_log,
@@ -367,18 +369,18 @@ def change_figures(run: ArmRun, change: Change, changes: list[Change], oracle: n
                            "accuracy_after": _mean(run.correct[change.onset:change.end])}
     alarms = run.alarms(first, last) if not run.arm.startswith("every-") else []
     if alarms:
-        at = alarms[0]["window"]
+        at = alarms[0].window
         out |= {"detected_window": at, "delay_windows": at - first,
                 "delay_rows": run.checked_at.get(at, len(run.correct)) - change.onset}
     else:
         out |= {"detected_window": None, "delay_windows": None, "delay_rows": None}
-    promoted = [c for c in run.retrains() if first <= c["window"] < last and c["outcome"] == "promoted"]
-    out["retrains"] = sum(first <= c["window"] < last for c in run.retrains())
+    promoted = [c for c in run.retrains() if first <= c.window < last and c.outcome == Outcome.PROMOTED]
+    out["retrains"] = sum(first <= c.window < last for c in run.retrains())
     if promoted:
         # From the first promotion on, the new model answers: score every arm on these rows.
-        since = run.checked_at[promoted[0]["window"]]
+        since = run.checked_at[promoted[0].window]
         rows = slice(since, change.end)
-        out |= {"promoted_window": promoted[0]["window"], "post_retrain_rows": change.end - since,
+        out |= {"promoted_window": promoted[0].window, "post_retrain_rows": change.end - since,
                 "post_retrain_accuracy": _mean(run.correct[rows]),
                 "oracle_same_rows": _mean(oracle[rows]),
                 "never_same_rows": _mean(never.correct[rows]) if never is not None else None}

@@ -884,7 +884,7 @@ _OWNERS = (("/opentelemetry/", "OpenTelemetry"), ("/_bentoml_impl/", "BentoML"),
            ("/numpy/", "numpy"), ("/sqlalchemy/", "SQLAlchemy"), ("/pandas/", "pandas"))
 _DRIFTLOOP_DIRS = ("service", "models", "monitoring", "driftloop", "training")
 _THREAD_ROLES = (("PredictionLogWriter._run", "prediction-log writer thread"),
-                 ("ChampionWatcher._run", "champion watcher thread"),
+                 ("PointerWatcher._run", "pointer watcher thread"),
                  ("WorkerThread.run", "request thread pool (anyio)"),
                  ("Thread._bootstrap", "other threads"))
 _LAYER_MARKERS = ("Middleware", "api_endpoint", "_local_call", "run_sync_in_worker_thread", "Driftloop.predict")

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from driftloop.models.errors import DriftloopError
+from driftloop.vocabulary import Decision, EventKind, Trigger
 
 app = typer.Typer(help="driftloop: train, serve, watch, retrain.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -70,7 +71,7 @@ def train(config: ConfigOpt = None,
         champion = registry.champion()
         frame = initial_frame(settings)
         typer.echo(f"training {settings.model.kind} ({settings.task}) on {len(frame)} rows")
-        result = train_version(settings, frame, registry, trigger="manual" if champion else "initial",
+        result = train_version(settings, frame, registry, trigger=Trigger.MANUAL if champion else Trigger.INITIAL,
                                parent=champion.version if champion else None,
                                progress=lambda line: typer.echo(f"  {line}"))
         typer.echo(f"registered {result.version.tag} in {result.seconds:.1f}s")
@@ -127,7 +128,7 @@ def monitor(config: ConfigOpt = None,
         if once:
             checks = make_monitor().run_once()
             typer.echo(f"checked {len(checks)} window(s)")
-            raise typer.Exit(1 if any(c["decision"] in ("alert", "retrain") for c in checks) else 0)
+            raise typer.Exit(1 if any(c.decision in (Decision.ALERT, Decision.RETRAIN) for c in checks) else 0)
         if settings.monitoring.metrics_port:
             metrics.serve(settings.monitoring.metrics_port, settings.monitoring.metrics_host)
         active = ActiveScheduler(store, make_monitor, settings.monitoring.interval_s, settings.scheduler.lease_s)
@@ -204,7 +205,7 @@ def _job_command(action: str, name: str, config: Path | None) -> None:
     try:
         with _store(config) as store:
             job = do(store, name)
-            store.record_event(f"job_{action}", {"job": name, "actor": _actor()})
+            store.record_event(EventKind.job(action), {"job": name, "actor": _actor()})
     except DriftloopError as exc:
         _fail(exc)
     when = "paused" if job.next_run_time is None else f"next run {job.next_run_time:%Y-%m-%d %H:%M:%S %Z}"
@@ -269,9 +270,9 @@ def history(config: ConfigOpt = None,
                        f"{json.dumps(e['detail'], default=str)[:160]}")
         return
     for c in store.checks():
-        acc = "-" if c["accuracy"] is None else f"{c['accuracy']:.3f}"
-        typer.echo(f"window {c['window']:>4} rows={c['rows']} drift={c['drift_share']:.2f} acc={acc} "
-                   f"model={c['model_version']} {c['decision']} {c['outcome'] or ''}  {c['reason']}")
+        acc = "-" if c.accuracy is None else f"{c.accuracy:.3f}"
+        typer.echo(f"window {c.window:>4} rows={c.rows} drift={c.drift_share:.2f} acc={acc} "
+                   f"model={c.model_version} {c.decision} {c.outcome or ''}  {c.reason}")
 
 
 @app.command()

@@ -30,6 +30,12 @@ from driftloop.monitoring.scheduler import build_scheduler
 from driftloop.monitoring.store import PredictionStore
 from driftloop.training import scenarios
 from driftloop.training.train import train_version
+from driftloop.vocabulary import JOB_OUTCOMES, Check, Decision, EventKind, Outcome, Trigger
+
+ALARMS = (Decision.RETRAIN, Decision.ALERT)  # a window that detected a change
+FLAGGED = (Decision.WATCH, Decision.ALERT, Decision.RETRAIN)  # marked on the plot
+# A retrain's end in the audit trail (the job's outcome, or its failure) -> that outcome
+RETRAIN_ENDS = {EventKind.retrain(o): o for o in (*JOB_OUTCOMES, Outcome.FAILED)}
 
 
 def demo_settings(workdir: Path, config: Path | None = None, **overrides: Any) -> Settings:
@@ -130,14 +136,14 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _print_row(check: dict[str, Any], period: str) -> None:
-    drifted = ",".join(check["drifted_features"]) or "-"
-    event = check["decision"] if check["decision"] != "none" else ""
-    if check["outcome"]:
-        event += f" -> {check['outcome']}"
-    print(f"{check['window']:>6} {period:<10} {check['rows']:>5} {check['drift_share']:>6.2f}  "
-          f"{drifted[:46]:<46} {_fmt(check['accuracy']):>6} {check['labelled'] / check['rows']:>6.0%}  "
-          f"{check['model_version']:<7} {event}", flush=True)
+def _print_row(check: Check, period: str) -> None:
+    drifted = ",".join(check.drifted_features) or "-"
+    event = str(check.decision) if check.decision != Decision.NONE else ""
+    if check.outcome:
+        event += f" -> {check.outcome}"
+    print(f"{check.window:>6} {period:<10} {check.rows:>5} {check.drift_share:>6.2f}  "
+          f"{drifted[:46]:<46} {_fmt(check.accuracy):>6} {check.labelled / check.rows:>6.0%}  "
+          f"{check.model_version:<7} {event}", flush=True)
 
 
 def run_demo(workdir: Path = Path("var/demo"), config: Path | None = None, windows: dict[str, int] | None = None,
@@ -158,7 +164,7 @@ def run_demo(workdir: Path = Path("var/demo"), config: Path | None = None, windo
           ", ".join(f"{k} {v}" for k, v in sizes.items()) + f"; work dir {workdir}")
     registry = Registry(settings.registry.home, settings.registry.project)
     first = train_version(settings, frame[frame["period"] == "train"].reset_index(drop=True), registry,
-                          trigger="initial")
+                          trigger=Trigger.INITIAL)
     registry.promote(first.version.version, actor="demo", reason="initial model")
     print(f"trained {first.version.tag} ({settings.model.kind}) in {first.seconds:.1f}s: "
           f"validation accuracy {first.metrics['accuracy']:.3f}; champion")
@@ -175,9 +181,9 @@ def run_demo(workdir: Path = Path("var/demo"), config: Path | None = None, windo
     period_of_window = [live["period"].iloc[i] for i in range(0, len(live), window_rows)]
     print(f"{'window':>6} {'period':<10} {'rows':>5} {'drift':>6}  {'drifted features':<46} "
           f"{'acc':>6} {'labels':>6}  {'serving':<7} event")
-    checks: list[dict[str, Any]] = []
+    checks: list[Check] = []
     monitor = Monitor(settings, store, registry, metrics=MonitorMetrics(),
-                      on_check=lambda c: (checks.append(c), _print_row(c, period_of_window[c["window"]])))
+                      on_check=lambda c: (checks.append(c), _print_row(c, period_of_window[c.window])))
     scheduler = build_scheduler(monitor, settings.monitoring.interval_s)
     scheduler.start()
     replay = Replay(service.url, live, features, target)
@@ -207,34 +213,33 @@ def _wait_for(condition: Any, what: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def summarize(checks: list[dict[str, Any]], store: PredictionStore, registry: Registry, traffic: Traffic,
+def summarize(checks: list[Check], store: PredictionStore, registry: Registry, traffic: Traffic,
               sizes: dict[str, int], workers: dict[str, int], seconds: float) -> dict[str, Any]:
     onset = {"covariate": sizes["stable"], "concept": sizes["stable"] + sizes["covariate"]}
-    retrains = [e for e in store.events() if e["kind"].startswith("retrain_") and e["kind"] != "retrain_started"]
+    retrains = [e for e in store.events() if e["kind"] in RETRAIN_ENDS]
     detections = {}
     for name, start in onset.items():
         end = start + sizes[name]
-        hit = next((c for c in checks if start <= c["window"] < end and c["decision"] in ("retrain", "alert")), None)
-        early = [c["window"] for c in checks if c["window"] < start and c["decision"] in ("retrain", "alert")
-                 and (name == "covariate")]
-        detections[name] = {"onset_window": start, "detected_window": hit["window"] if hit else None,
-                            "delay_windows": (hit["window"] - start) if hit else None,
-                            "signals": hit["reason"] if hit else None, "alarms_before_onset": early}
+        hit = next((c for c in checks if start <= c.window < end and c.decision in ALARMS), None)
+        early = [c.window for c in checks if c.window < start and c.decision in ALARMS and (name == "covariate")]
+        detections[name] = {"onset_window": start, "detected_window": hit.window if hit else None,
+                            "delay_windows": (hit.window - start) if hit else None,
+                            "signals": hit.reason if hit else None, "alarms_before_onset": early}
     promoted_at = {h["version"]: pd.Timestamp(h["promoted_at"]).timestamp() for h in registry.history()
                    if h["action"] == "promote"}
     promotions = []
     for event in retrains:
         d = event["detail"]
-        if event["kind"] == "retrain_promoted":
-            after = next((c for c in checks if c["window"] > event["window"] and c["model_version"] == d["candidate"]),
+        if event["kind"] == EventKind.RETRAIN_PROMOTED:
+            after = next((c for c in checks if c.window > event["window"] and c.model_version == d["candidate"]),
                          None)
-            before = next((c for c in checks if c["window"] == event["window"]), None)
+            before = next((c for c in checks if c.window == event["window"]), None)
             promotions.append({
                 "window": event["window"], "from": d["champion"], "to": d["candidate"],
                 "gate": f"{d['metric']} {d['champion_score']:.3f} -> {d['candidate_score']:.3f} "
                         f"on {d['holdout_rows']} held-out rows",
-                "accuracy_before": before["accuracy"] if before else None,
-                "accuracy_after": after["accuracy"] if after else None,
+                "accuracy_before": before.accuracy if before else None,
+                "accuracy_after": after.accuracy if after else None,
                 "first_answer_after_s": round(traffic.first_seen[d["candidate"]] - promoted_at[d["candidate"]], 3)
                 if d["candidate"] in traffic.first_seen else None,
             })
@@ -247,7 +252,7 @@ def summarize(checks: list[dict[str, Any]], store: PredictionStore, registry: Re
         "rows_by_version": dict(traffic.versions),
         "windows_checked": len(checks),
         "detections": detections,
-        "retrains": [{"window": e["window"], "outcome": e["kind"].removeprefix("retrain_")} for e in retrains],
+        "retrains": [{"window": e["window"], "outcome": RETRAIN_ENDS[e["kind"]]} for e in retrains],
         "promotions": promotions,
         "final_champion": champion.version if champion else None,
         "workers_by_version": workers,
@@ -255,7 +260,7 @@ def summarize(checks: list[dict[str, Any]], store: PredictionStore, registry: Re
     }
 
 
-def _report(summary: dict[str, Any], checks: list[dict[str, Any]], periods: list[str],
+def _report(summary: dict[str, Any], checks: list[Check], periods: list[str],
             store: PredictionStore, workdir: Path) -> None:
     print("\nsummary")
     for name, d in summary["detections"].items():
@@ -268,43 +273,43 @@ def _report(summary: dict[str, Any], checks: list[dict[str, Any]], periods: list
         print(f"  window {p['window']}: {p['from']} -> {p['to']} promoted ({p['gate']}); live accuracy "
               f"{_fmt(p['accuracy_before'])} before, {_fmt(p['accuracy_after'])} after; first answer from "
               f"{p['to']} {_fmt(p['first_answer_after_s'], '.2f')}s after promotion")
-    rejected = [r for r in summary["retrains"] if r["outcome"] != "promoted"]
+    rejected = [r for r in summary["retrains"] if r["outcome"] != Outcome.PROMOTED]
     for r in rejected:
         print(f"  window {r['window']}: retrain {r['outcome']}")
     print(f"  requests: {summary['requests_rows_served']} rows served, {summary['requests_rows_failed']} failed; "
           f"{summary['logged_predictions']} rows in the prediction log")
     print(f"  champion {summary['final_champion']}; workers per version at the end: {summary['workers_by_version']}")
-    detecting = next((c for c in checks if c["decision"] in ("retrain", "alert") and c["report_path"]), None)
+    detecting = next((c for c in checks if c.decision in ALARMS and c.report_path), None)
     if detecting:
-        shutil.copy(detecting["report_path"], workdir / "drift-report.html")
-        print(f"  Evidently report of the detecting check (window {detecting['window']}): {workdir / 'drift-report.html'}")
+        shutil.copy(detecting.report_path, workdir / "drift-report.html")
+        print(f"  Evidently report of the detecting check (window {detecting.window}): {workdir / 'drift-report.html'}")
     if (workdir / "reports" / "evidently").is_dir():
         print(f"  every window's Evidently snapshot: evidently ui --workspace {workdir / 'reports' / 'evidently'}")
     plot = _plot(checks, periods, workdir / "loop.png")
     print(f"  plot: {plot}\n  took {summary['seconds']:.0f}s")
 
 
-def _plot(checks: list[dict[str, Any]], periods: list[str], path: Path) -> Path:
+def _plot(checks: list[Check], periods: list[str], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    w = [c["window"] for c in checks]
-    ax.plot(w, [c["accuracy"] for c in checks], "o-", color="tab:blue", label="live accuracy (labelled rows)")
-    ax.plot(w, [c["drift_share"] for c in checks], "s--", color="tab:orange", label="drift share (Evidently)")
+    w = [c.window for c in checks]
+    ax.plot(w, [c.accuracy for c in checks], "o-", color="tab:blue", label="live accuracy (labelled rows)")
+    ax.plot(w, [c.drift_share for c in checks], "s--", color="tab:orange", label="drift share (Evidently)")
     for i, name in enumerate(periods):
         if i == 0 or periods[i - 1] != name:
             ax.axvline(i - 0.5, color="grey", lw=0.8)
             ax.text(i - 0.45, 1.02, name, color="grey", fontsize=9)
     for c in checks:
-        if c["outcome"] == "promoted":
-            ax.annotate("retrained,\npromoted", (c["window"], c["accuracy"] or 0.5),
+        if c.outcome == Outcome.PROMOTED:
+            ax.annotate("retrained,\npromoted", (c.window, c.accuracy or 0.5),
                         textcoords="offset points", xytext=(0, -38), ha="center", fontsize=8, color="tab:green",
                         arrowprops={"arrowstyle": "->", "color": "tab:green"})
-        elif c["decision"] in ("watch", "alert", "retrain"):
-            ax.plot([c["window"]], [c["drift_share"]], "x", color="tab:red", ms=9)
+        elif c.decision in FLAGGED:
+            ax.plot([c.window], [c.drift_share], "x", color="tab:red", ms=9)
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("monitoring window")
     ax.set_title("driftloop demo: accuracy and drift per window (x: flagged window)")

@@ -87,9 +87,14 @@ class EventKind(StrEnum):
     VERSIONS_DELETED = "versions_deleted"  # registry retention
     SCHEDULER_ACTIVE = "scheduler_active"  # this monitor took the scheduler lease
     JOB_FAILED = "job_failed"  # a scheduler job raised
-    JOB_PAUSED = "job_paused"  # ``driftloop jobs pause|resume|run``
-    JOB_RESUMED = "job_resumed"
+    JOB_PAUSE = "job_pause"  # ``driftloop jobs pause|resume|run`` (the command's verb, as recorded)
+    JOB_RESUME = "job_resume"
     JOB_RUN = "job_run"
+
+    @classmethod
+    def job(cls, action: str) -> EventKind:
+        """The event of an operator's ``driftloop jobs ACTION`` (pause, resume or run)."""
+        return cls(f"job_{action}")
 
     @classmethod
     def detected(cls, signals: tuple[str, ...]) -> EventKind:

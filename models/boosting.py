@@ -34,7 +34,7 @@ from driftloop.models.errors import ConfigError, ExportError
 from driftloop.models.families import SklearnModel, preprocessor
 from driftloop.models.schema import FeatureSchema
 
-KIND = "hist_gradient_boosting"
+KIND = "lightgbm"  # the ``model.kind`` users write (models/families.py): what the errors name
 TASKS = ("classification", "regression")
 DEFAULTS: dict[str, Any] = {
     "n_estimators": 200,

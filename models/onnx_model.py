@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -105,8 +105,8 @@ def check_external_data(onnx_bytes: bytes, model_dir: Path) -> list[Path]:
     so it is refused with :class:`IntegrityError`, as is a named file that does not exist.
     """
     import onnx
-    from onnx.external_data_helper import _get_all_tensors
 
+    from driftloop.adapters.onnx import all_tensors
     from driftloop.models.errors import IntegrityError
 
     try:
@@ -115,7 +115,7 @@ def check_external_data(onnx_bytes: bytes, model_dir: Path) -> list[Path]:
         raise ExportError(f"not a readable ONNX graph: {exc}") from exc
     root = Path(model_dir).resolve()
     files: list[Path] = []
-    for tensor in _get_all_tensors(proto):
+    for tensor in all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -144,15 +144,27 @@ def served_outputs(sess: ort.InferenceSession) -> list[str]:
     return [o.name for o in sess.get_outputs() if o.name != EMBEDDING]
 
 
+class GraphOutput(NamedTuple):
+    """What a graph answers for a batch of rows; unpacks as ``preds, scores = ...``.
+
+    ``scores`` is the task's second output, named in a ``/predict`` answer by
+    :data:`~driftloop.models.schema.SCORES_FIELD`: class probabilities ``(n, classes)`` in the
+    schema's label order (classification), distances to every cluster centre ``(n, clusters)``
+    (clustering), anomaly scores ``(n,)`` (anomaly); ``None`` for regression."""
+
+    predictions: np.ndarray  # (n,)
+    scores: np.ndarray | None
+
+
 def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray],
-        outputs: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Predictions and, for classifiers, class probabilities (``None`` otherwise); an
-    ``embedding`` output is not computed here (see :meth:`OnnxModel.embed_frame`).
-    ``outputs``: :func:`served_outputs`, when the caller has it at hand."""
+        outputs: list[str] | None = None) -> GraphOutput:
+    """The graph's predictions and scores (:class:`GraphOutput`); an ``embedding`` output is not
+    computed here (see :meth:`OnnxModel.embed_frame`). ``outputs``: :func:`served_outputs`, when
+    the caller has it at hand."""
     outputs = sess.run(outputs or served_outputs(sess), feeds)
     preds = np.asarray(outputs[0]).reshape(-1)
-    proba = np.asarray(outputs[1]) if len(outputs) > 1 else None
-    return preds, proba
+    scores = np.asarray(outputs[1]) if len(outputs) > 1 else None
+    return GraphOutput(preds, scores)
 
 
 def check_parity(native: Any, onnx_bytes: bytes, schema: FeatureSchema, frame: pd.DataFrame) -> Parity:
@@ -212,7 +224,7 @@ class OnnxModel:
             raise ExportError(f"version {version}: graph inputs {names} do not match the schema {schema.names}")
         return cls(version, schema, sess, metadata)
 
-    def predict(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(self, feeds: dict[str, np.ndarray]) -> GraphOutput:
         return run(self.session, feeds, self.outputs)
 
     @property
@@ -225,7 +237,7 @@ class OnnxModel:
             return None
         return np.asarray(self.session.run([EMBEDDING], self.schema.feeds(frame))[0])
 
-    def predict_frame(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_frame(self, frame: pd.DataFrame) -> GraphOutput:
         return self.predict(self.schema.feeds(frame))
 
     def warm_up(self, frame: pd.DataFrame) -> None:

@@ -39,13 +39,15 @@ from typing import Any
 
 import pandas as pd
 
+from driftloop.adapters import bentoml as store_api
 from driftloop.models.errors import IntegrityError, RegistryError, UnknownVersion
 from driftloop.models.onnx_model import OnnxModel, check_external_data
 from driftloop.models.schema import FeatureSchema
+from driftloop.vocabulary import Trigger
 
 MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.parquet"
-TRIGGERS = ("initial", "manual", "drift", "decay", "schedule")
+TRIGGERS = tuple(t.value for t in Trigger)  # a version's metadata ``trigger``
 DIFF_FIELDS = ("kind", "params", "trigger", "parent", "data_fingerprint", "time_range")
 _VERSION = re.compile(r"^v(\d+)$")
 
@@ -197,11 +199,9 @@ class Registry:
     """Versions and champion of one project in a BentoML model store rooted at ``home``."""
 
     def __init__(self, home: str | Path, project: str) -> None:
-        from bentoml._internal.models.model import ModelStore  # the store BENTOML_HOME would give
-
         self.home = Path(home)
         self.project = project
-        self._store = ModelStore(self.home / "models")
+        self._store = store_api.model_store(self.home / "models")  # the store BENTOML_HOME would give
         self.project_dir = project_dir(self.home, project)
         self.pointer_path = self.project_dir / "champion.json"
         self.shadow_path = self.project_dir / "shadow.json"
@@ -211,20 +211,16 @@ class Registry:
     # -- versions -------------------------------------------------------------------------------
     def versions(self) -> list[ModelVersion]:
         """Every version of the project, oldest first."""
-        import bentoml
-
         try:
-            items = bentoml.models.list(self.project, _model_store=self._store)
+            items = store_api.list_models(self._store, self.project)
         except Exception:  # the project has no models yet
             return []
         out = [self._version_of(m) for m in items if _VERSION.match(m.tag.version or "")]
         return sorted(out, key=lambda v: int(v.version[1:]))
 
     def get(self, version: str) -> ModelVersion:
-        import bentoml
-
         try:
-            return self._version_of(bentoml.models.get(f"{self.project}:{version}", _model_store=self._store))
+            return self._version_of(store_api.get_model(self._store, f"{self.project}:{version}"))
         except Exception:
             known = [v.version for v in self.versions()]
             raise UnknownVersion(f"unknown version {version!r} of {self.project!r}; known: {known}") from None
@@ -236,8 +232,6 @@ class Registry:
     def register(self, onnx_bytes: bytes, schema: FeatureSchema, reference: pd.DataFrame,
                  metadata: dict[str, Any], trigger: str, parent: str | None) -> ModelVersion:
         """Store a new version; returns it. The champion is not changed."""
-        import bentoml
-
         if trigger not in TRIGGERS:
             raise RegistryError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
         ref = io.BytesIO()
@@ -253,9 +247,10 @@ class Registry:
             number = self._high_water() + 1
             version = f"v{number}"
             # One JSON string: BentoML's metadata refuses None and would coerce types.
-            with bentoml.models.create(f"{self.project}:{version}", metadata={"driftloop": json.dumps(meta)},
-                                       labels={"trigger": trigger, "task": schema.task},
-                                       module="driftloop", _model_store=self._store) as model:
+            with store_api.create_model(self._store, f"{self.project}:{version}",
+                                        metadata={"driftloop": json.dumps(meta)},
+                                        labels={"trigger": str(trigger), "task": schema.task},
+                                        module="driftloop") as model:
                 for name, data in files.items():
                     with open(model.path_of(name), "wb") as fh:
                         fh.write(data)
@@ -452,8 +447,6 @@ class Registry:
 
         With ``dry_run`` nothing is deleted. Each deletion is appended to the history.
         """
-        import bentoml
-
         with self._lock():
             plan = self.retention_plan(keep_ancestors, keep_candidates)
             if dry_run or not plan.delete:
@@ -462,7 +455,7 @@ class Registry:
             done: list[str] = []
             for version, why in plan.delete.items():
                 try:
-                    bentoml.models.delete(f"{self.project}:{version}", _model_store=self._store)
+                    store_api.delete_model(self._store, f"{self.project}:{version}")
                 except Exception as exc:
                     raise RegistryError(f"could not delete {self.project}:{version}: {exc}; "
                                         f"deleted before it: {done}") from exc

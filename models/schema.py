@@ -21,8 +21,9 @@ FEATURE_KINDS: tuple[str, ...] = ("numeric", "categorical", "image", "sequence")
 MEDIA_KINDS: tuple[str, ...] = ("image", "sequence")  # arrays: image (height, width), sequence (steps, channels)
 TASKS: tuple[str, ...] = ("classification", "regression", "clustering", "anomaly")
 SUPERVISED: tuple[str, ...] = ("classification", "regression")
-# The graph's second output, by task, and its name in a /predict answer.
-SECOND_OUTPUT: dict[str, str | None] = {
+# The name of a graph's scores (``GraphOutput.scores``, its second output) in a /predict answer,
+# by task; None: the task's graph has no scores.
+SCORES_FIELD: dict[str, str | None] = {
     "classification": "probabilities",  # (n, classes), in the order of the schema's labels
     "regression": None,
     "clustering": "distances",  # (n, clusters): distance to every cluster centre

@@ -27,7 +27,6 @@ rows, drift when its ROC AUC exceeds 0.55); otherwise through a few summary colu
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from driftloop.adapters import evidently as ev
 from driftloop.models.errors import ConfigError
 from driftloop.models.schema import MEDIA_KINDS, FeatureSchema, as_array
 
@@ -48,7 +48,7 @@ _SMALL_REFERENCE = 1000  # Evidently: up to this many reference values, a statis
 
 
 def _evidently() -> None:
-    os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently's telemetry: never phone home
+    ev.no_telemetry()  # Evidently's telemetry: never phone home
 
 
 @dataclass(frozen=True)
@@ -166,16 +166,12 @@ def _resolve(config: DriftConfig | None, types: dict[str, str]) -> dict[str, tup
     """Column -> (configured Evidently StatTest or None, configured threshold or None), resolved
     by Evidently's ``DataDriftOptions`` exactly as the preset resolves them."""
     _evidently()
-    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
-    from evidently.legacy.core import ColumnType
-    from evidently.legacy.options.data_drift import DataDriftOptions
-
     if config is not None:
         unknown = sorted(set(config.columns) - set(types))
         if unknown:
             raise ConfigError(f"monitoring.drift.columns: unknown column {unknown[0]!r}; columns are {sorted(types)}")
     kw = preset_options(config, types)
-    options = DataDriftOptions(
+    options = ev.drift_options(
         num_features_stattest=kw.get("num_method"), cat_features_stattest=kw.get("cat_method"),
         per_feature_stattest=kw.get("per_column_method"), num_features_threshold=kw.get("num_threshold"),
         cat_features_threshold=kw.get("cat_threshold"), per_feature_threshold=kw.get("per_column_threshold"))
@@ -185,7 +181,7 @@ def _resolve(config: DriftConfig | None, types: dict[str, str]) -> dict[str, tup
         test = None
         if method is not None:
             try:
-                test = get_registered_stattest(method, ColumnType(kind))
+                test = ev.registered_stattest(method, kind)
             except ValueError as exc:  # Evidently lists the valid names
                 where = ("columns." + name if config and name in config.columns
                          else "prediction" if name == PREDICTION and config and config.prediction.method
@@ -216,8 +212,6 @@ class _Column:
     spread: float = 0.0  # numeric: the reference's standard deviation, Evidently's way (Wasserstein's norm)
 
     def compare(self, current: pd.Series) -> dict[str, Any]:
-        from evidently.legacy.core import ColumnType
-
         cur = _clean(current)
         if cur.empty:
             raise ValueError(f"column {self.name!r}: the window holds no finite value")
@@ -230,7 +224,7 @@ class _Column:
             drifted = score >= threshold
         else:
             with np.errstate(divide="ignore"):  # chi-square, a category unseen in the reference: p = 0 (drift)
-                result = test(self.reference, cur, ColumnType(self.kind), self.threshold)
+                result = test(self.reference, cur, ev.column_type(self.kind), self.threshold)
             score, drifted, threshold = result.drift_score, result.drifted, result.actual_threshold
         return {"method": test.display_name, "score": round(float(score), 6), "threshold": threshold,
                 "drifted": bool(drifted)}
@@ -238,18 +232,17 @@ class _Column:
     def _default_test(self, current: pd.Series) -> Any:
         """Evidently's ``_get_default_stattest``, with the reference half of its distinct-value
         count prepared: the union with the window is only counted when it decides the method."""
-        from evidently.legacy.calculations import stattests as st
-
+        st = ev.default_stattests()
         small = len(self.reference) <= _SMALL_REFERENCE
         if not small and self.kind == CAT:
-            return st.jensenshannon_stat_test
+            return st.jensenshannon
         cut = 5 if self.kind == NUM else 2  # numeric: many values (K-S, Wasserstein) or few; categorical: chi or z
         distinct = self.distinct if self.distinct > cut else pd.concat([self.reference, current]).nunique()
         if self.kind == NUM and distinct > 5:
-            return st.ks_stat_test if small else st.wasserstein_stat_test
+            return st.ks if small else st.wasserstein
         if not small:  # numeric with at most 5 values
-            return st.jensenshannon_stat_test
-        return st.chi_stat_test if distinct > 2 else st.z_stat_test
+            return st.jensenshannon
+        return st.chi if distinct > 2 else st.z
 
 
 def _wasserstein(reference_sorted: np.ndarray, current: pd.Series) -> float:
@@ -286,8 +279,7 @@ def embeddings_method(config: DriftConfig | None, reference_rows: int) -> Any:
     """The configured Evidently embeddings drift method; Evidently's default otherwise: a
     classifier told to separate reference from window (ROC AUC > 0.55), bootstrapped below 1,000
     reference rows (``EmbeddingsDriftMetric.calculate``)."""
-    _evidently()
-    from evidently.legacy.metrics.data_drift import embedding_drift_methods as methods
+    methods = ev.embedding_drift_methods()
 
     chosen = config.embeddings if config is not None else None
     if chosen is None or (chosen.method is None and chosen.threshold is None and chosen.bootstrap is None):

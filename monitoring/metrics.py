@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-DECISIONS = ("none", "suspect", "watch", "cooldown", "alert", "retrain")  # monitoring.policy's actions
-RETRAIN_OUTCOMES = ("promoted", "rejected", "waiting", "failed", "shadow")  # shadow: judged later, counted again
-SIGNALS = ("drift", "decay", "suspected")  # suspected: decay, from confidence, before labels
+from driftloop.vocabulary import COUNTED_OUTCOMES, Check, Decision, Signal
+
+CONFIDENCE = "confidence"  # driftloop_estimated_accuracy's method: the champion's calibrated confidence
 
 
 class MonitorMetrics:
@@ -60,9 +60,9 @@ class MonitorMetrics:
         self.champion = pc.Gauge("driftloop_champion", "1 for the champion version.", ["model_version"], registry=r)
         self.last_check = pc.Gauge("driftloop_last_check_timestamp_seconds", "When the last window was checked.",
                                    registry=r)
-        for decision in DECISIONS:
+        for decision in Decision:
             self.checks.labels(decision)
-        for outcome in RETRAIN_OUTCOMES:
+        for outcome in COUNTED_OUTCOMES:  # shadow: judged later, and counted again as its verdict
             self.retrains.labels(outcome)
         self.set_signals(())
         self._server: Any = None
@@ -89,7 +89,7 @@ class MonitorMetrics:
 
     def set_signals(self, signals: Iterable[str]) -> None:
         raised = set(signals)
-        for signal in SIGNALS:
+        for signal in Signal:  # suspected: decay, from confidence, before labels
             self.signal.labels(signal).set(1 if signal in raised else 0)
 
     def set_features(self, scores: dict[str, dict[str, Any]]) -> None:
@@ -99,3 +99,23 @@ class MonitorMetrics:
         for feature, col in scores.items():
             self.feature_drift.labels(feature, col["method"] or "").set(col["score"])
             self.feature_drifted.labels(feature).set(1 if col["drifted"] else 0)
+
+    def observe_check(self, check: Check, signals: Iterable[str], *, threshold: float,
+                      expected_accuracy: float | None, champion: str | None, now: float) -> None:
+        """A checked window's figures: drift, accuracy, label coverage, the decision, and the
+        champion (read after the window's retrain, if any); ``threshold`` is ``monitoring.drift_share``."""
+        self.drift_share.set(check.drift_share)
+        self.drift_threshold.set(threshold)
+        self.set_features(check.feature_scores)
+        self.set_signals(signals)
+        if check.accuracy is not None:
+            self.accuracy.set(check.accuracy)
+        self.set_expected_accuracy(check.reference_version, expected_accuracy)
+        if check.estimated_accuracy is not None:  # classifiers: from the champion's calibrated confidence
+            self.estimated_accuracy.labels(CONFIDENCE).set(check.estimated_accuracy)
+        self.label_coverage.set(check.labelled / check.rows)
+        self.window_rows.set(check.rows)
+        self.checks.labels(check.decision).inc()
+        self.check_seconds.observe(check.duration_s)
+        self.last_check.set(now)
+        self.set_champion(champion)

@@ -1,14 +1,15 @@
 """The retraining policy: a small pure object, tested without any scheduler.
 
 Feed it one :class:`WindowStats` per monitoring window with :meth:`RetrainPolicy.update`; read
-the returned :class:`Decision`. A window is *flagged* for drift when the share of drifted
-features reaches ``drift_share``, and for decay when enough labels show accuracy below the
-champion's holdout accuracy by more than ``max_accuracy_drop`` *and* significantly so (a
-one-sided z-test on both samples, ``decay_z``). The caller measures accuracy on the rows the
-champion itself answered: an earlier model's decay is no reason to replace the new one. ``consecutive`` flagged windows
-in a row trigger a retrain, unless a cool-down is running (after a promotion) or the policy
-is in dry-run mode (then it only alerts). The caller reports what came of a retrain with
-:meth:`retrained`; a retrain that could not start (too few labels) keeps the streak alive.
+the returned :class:`PolicyDecision` (its ``action``: a :class:`~driftloop.vocabulary.Decision`).
+A window is *flagged* for drift when the share of drifted features reaches ``drift_share``, and
+for decay when enough labels show accuracy below the champion's holdout accuracy by more than
+``max_accuracy_drop`` *and* significantly so (a one-sided z-test on both samples, ``decay_z``).
+The caller measures accuracy on the rows the champion itself answered: an earlier model's decay
+is no reason to replace the new one. ``consecutive`` flagged windows in a row trigger a retrain,
+unless a cool-down is running (after a promotion) or the policy is in dry-run mode (then it only
+alerts). The caller reports what came of a retrain with :meth:`retrained`; a retrain that could
+not start (too few labels) keeps the streak alive.
 
 The champion's expected accuracy is its holdout figure pooled with the live accuracy of its
 first ``calibration_windows`` quiet windows (no signal), when the caller names the champion
@@ -33,8 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-# What a decision can be, from quiet to loud.
-NONE, SUSPECT, WATCH, COOLDOWN, ALERT, RETRAIN = "none", "suspect", "watch", "cooldown", "alert", "retrain"
+from driftloop.vocabulary import Decision, Signal
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,10 @@ class WindowStats:
 
 
 @dataclass(frozen=True)
-class Decision:
-    action: str
+class PolicyDecision:
+    action: Decision
     reason: str
-    signals: tuple[str, ...] = ()  # "drift", "decay"
+    signals: tuple[Signal, ...] = ()  # drift, decay
     since_window: int | None = None  # first window of the flagged streak: retrain on data from here
 
 
@@ -96,15 +96,15 @@ class RetrainPolicy:
                 and windows < self.config.calibration_windows):
             self._live = (windows + 1, correct + stats.accuracy * stats.labelled, labelled + stats.labelled)
 
-    def signals(self, stats: WindowStats) -> tuple[str, ...]:
+    def signals(self, stats: WindowStats) -> tuple[Signal, ...]:
         found = []
         if stats.drift_share >= self.config.drift_share:
-            found.append("drift")
+            found.append(Signal.DRIFT)
         if (stats.accuracy is not None and stats.baseline_accuracy is not None
                 and stats.labelled >= self.config.min_labels
                 and stats.accuracy < stats.baseline_accuracy - self.config.max_accuracy_drop
                 and self.drop_z(stats) >= self.config.decay_z):
-            found.append("decay")
+            found.append(Signal.DECAY)
         return tuple(found)
 
     @staticmethod
@@ -125,7 +125,7 @@ class RetrainPolicy:
         return (stats.estimated_accuracy is not None and stats.estimated_baseline is not None
                 and stats.estimated_accuracy < stats.estimated_baseline - self.config.max_accuracy_drop)
 
-    def update(self, stats: WindowStats) -> Decision:
+    def update(self, stats: WindowStats) -> PolicyDecision:
         if stats.champion != self._calibrated:  # a new champion: calibrate it afresh
             self._calibrated, self._live = stats.champion, (0, 0.0, 0)
         stats = self.baseline(stats)
@@ -135,30 +135,31 @@ class RetrainPolicy:
             self._streak, self._streak_start = 0, None
             self._calibrate(stats)
             if suspicion and stats.labelled < self.config.min_labels:
-                return Decision(SUSPECT, f"{suspicion}; {stats.labelled} of {self.config.min_labels} labels "
-                                         "to confirm it")
-            return Decision(NONE, "no drift, no decay" + (f"; {suspicion}" if suspicion else ""))
+                return PolicyDecision(Decision.SUSPECT, f"{suspicion}; {stats.labelled} of "
+                                                        f"{self.config.min_labels} labels to confirm it")
+            return PolicyDecision(Decision.NONE, "no drift, no decay" + (f"; {suspicion}" if suspicion else ""))
         if self._streak == 0:
             self._streak_start = stats.window
         self._streak += 1
         why = self._describe(stats, signals) + (f"; {suspicion}" if suspicion else "")
         if stats.window <= self._cooldown_until:
-            return Decision(COOLDOWN, f"{why}; cooling down until window {self._cooldown_until}",
-                            signals, self._streak_start)
+            return PolicyDecision(Decision.COOLDOWN, f"{why}; cooling down until window {self._cooldown_until}",
+                                  signals, self._streak_start)
         if self._streak < self.config.consecutive:
-            return Decision(WATCH, f"{why}; {self._streak} of {self.config.consecutive} windows in a row",
-                            signals, self._streak_start)
+            return PolicyDecision(Decision.WATCH,
+                                  f"{why}; {self._streak} of {self.config.consecutive} windows in a row",
+                                  signals, self._streak_start)
         if self.config.dry_run:
-            return Decision(ALERT, f"{why} for {self._streak} windows (dry run: no retrain)", signals,
-                            self._streak_start)
-        return Decision(RETRAIN, f"{why} for {self._streak} windows", signals, self._streak_start)
+            return PolicyDecision(Decision.ALERT, f"{why} for {self._streak} windows (dry run: no retrain)",
+                                  signals, self._streak_start)
+        return PolicyDecision(Decision.RETRAIN, f"{why} for {self._streak} windows", signals, self._streak_start)
 
     def retrained(self, window: int) -> None:
         """A retrain ran at ``window`` (promoted or rejected): restart the streak, cool down."""
         self._streak, self._streak_start = 0, None
         self._cooldown_until = window + self.config.cooldown_windows
 
-    def _suspicion(self, stats: WindowStats, signals: tuple[str, ...]) -> str:
+    def _suspicion(self, stats: WindowStats, signals: tuple[Signal, ...]) -> str:
         """What the estimate says, and what the labels made of it; "" when nothing is suspected."""
         if not self.suspected(stats):
             return ""
@@ -166,14 +167,14 @@ class RetrainPolicy:
                 f"{stats.estimated_baseline:.3f} - {self.config.max_accuracy_drop:.3f}")
         if stats.labelled < self.config.min_labels or stats.accuracy is None:
             return f"decay suspected: {said}"
-        verdict = "confirmed" if "decay" in signals else "not confirmed"
+        verdict = "confirmed" if Signal.DECAY in signals else "not confirmed"
         return f"decay suspected ({said}), {verdict} by {stats.labelled} labels (accuracy {stats.accuracy:.3f})"
 
-    def _describe(self, stats: WindowStats, signals: tuple[str, ...]) -> str:
+    def _describe(self, stats: WindowStats, signals: tuple[Signal, ...]) -> str:
         parts = []
-        if "drift" in signals:
+        if Signal.DRIFT in signals:
             parts.append(f"drift share {stats.drift_share:.2f} >= {self.config.drift_share:.2f}")
-        if "decay" in signals:
+        if Signal.DECAY in signals:
             parts.append(f"accuracy {stats.accuracy:.3f} < {stats.baseline_accuracy:.3f} - "
                          f"{self.config.max_accuracy_drop:.3f} on {stats.labelled} labels")
         return " and ".join(parts)

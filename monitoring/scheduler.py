@@ -2,10 +2,14 @@
 
 Jobs. ``check`` runs :meth:`Monitor.run_once` every ``monitoring.interval_s``; ``retention``
 prunes the registry (``registry.keep_*``) every ``registry.retention_interval_s``. They live in
-APScheduler's ``SQLAlchemyJobStore`` in the project database (table ``apscheduler_jobs``), so an
-operator's ``driftloop jobs pause|resume|run`` reaches whichever monitor is active and outlives
-restarts. A stored job names :func:`_unbound_job` and the job's name; the job store binds the
-name to this process's runner when it loads the job (a monitor and its engine cannot be pickled).
+the project database (table ``apscheduler_jobs``), in :class:`~driftloop.adapters.apscheduler.JsonJobStore`:
+APScheduler's interface, each job's state as JSON, nothing ever unpickled. An operator's
+``driftloop jobs pause|resume|run`` reaches whichever monitor is active and outlives restarts. A
+stored job names :func:`_unbound_job` and the job's name; the job store binds the name to this
+process's runner when it loads the job. A row that is not such a JSON job (a pickled row left by
+an earlier driftloop, another program's job) is never loaded: ``driftloop jobs`` skips it with a
+log line, and the monitor's start writes the fresh job over it (a pause stored in the old format
+is lost once; the job runs on its default schedule).
 
 Settings, on purpose:
 
@@ -38,7 +42,6 @@ never run at once, whatever runs them.
 from __future__ import annotations
 
 import logging
-import pickle
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -54,6 +57,7 @@ log = logging.getLogger("driftloop.scheduler")
 CHECK_JOB = "check"
 RETENTION_JOB = "retention"
 JOB_FUNC = "driftloop.monitoring.scheduler:_unbound_job"
+LEGACY_JOB_FUNC = "monitoring.scheduler:_unbound_job"  # what driftloop wrote before the one import name
 JOB_DEFAULTS = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
 
 
@@ -84,55 +88,20 @@ def exclusive_retrainer(retrainer: Callable[..., Any], store: PredictionStore, t
 
 def job_store(store: PredictionStore, runners: dict[str, Callable[[str], Any]] | None = None,
               keep_operator_changes: bool = False) -> Any:
-    """APScheduler's job store on the store's database; jobs get ``runners[name]`` when loaded.
+    """The job store on the store's database; jobs get ``runners[name]`` when loaded.
 
     ``keep_operator_changes`` (the scheduler's store): a job written since this store read it
-    is not overwritten (see ``update_job``). The operator's commands use a store without it."""
-    from apscheduler.jobstores.base import JobLookupError
-    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-    from apscheduler.util import datetime_to_utc_timestamp
+    is not overwritten (``JsonJobStore.update_job``, one conditional UPDATE, atomic on both
+    databases); when it matches nothing the operator's change stands and the next wakeup reads it.
+    The operator's commands use a store without it."""
+    from driftloop.adapters.apscheduler import JsonJobStore
 
-    class BoundJobStore(SQLAlchemyJobStore):
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self._read: dict[str, bytes] = {}  # job id -> its stored state when last read or written
+    def resolve(func_ref: str, args: list[Any]) -> Callable[..., Any] | None:
+        if func_ref not in (JOB_FUNC, LEGACY_JOB_FUNC) or len(args) != 1 or not isinstance(args[0], str):
+            return None  # not one of ours: skipped (its module is never imported)
+        return (runners or {}).get(args[0], _unbound_job)  # func_ref and args stay as stored
 
-        def _reconstitute_job(self, job_state: bytes) -> Any:
-            job = super()._reconstitute_job(job_state)
-            if runners and job.func_ref == JOB_FUNC and job.args and job.args[0] in runners:
-                job.func = runners[job.args[0]]  # func_ref and args stay: what is stored does not change
-            self._read[job.id] = job_state
-            return job
-
-        def add_job(self, job: Any) -> None:
-            super().add_job(job)
-            self._read.pop(job.id, None)
-
-        def update_job(self, job: Any) -> None:
-            """APScheduler's, but with ``keep_operator_changes`` only if the stored job is still
-            the one this store read: the scheduler writes a job's next run after launching it,
-            from the state it read before, and would otherwise overwrite an operator's ``pause``
-            or ``run`` that landed in between. One conditional UPDATE (atomic on both databases);
-            when it matches nothing the operator's change stands, and the next wakeup reads it."""
-            read = self._read.pop(job.id, None)
-            if not keep_operator_changes or read is None:
-                return super().update_job(job)
-            t = self.jobs_t
-            state = pickle.dumps(job.__getstate__(), self.pickle_protocol)
-            update = (t.update().where(t.c.id == job.id, t.c.job_state == read)
-                      .values(next_run_time=datetime_to_utc_timestamp(job.next_run_time), job_state=state))
-            with self.engine.begin() as conn:
-                if conn.execute(update).rowcount == 1:
-                    self._read[job.id] = state
-                    return
-                if conn.execute(sa.select(t.c.id).where(t.c.id == job.id)).first() is None:
-                    raise JobLookupError(job.id)
-            log.info("job %s was changed in the job store meanwhile (`driftloop jobs`): that change stands", job.id)
-
-        def shutdown(self) -> None:
-            pass  # the engine is the store's, shared with the rest of the process: the store closes it
-
-    return BoundJobStore(engine=store.engine)
+    return JsonJobStore(store.engine, resolve, keep_operator_changes=keep_operator_changes)
 
 
 def build_scheduler(monitor: Monitor, interval_s: float, lease: Lease | None = None) -> Any:
@@ -140,7 +109,8 @@ def build_scheduler(monitor: Monitor, interval_s: float, lease: Lease | None = N
 
     With ``lease``, jobs run only while it is held."""
     from apscheduler.events import EVENT_JOB_ERROR
-    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from driftloop.adapters.apscheduler import StateKeepingScheduler
 
     def guarded(name: str, run: Callable[[], Any]) -> Callable[[str], Any]:
         def job(_name: str) -> Any:
@@ -153,17 +123,12 @@ def build_scheduler(monitor: Monitor, interval_s: float, lease: Lease | None = N
     runners = {CHECK_JOB: guarded(CHECK_JOB, monitor.run_once),
                RETENTION_JOB: guarded(RETENTION_JOB, lambda: run_retention(monitor))}
 
-    class MonitorScheduler(BackgroundScheduler):
-        def _real_add_job(self, job: Any, jobstore_alias: str, replace_existing: bool) -> None:
-            stored = self._lookup_jobstore(jobstore_alias).lookup_job(job.id)
-            if stored is not None:  # keep the operator's state (see the module's docstring)
-                fresh = getattr(job, "next_run_time", None) or job.trigger.get_next_fire_time(
-                    None, datetime.now(self.timezone))
-                keep = None if stored.next_run_time is None else min(stored.next_run_time, fresh)
-                job._modify(next_run_time=keep)
-            super()._real_add_job(job, jobstore_alias, True)
+    def keep(stored: datetime | None, fresh: datetime) -> datetime | None:
+        """A stored job's state stands (see the module's docstring): paused stays paused, an
+        earlier stored next run is kept."""
+        return None if stored is None else min(stored, fresh)
 
-    scheduler = MonitorScheduler(timezone=timezone.utc, job_defaults=JOB_DEFAULTS,
+    scheduler = StateKeepingScheduler(keep, timezone=timezone.utc, job_defaults=JOB_DEFAULTS,
                                  jobstores={"default": job_store(monitor.store, runners, keep_operator_changes=True)})
     scheduler.add_job(JOB_FUNC, "interval", seconds=interval_s, args=[CHECK_JOB], id=CHECK_JOB,
                       name="drift and performance checks", next_run_time=datetime.now(timezone.utc),

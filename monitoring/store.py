@@ -5,6 +5,7 @@ SQLite by default; any SQLAlchemy URL (PostgreSQL) works by passing it. Tables:
 ``predictions``  one row per predicted row: request id, time, model version, inputs, output
 ``feedback``     the true label of a request id, whenever it arrives (first label wins)
 ``checks``       one row per monitoring window: drift and accuracy figures, the decision
+                 (read and written as :class:`driftloop.vocabulary.Check`)
 ``events``       the audit trail: drift/decay detected, retrain started/failed, promoted/rejected
 ``shadow_predictions``  the shadow's answer to a logged request the champion answered (shadow mode)
 
@@ -37,7 +38,6 @@ takes ``after_id`` to skip rows, not as a cursor to resume an incremental scan f
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -47,6 +47,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from driftloop.models.errors import DriftloopError
+from driftloop.vocabulary import Check, Outcome
 
 metadata = sa.MetaData()
 UPDATABLE_CHECK_FIELDS = ("outcome", "reason")  # what PredictionStore.update_check may change
@@ -88,9 +89,12 @@ checks = sa.Table(
     sa.Column("accuracy", sa.Float, nullable=True),  # on labelled rows (classification)
     sa.Column("champion_labelled", sa.Integer, nullable=False, default=0),  # ...that the champion answered
     sa.Column("champion_accuracy", sa.Float, nullable=True),  # what the decay test looks at
-    sa.Column("decision", sa.String(32), nullable=False),  # the policy's: none, watch, cooldown, alert, retrain
+    # The policy's (vocabulary.Decision): none, suspect, watch, cooldown, alert, retrain
+    sa.Column("decision", sa.String(32), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("outcome", sa.String(32), nullable=True),  # of a retrain: promoted, rejected, waiting, failed
+    # Of the retrain it decided (vocabulary.Outcome): promoted, rejected, waiting, shadow, failed, running,
+    # shadow_pending; NULL when it decided none
+    sa.Column("outcome", sa.String(32), nullable=True),
     sa.Column("report_path", sa.Text, nullable=True),
     sa.Column("duration_s", sa.Float, nullable=False),
     sa.Column("estimated_accuracy", sa.Float, nullable=True),  # without labels, estimated (revision 0003)
@@ -165,7 +169,6 @@ class PredictionStore:
         if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._created = False
-        self._lock = threading.Lock()
 
     def create(self) -> PredictionStore:
         """Create or upgrade the schema to the newest migration (idempotent); returns self."""
@@ -333,16 +336,20 @@ class PredictionStore:
         return _frame(rows)
 
     # -- checks and events ------------------------------------------------------------------
-    def last_check(self) -> dict[str, Any] | None:
+    def last_check(self) -> Check | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(checks).order_by(checks.c.window.desc()).limit(1)).mappings().first()
         return _check(row) if row else None
 
-    def record_check(self, check: dict[str, Any]) -> None:
-        """One window's check: every column of ``checks`` but ``id`` (``created_at`` defaults to
-        now; the nullable ones, e.g. ``estimated_accuracy``, may be left out)."""
-        row = dict(check)
+    def record_check(self, check: Check) -> None:
+        """One window's check (its ``id`` is the store's; ``created_at`` defaults to now). Empty
+        fields are left to the column's NULL, so a store one migration behind (without
+        ``estimated_accuracy``) still takes a check that has none."""
+        row = {k: v for k, v in check.to_dict().items() if v is not None and k != "id"}
         row["created_at"] = row.get("created_at") or utcnow()
+        row["decision"] = str(row["decision"])
+        if "outcome" in row:
+            row["outcome"] = str(row["outcome"])
         row["drifted_features"] = json.dumps(row["drifted_features"])
         row["feature_scores"] = json.dumps(row["feature_scores"])
         with self.engine.begin() as conn:
@@ -354,24 +361,27 @@ class PredictionStore:
         unknown = set(fields) - set(UPDATABLE_CHECK_FIELDS)
         if unknown or not fields:
             raise TypeError(f"update_check takes {' and/or '.join(UPDATABLE_CHECK_FIELDS)}, got {sorted(fields)}")
+        if fields.get("outcome") is not None:
+            fields["outcome"] = str(Outcome(fields["outcome"]))
         with self.engine.begin() as conn:
             result = conn.execute(checks.update().where(checks.c.window == window).values(**fields))
         if result.rowcount == 0:
             raise KeyError(f"no check recorded for window {window}")
 
-    def checks(self, since_window: int = -1, outcome: str | None = None) -> list[dict[str, Any]]:
+    def checks(self, since_window: int = -1, outcome: Outcome | None = None) -> list[Check]:
         """Checks after ``since_window`` in window order; only those with ``outcome`` if given."""
         q = sa.select(checks).where(checks.c.window > since_window).order_by(checks.c.window)
         if outcome is not None:
-            q = q.where(checks.c.outcome == outcome)
+            q = q.where(checks.c.outcome == str(outcome))
         with self.engine.connect() as conn:
             return [_check(r) for r in conn.execute(q).mappings()]
 
     def record_event(self, kind: str, detail: dict[str, Any], window: int | None = None,
                      model_version: str | None = None) -> int:
-        """Append to the audit trail; returns the event's id."""
+        """Append to the audit trail (``kind``: an :class:`~driftloop.vocabulary.EventKind`); returns
+        the event's id."""
         with self.engine.begin() as conn:
-            result = conn.execute(events.insert(), {"created_at": utcnow(), "kind": kind, "window": window,
+            result = conn.execute(events.insert(), {"created_at": utcnow(), "kind": str(kind), "window": window,
                                                     "model_version": model_version,
                                                     "detail": json.dumps(detail, default=str)})
             return int(result.inserted_primary_key[0])
@@ -379,7 +389,7 @@ class PredictionStore:
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         q = sa.select(events).order_by(events.c.id)
         if kind:
-            q = q.where(events.c.kind == kind)
+            q = q.where(events.c.kind == str(kind))
         with self.engine.connect() as conn:
             return [dict(r) | {"detail": json.loads(r["detail"])} for r in conn.execute(q).mappings()]
 
@@ -401,11 +411,17 @@ def _label(stored: str | None) -> Any:
     return None if stored is None else json.loads(stored)
 
 
-def _check(row: Any) -> dict[str, Any]:
+def _check(row: Any) -> Check:
     out = dict(row)
     out["drifted_features"] = json.loads(out["drifted_features"])
     out["feature_scores"] = json.loads(out["feature_scores"])
-    return out
+    return Check.from_row(out)
+
+
+def as_utc(value: Any) -> datetime:
+    """A timestamp read back from the store as an aware UTC datetime (SQLite returns naive ones)."""
+    ts = pd.Timestamp(value).to_pydatetime()
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

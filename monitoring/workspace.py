@@ -14,7 +14,8 @@ Design notes, from Evidently 0.7.23's source (``evidently/ui``):
   points of each: 20 to 50 ms a snapshot here, ``bench/workspace.py``; minutes on a long-running
   monitor's workspace) and raises on one malformed snapshot. Every call used here (projects, runs,
   dashboards) goes through its small ``LocalState`` file store only, so :class:`DriftWorkspace`
-  uses ``Workspace`` with that store alone (``_LocalWorkspace``): construction reads nothing;
+  uses ``Workspace`` with that store alone (``driftloop.adapters.evidently.local_workspace_class``):
+  construction reads nothing;
   a version's project is found by name once (one read of the projects' metadata files), then
   cached.
 - The snapshot is built once per window (``Report.run``, also what ``save_html`` writes) and
@@ -36,14 +37,13 @@ Design notes, from Evidently 0.7.23's source (``evidently/ui``):
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from driftloop.adapters.evidently import local_workspace_class, no_telemetry
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings
@@ -63,39 +63,6 @@ class WorkspaceRun:
     timestamp: datetime  # the window's time, aware (UTC)
     tags: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@functools.cache
-def _workspace_class() -> type:
-    """Evidently's local ``Workspace`` on its ``LocalState`` file store alone (see the module's
-    docstring): the same files, the same methods, without the managers that load every snapshot."""
-    os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently's telemetry: never phone home
-    from evidently.ui.storage.local.base import LocalState
-    from evidently.ui.workspace import Workspace
-
-    from evidently.legacy.core import new_id
-    from evidently.legacy.utils import NumpyEncoder
-
-    class _LocalWorkspace(Workspace):  # type: ignore[misc]
-        def __init__(self, path: str) -> None:  # Workspace.__init__ deliberately not called
-            self.path = path
-            self.state = LocalState(path)
-
-        def _add_run(self, project_id: Any, snapshot: Any) -> Any:
-            """``LocalState.write_snapshot``'s file, whole or not at all."""
-            snapshot_id = new_id()
-            text = json.dumps(snapshot.to_snapshot_model().dict(), cls=NumpyEncoder)  # before touching the disk
-            final = Path(self._get_snapshot_url(project_id, snapshot_id))
-            final.parent.mkdir(parents=True, exist_ok=True)
-            partial = final.with_name(f".{final.name}.partial")
-            partial.write_text(text, encoding="utf-8")
-            try:
-                os.link(partial, final)
-            finally:
-                partial.unlink()
-            return snapshot_id
-
-    return _LocalWorkspace
 
 
 def utc_naive(timestamp: datetime) -> datetime:
@@ -135,6 +102,7 @@ class DriftWorkspace:
 
         ``timestamp`` is the window's time (the UI's time axis); ``tags`` and ``metadata`` are
         added to ``window=<n>``, ``version=<v>`` and the check's figures."""
+        no_telemetry()
         from evidently.core.report import Snapshot
 
         extra = dict(metadata or {})
@@ -198,7 +166,7 @@ class DriftWorkspace:
 
     def _ws(self) -> Any:
         if self._workspace is None:
-            self._workspace = _workspace_class()(str(self.path))
+            self._workspace = local_workspace_class()(str(self.path))
         return self._workspace
 
 
@@ -215,6 +183,7 @@ def _value_drift_columns(model: Any) -> list[str]:
 def dashboard(columns: Sequence[str]) -> Any:
     """The project's dashboard (one tab: Evidently OSS shows one): the share of drifted columns
     and their count over time, and every column's drift score."""
+    no_telemetry()
     from evidently.sdk.models import DashboardModel, DashboardTabModel, PanelMetric
     from evidently.sdk.panels import bar_plot_panel, line_plot_panel
 

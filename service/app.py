@@ -9,13 +9,19 @@
     GET  /history   the monitor's decisions with their evidence (?kind=checks|events&limit=N)
     POST /admin/promote {"version", "reason"} | /admin/rollback {"reason"} | /admin/reload
          | /admin/retrain {"reason"}: bearer token (serving.admin_token) required
-    BentoML's own   /metrics /healthz /livez /readyz /docs.json
+    GET  /docs.json BentoML's OpenAPI document, with /predict's rows and answer described by the
+                    served model's feature schema, and /model and /history (:mod:`service.openapi`)
+    BentoML's own   /metrics /healthz /livez /readyz
 
 Run it with ``driftloop serve`` (which sets ``DRIFTLOOP_CONFIG`` and a private ``BENTOML_HOME``) or
-``bentoml serve service.app:Driftloop``. Each worker builds its own :class:`Serving` in
-``__init__``; nothing is loaded at import time. Every request first passes
-:class:`service.gate.RequestGate` (draining, overload, body limits), which also answers
-``POST /predict`` itself; the other routes are BentoML's.
+``bentoml serve driftloop.service.app:Driftloop``. Each worker builds its own :class:`Serving`
+and the :class:`service.endpoint.Endpoint` over it in ``__init__``; nothing is loaded at import
+time. Every route's answer, and every error's status, comes from that endpoint. Every request
+first passes :class:`service.gate.RequestGate` (draining, overload, body limits), which also
+answers ``POST /predict`` itself; the other routes are BentoML's (the ``@bentoml.api`` methods)
+or mounted Starlette routes (/model, /history, /docs.json). The gate and the mounted routes are
+built with the app, before the service instance: ``__init__`` hands them its endpoint through
+the :class:`service.endpoint.EndpointSlot` they were given.
 
 A graceful stop (SIGTERM): readiness fails and new requests get 503 for ``serving.drain_s``,
 then uvicorn lets the running requests finish, ``on_shutdown`` flushes the prediction log, and
@@ -26,32 +32,26 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
-import math
 import os
 import signal
 from collections.abc import Callable
-from datetime import datetime
 from typing import Annotated, Any
 
 import bentoml
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse, Response
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from driftloop.models.errors import DriftloopError, RegistryError, SchemaError, UnknownVersion
-from driftloop.service.gate import RequestGate, predict_answer
-from driftloop.service.serving import NotReady, Serving, token_ok
+from driftloop.service.endpoint import RETRY_AFTER_S, Endpoint, EndpointSlot, HttpError
+from driftloop.service.gate import RequestGate
 
 log = logging.getLogger("driftloop.service")
 
 Scalar = int | float | str
-ROW_EXAMPLE = {"income": 52000.0, "age": 41.0, "debt_ratio": 0.31, "credit_lines": 6.0,
-               "region": "north", "employment": "salaried"}
 
 
 class Label(BaseModel):
@@ -74,57 +74,50 @@ class FeedbackResponse(BaseModel):
     unknown_request_ids: list[str]
 
 
-def _error(status: int, message: str, field: str | None = None, ctx: bentoml.Context | None = None) -> JSONResponse:
-    """An error answer. BentoML gives an api that takes a ``ctx`` the status of ``ctx.response``
-    whatever it returns, so the status is set there too."""
-    if ctx is not None:
-        ctx.response.status_code = status
-    return JSONResponse({"error": message, "field": field}, status_code=status)
+def _error_response(error: HttpError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-async def _model_route(request: Request) -> JSONResponse:
-    try:
-        return JSONResponse(bentoml.get_current_service().serving.model_info())
-    except NotReady as exc:
-        return _error(503, str(exc))
+def info_routes(slot: EndpointSlot, base_spec: Callable[[], dict[str, Any]]) -> Starlette:
+    """``GET /model``, ``GET /history`` and ``GET /docs.json`` (BentoML's document, ``base_spec``,
+    described by the served model's schema), over the endpoint in ``slot``; mounted at ``/``,
+    where they come before BentoML's own ``/docs.json``."""
+
+    def endpoint() -> Endpoint:
+        found = slot.endpoint
+        if found is None:  # the worker is starting: BentoML does not route requests yet
+            raise HttpError(503, "the service is starting", None, {"retry-after": RETRY_AFTER_S})
+        return found
+
+    async def model(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(endpoint().model())
+        except HttpError as exc:
+            return _error_response(exc)
+
+    async def history(request: Request) -> JSONResponse:
+        params = request.query_params
+        try:
+            return JSONResponse(await run_in_threadpool(endpoint().history, params.get("kind", "checks"),
+                                                        params.get("limit", "100")))
+        except HttpError as exc:
+            return _error_response(exc)
+
+    async def docs(request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(endpoint().openapi(base_spec()))
+        except HttpError as exc:
+            return _error_response(exc)
+
+    return Starlette(routes=[Route("/model", model, methods=["GET"]), Route("/history", history, methods=["GET"]),
+                             Route("/docs.json", docs, methods=["GET"])])
 
 
-HISTORY_KINDS = ("checks", "events")
+# Hands each worker's Endpoint, built in Driftloop.__init__, to the gate and the info routes,
+# which BentoML builds before the service instance.
+ENDPOINT = EndpointSlot()
 
 
-async def _history_route(request: Request) -> Response:
-    """The monitor's decisions with their evidence: ``?kind=checks`` (one per window: drift and
-    accuracy figures, per-feature scores, the decision and its reason) or ``?kind=events`` (the
-    audit trail: retrains, promotions, rejections, failures); the newest ``limit`` (100, at most
-    1000), oldest first. The same records as ``driftloop history``."""
-    kind = request.query_params.get("kind", "checks")
-    if kind not in HISTORY_KINDS:
-        return _error(422, f"kind must be one of {list(HISTORY_KINDS)}, got {kind!r}", "kind")
-    raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        return _error(422, f"limit must be a whole number from 1 to 1000, got {raw!r}", "limit")
-    store = bentoml.get_current_service().serving.store
-    records = await run_in_threadpool(store.checks if kind == "checks" else store.events)
-    body = json.dumps({kind: _json_safe(records[-int(raw):])}, allow_nan=False)
-    return Response(body, media_type="application/json")
-
-
-def _json_safe(value: Any) -> Any:
-    """Times as ISO 8601, non-finite numbers (a score Evidently could not compute) as null."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-info_app = Starlette(routes=[Route("/model", _model_route, methods=["GET"]),
-                             Route("/history", _history_route, methods=["GET"])])
-@bentoml.asgi_app(info_app, path="/")
 @bentoml.service(name="driftloop", workers=1, traffic={"timeout": 30})
 class Driftloop:
     def __init__(self) -> None:
@@ -132,14 +125,16 @@ class Driftloop:
         from driftloop.models.registry import Registry
         from driftloop.monitoring.store import PredictionStore
         from driftloop.service.metrics import serving_metrics
+        from driftloop.service.serving import Serving
 
         logging.getLogger("driftloop").setLevel(os.environ.get("DRIFTLOOP_LOG_LEVEL", "INFO"))
         settings = load_settings(os.environ.get("DRIFTLOOP_CONFIG") or None)
-        self.admin_token = settings.serving.admin_token
-        self.predict_token = settings.serving.predict_token
         self.serving = Serving(Registry(settings.registry.home, settings.registry.project),
                                PredictionStore(settings.store.url).create(), serving_metrics(), settings.serving)
+        self.endpoint = Endpoint(self.serving, predict_token=settings.serving.predict_token,
+                                 admin_token=settings.serving.admin_token)
         self.serving.start()
+        ENDPOINT.attach(self.endpoint)
         self._drain_on_sigterm(settings.serving.drain_s)
         # Everything loaded so far (BentoML, onnxruntime, pandas, the model) lives as long as the
         # worker: keep it out of the garbage collector's full passes, which otherwise walk it all
@@ -176,85 +171,68 @@ class Driftloop:
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
         self.serving.shutdown()
+        ENDPOINT.detach()
 
-    def _denied(self, ctx: bentoml.Context, admin: bool) -> JSONResponse | None:
-        """None if the request may go on; else the 401/403 answer."""
-        token = self.admin_token if admin else self.predict_token
-        if token is None:
-            return _error(403, "admin endpoints are disabled: set serving.admin_token "
-                               "(DRIFTLOOP_SERVING__ADMIN_TOKEN)", ctx=ctx) if admin else None
-        if token_ok(ctx.request.headers.get("authorization"), token):
-            return None
-        ctx.response.metadata["WWW-Authenticate"] = "Bearer"
-        return _error(401, "missing or wrong bearer token", "Authorization", ctx=ctx)
+    def _answer(self, ctx: bentoml.Context, action: Callable[[], dict[str, Any]], *, admin: bool = False) -> Any:
+        """The JSON answer of ``action`` after the bearer check (``admin``: the admin token, else
+        the predict token), or the error's. A ready Response: BentoML passes it through instead
+        of re-validating it against the declared return type."""
+        try:
+            self.endpoint.authorize(ctx.request.headers.get("authorization"), admin=admin)
+            return JSONResponse(action())
+        except HttpError as exc:
+            return _api_error(ctx, exc)
 
     @bentoml.api(route="/predict")
-    async def predict(self, rows: Annotated[list[dict[str, Any]], Field(examples=[[ROW_EXAMPLE]])],
-                      ctx: bentoml.Context) -> PredictResponse:
-        """Predict one answer per row; every row gets a request id for later feedback."""
-        # RequestGate answers POST /predict before BentoML routes it; this method documents the
-        # route in the OpenAPI schema and answers the same way if it is ever reached.
-        if self.predict_token is not None and (denied := self._denied(ctx, admin=False)):
-            return denied  # type: ignore[return-value]
+    async def predict(self, rows: list[dict[str, Any]], ctx: bentoml.Context) -> PredictResponse:
+        """Predict one answer per row; every row gets a request id for later feedback. The rows'
+        fields are the served model's features: see ``Row`` in this document."""
+        # RequestGate answers POST /predict before BentoML routes it; this method answers the
+        # same way, through the same Endpoint, if it is ever reached.
         try:
-            # A ready Response: BentoML passes it through instead of re-validating the model
-            # against its schema; fields that do not apply to the task are left out.
-            return JSONResponse(await predict_answer(self.serving, rows))  # type: ignore[return-value]
-        except SchemaError as exc:
-            return _error(422, str(exc), exc.field, ctx)  # type: ignore[return-value]
-        except NotReady as exc:
-            return _error(503, str(exc), ctx=ctx)  # type: ignore[return-value]
+            self.endpoint.authorize(ctx.request.headers.get("authorization"))
+            return JSONResponse(await self.endpoint.predict(rows))  # type: ignore[return-value]
+        except HttpError as exc:
+            return _api_error(ctx, exc)  # type: ignore[return-value]
 
     @bentoml.api(route="/feedback")
     def feedback(self, labels: Annotated[list[Label], Field(min_length=1, max_length=10_000)],
                  ctx: bentoml.Context) -> FeedbackResponse:
         """Record true labels of earlier predictions, by request id (the first label wins)."""
-        if self.predict_token is not None and (denied := self._denied(ctx, admin=False)):
-            return denied  # type: ignore[return-value]
-        try:
-            result = self.serving.feedback([(item.request_id, item.label) for item in labels])
-        except SchemaError as exc:
-            return _error(422, str(exc), exc.field, ctx)  # type: ignore[return-value]
-        unknown = result["unknown_request_ids"]
-        if unknown and not result["accepted"] and not result["duplicates"]:  # nothing usable: a client error
-            body = result | {"error": f"unknown request_id(s): {', '.join(unknown[:5])}"
-                                      f"{' ...' if len(unknown) > 5 else ''}", "field": "labels[].request_id"}
-            ctx.response.status_code = 404
-            return JSONResponse(body, status_code=404)  # type: ignore[return-value]
-        return FeedbackResponse(**result)  # known ids are stored; any unknown ones are listed
+        return self._answer(ctx, lambda: self.endpoint.feedback([(item.request_id, item.label) for item in labels]))
 
     # -- admin: bearer token required (serving.admin_token) ------------------------------------
-    def _admin(self, ctx: bentoml.Context, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if denied := self._denied(ctx, admin=True):
-            return denied  # type: ignore[return-value]
-        try:
-            return JSONResponse(action())  # type: ignore[return-value]
-        except DriftloopError as exc:  # unknown version, nothing to roll back to, a refused artifact
-            status = 404 if isinstance(exc, UnknownVersion) else 409 if isinstance(exc, RegistryError) else 422
-            return _error(status, str(exc), ctx=ctx)  # type: ignore[return-value]
-
     @bentoml.api(route="/admin/promote")
     def admin_promote(self, version: str, ctx: bentoml.Context, reason: str = "promoted over HTTP") -> dict[str, Any]:
         """Make a registered version the champion (its checksums are verified first)."""
-        return self._admin(ctx, lambda: self.serving.promote(version, reason, actor=_actor(ctx)))
+        return self._answer(ctx, lambda: self.endpoint.promote(version, reason, _actor(ctx)), admin=True)
 
     @bentoml.api(route="/admin/rollback")
     def admin_rollback(self, ctx: bentoml.Context, reason: str = "rolled back over HTTP") -> dict[str, Any]:
         """Make the previous champion the champion again."""
-        return self._admin(ctx, lambda: self.serving.rollback(reason, actor=_actor(ctx)))
+        return self._answer(ctx, lambda: self.endpoint.rollback(reason, _actor(ctx)), admin=True)
 
     @bentoml.api(route="/admin/reload")
     def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
         """Re-read the champion pointer now in the worker that answers (the others poll)."""
-        return self._admin(ctx, self.serving.reload)
+        return self._answer(ctx, self.endpoint.reload, admin=True)
 
     @bentoml.api(route="/admin/retrain")
     def admin_retrain(self, ctx: bentoml.Context, reason: str = "requested over HTTP") -> dict[str, Any]:
         """Queue a retrain on the newest labelled windows; the monitor runs it."""
-        return self._admin(ctx, lambda: self.serving.request_retrain(reason, actor=_actor(ctx)))
+        return self._answer(ctx, lambda: self.endpoint.retrain(reason, _actor(ctx)), admin=True)
 
 
-Driftloop.add_asgi_middleware(RequestGate)
+Driftloop.mount_asgi_app(info_routes(ENDPOINT, lambda: Driftloop.openapi_spec.asdict()), path="/")
+Driftloop.add_asgi_middleware(RequestGate, slot=ENDPOINT)
+
+
+def _api_error(ctx: bentoml.Context, error: HttpError) -> JSONResponse:
+    """An error answer from an api method: BentoML gives an api that takes a ``ctx`` the status
+    and headers of ``ctx.response`` whatever it returns, so they are set there too."""
+    ctx.response.status_code = error.status
+    ctx.response.metadata.update(error.headers)
+    return _error_response(error)
 
 
 def _actor(ctx: bentoml.Context) -> str:

@@ -5,7 +5,7 @@ current model (one attribute read, so a request never mixes two models) and vali
 against *that* model's schema; the ONNX graph runs (inline, or in a batch with other requests,
 :mod:`service.batching`); :meth:`Serving.answer` hands the rows to the prediction-log writer and
 returns the answer with the version that produced it. :meth:`Serving.predict` is the three in one.
-:class:`ChampionWatcher` polls the registry's champion pointer and swaps in a verified, warmed-up
+:class:`PointerWatcher` polls the registry's champion pointer and swaps in a verified, warmed-up
 model; a broken artifact is refused and the old model keeps serving.
 
 Shadow mode. The same watcher follows the registry's shadow pointer the same way and loads the
@@ -36,7 +36,7 @@ import numpy as np
 
 from driftloop.models.errors import DriftloopError, SchemaError
 from driftloop.models.onnx_model import OnnxModel, providers_for
-from driftloop.models.schema import SECOND_OUTPUT, SUPERVISED, FeatureSchema
+from driftloop.models.schema import SCORES_FIELD, SUPERVISED, FeatureSchema
 from driftloop.models.registry import Registry
 from driftloop.monitoring.store import PredictionStore, utcnow
 from driftloop.service.batching import Batcher, batching_enabled
@@ -91,9 +91,9 @@ class _Pointer:
     current: str | None = None
 
 
-class ChampionWatcher:
-    """Polls the champion pointer (and, given ``on_shadow``, the shadow pointer) and swaps the
-    worker's model (its shadow) when it changes."""
+class PointerWatcher:
+    """Polls the registry's pointers, the champion's (and, given ``on_shadow``, the shadow's), and
+    swaps the worker's model (its shadow) when one names another version."""
 
     def __init__(self, registry: Registry, on_swap: Callable[[OnnxModel], None],
                  on_refused: Callable[[str, Exception], None], interval_s: float,
@@ -109,7 +109,7 @@ class ChampionWatcher:
             self._pointers.append(_Pointer("shadow", registry.shadow_stamp, lambda: _named(registry.shadow()),
                                            on_shadow, on_shadow_refused, optional=True))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="champion-watcher", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="pointer-watcher", daemon=True)
 
     def start(self) -> None:
         self.check()  # load the champion before the worker reports ready
@@ -167,7 +167,7 @@ class ChampionWatcher:
             try:
                 self.check()
             except Exception:  # never let the watcher die: the next poll tries again
-                log.exception("champion watcher: poll failed")
+                log.exception("pointer watcher: poll failed")
 
 
 class Serving:
@@ -186,7 +186,6 @@ class Serving:
         self.max_rows = config.max_rows
         self.device, providers = providers_for(config.device)
         self._counters: dict[tuple[str, str], Any] = {}
-        self.started_at = time.time()
         self.writer = PredictionLogWriter(
             store.insert_predictions, max_rows=config.log_queue_rows, flush_interval_s=config.log_flush_interval_s,
             on_written=self._logged, on_dropped=lambda n: metrics.log_rows.labels("dropped").inc(n),
@@ -194,7 +193,7 @@ class Serving:
         ) if config.prediction_log else None
         self.batcher = Batcher(config.max_batch_rows, metrics.batch_rows.observe if config.metrics else lambda n: None)
         # No prediction log, nothing for a shadow to score: it is not even loaded.
-        self.watcher = ChampionWatcher(registry, self._swap, self._refused, config.poll_interval_s, providers,
+        self.watcher = PointerWatcher(registry, self._swap, self._refused, config.poll_interval_s, providers,
                                        on_shadow=self._swap_shadow if self.writer is not None else None,
                                        on_shadow_refused=self._refused_shadow)
         # Every outcome exported at 0 from the start: an alert on the increase of a counter needs
@@ -254,17 +253,17 @@ class Serving:
     def predict(self, rows: Any) -> dict[str, Any]:
         """One request, start to end, in the calling thread (no batching)."""
         model, feeds = self.prepare(rows)
-        preds, second = model.predict(feeds)
+        preds, scores = model.predict(feeds)
         if self.config.metrics:
             self.metrics.batch_rows.observe(len(preds))
-        return self.answer(model, rows, preds, second)
+        return self.answer(model, rows, preds, scores)
 
-    def answer(self, model: OnnxModel, rows: list[Any], preds: np.ndarray, second: np.ndarray | None) -> dict[str, Any]:
+    def answer(self, model: OnnxModel, rows: list[Any], preds: np.ndarray, scores: np.ndarray | None) -> dict[str, Any]:
         """Request ids, the prediction log and the metrics for one request; its JSON answer."""
         predictions = preds.tolist()
         ids = [new_request_id() for _ in predictions]
         if self.writer is not None:
-            confidence = _confidence(model.schema.task, second, len(ids))
+            confidence = _confidence(model.schema.task, scores, len(ids))
             now = utcnow()
             self.writer.submit([
                 {"request_id": rid, "created_at": now, "model_version": model.version, "features": row,
@@ -274,9 +273,9 @@ class Serving:
         if self.config.metrics:
             self._count(model.version, predictions)
         answer: dict[str, Any] = {"model_version": model.version, "predictions": predictions, "request_ids": ids}
-        field = SECOND_OUTPUT[model.schema.task]
-        if field is not None and second is not None:
-            answer[field] = np.round(second.astype(np.float64), 6).tolist()
+        field = scores_field(model.schema.task)
+        if field is not None and scores is not None:
+            answer[field] = np.round(scores.astype(np.float64), 6).tolist()
         return answer
 
     def feedback(self, labels: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -403,9 +402,9 @@ class Serving:
             pending = len(kept)
             if kept:
                 start = time.perf_counter()
-                preds, second = shadow.predict(feeds)
+                preds, scores = shadow.predict(feeds)
                 self.metrics.shadow_seconds.observe(time.perf_counter() - start)
-                confidence = _confidence(shadow.schema.task, second, len(kept))
+                confidence = _confidence(shadow.schema.task, scores, len(kept))
                 self.store.insert_shadow_predictions([
                     {"request_id": rows[i]["request_id"], "model_version": shadow.version, "prediction": pred,
                      "confidence": conf} for i, pred, conf in zip(kept, preds.tolist(), confidence)])
@@ -435,16 +434,21 @@ class Serving:
             child.inc(n)
 
 
-def _confidence(task: str, second: np.ndarray | None, n: int) -> list[float | None]:
+def scores_field(task: str) -> str | None:
+    """The name of the graph's scores in a /predict answer (None: the task has none)."""
+    return SCORES_FIELD[task]
+
+
+def _confidence(task: str, scores: np.ndarray | None, n: int) -> list[float | None]:
     """The number logged beside each prediction: top-class probability (classification),
     distance to the chosen cluster (clustering), anomaly score (anomaly)."""
-    if second is None:
+    if scores is None:
         return [None] * n
     if task == "classification":
-        return second.max(axis=1).tolist()
+        return scores.max(axis=1).tolist()
     if task == "clustering":
-        return second.min(axis=1).tolist()
-    return np.asarray(second, dtype=np.float64).reshape(-1).tolist()
+        return scores.min(axis=1).tolist()
+    return np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
 
 
 def _accepted(schema: FeatureSchema, rows: list[Any], config: ServingConfig) -> tuple[list[int], dict[str, np.ndarray]]:
@@ -480,13 +484,3 @@ def _check_labels(labels: list[tuple[str, Any]], model: OnnxModel) -> None:
         elif isinstance(label, bool) or not isinstance(label, (int, float)):
             raise SchemaError(f"labels[{i}].label must be a number for a regression model", field=f"labels[{i}].label")
 
-
-def token_ok(header: str | None, token: Any) -> bool:
-    """``Authorization: Bearer <token>`` against the configured secret, in constant time."""
-    import hmac
-
-    if token is None:
-        return False
-    scheme, _, given = (header or "").partition(" ")
-    match = hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
-    return scheme.lower() == "bearer" and match

@@ -155,7 +155,7 @@ def test_training_is_reproducible_by_seed(frame: pd.DataFrame) -> None:
 
 def test_unknown_params_are_refused_by_name(frame: pd.DataFrame) -> None:
     schema = classification_schema(frame, TARGET)
-    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['l2_regularization', 'max_iter'\].*num_leaves"):
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['l2_regularization', 'max_iter'\] for 'lightgbm'.*num_leaves"):
         fit_boosting(schema, frame[schema.names], frame[TARGET], {"max_iter": 50, "l2_regularization": 1.0,
                                                                  "learning_rate": 0.1}, 42, None)
 
@@ -174,18 +174,18 @@ def test_params_that_cannot_train_or_export_are_refused(frame: pd.DataFrame, par
 
 def test_warm_start_is_refused(frame: pd.DataFrame) -> None:
     schema = classification_schema(frame, TARGET)
-    with pytest.raises(ConfigError, match="cannot fine-tune"):
+    with pytest.raises(ConfigError, match="'lightgbm' cannot fine-tune"):
         fit_boosting(schema, frame[schema.names], frame[TARGET], {}, 42, b"an earlier graph")
 
 
 def test_unsupervised_tasks_are_refused(frame: pd.DataFrame) -> None:
     schema = FeatureSchema.infer(frame, FEATURES, "anomaly", None)
-    with pytest.raises(ConfigError, match="does not support task 'anomaly'"):
+    with pytest.raises(ConfigError, match="model.kind: 'lightgbm' does not support task 'anomaly'"):
         fit_boosting(schema, frame[schema.names], None, {}, 42, None)
 
 
 def test_import_is_lazy() -> None:
-    code = ("import sys, models.boosting; "
+    code = ("import sys, driftloop.models.boosting; "
             "print(sorted(m for m in ('lightgbm', 'onnxmltools', 'skl2onnx') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -53,7 +53,7 @@ def preset_for(baseline: DriftBaseline, window: pd.DataFrame, config: DriftConfi
 
 def same(fast: dict[str, dict[str, Any]], preset: dict[str, dict[str, Any]]) -> None:
     """Every column: the same score, threshold, verdict and method."""
-    from evidently.legacy.calculations.stattests.registry import _registered_stat_tests
+    from driftloop.adapters.evidently import stattest_display_name
 
     assert set(fast) == set(preset)
     for name, theirs in preset.items():
@@ -62,8 +62,7 @@ def same(fast: dict[str, dict[str, Any]], preset: dict[str, dict[str, Any]]) -> 
                                                                       theirs["drifted"]), name
         # the preset names the method it chose by its display name, a configured one by its name
         method = theirs["method"]
-        if method in _registered_stat_tests:
-            method = next(iter(_registered_stat_tests[method].values())).display_name
+        method = stattest_display_name(method) or method
         assert ours["method"] == method, name
 
 
@@ -216,9 +215,9 @@ def test_the_monitor_records_prediction_drift_beside_the_features(champion_home:
     for period in ("stable", "covariate"):
         serve(store, registry, frame[frame["period"] == period].reset_index(drop=True))
         checks += monitor.run_once()
-    stable, covariate = (c["feature_scores"] for c in checks)
+    stable, covariate = (c.feature_scores for c in checks)
     assert set(stable) == set(registry.get("v1").schema.names) | {PREDICTION}
     assert stable[PREDICTION]["method"] == "Jensen-Shannon distance"  # a category, 2,000 reference rows
     assert not stable[PREDICTION]["drifted"]
     assert covariate[PREDICTION]["score"] != stable[PREDICTION]["score"]
-    assert checks[1]["drift_share"] == len(checks[1]["drifted_features"]) / len(registry.get("v1").schema.names)
+    assert checks[1].drift_share == len(checks[1].drifted_features) / len(registry.get("v1").schema.names)

@@ -109,7 +109,7 @@ def test_decay_is_suspected_before_labels_under_covariate_shift_and_not_on_stabl
 
     late = Monitor(world["settings"], store, registry, clock=lambda: 4e9)  # the label wait is over
     first, second = late.run_once()
-    assert first["decision"] == "none" and first["estimated_accuracy"] == pytest.approx(stable_estimate)
-    assert second["decision"] == "watch"  # the inputs drifted too: that is the signal; the suspicion is said
-    assert second["estimated_accuracy"] == pytest.approx(event["detail"]["estimated_accuracy"])
-    assert "decay suspected: accuracy estimated from confidence" in second["reason"]
+    assert first.decision == "none" and first.estimated_accuracy == pytest.approx(stable_estimate)
+    assert second.decision == "watch"  # the inputs drifted too: that is the signal; the suspicion is said
+    assert second.estimated_accuracy == pytest.approx(event["detail"]["estimated_accuracy"])
+    assert "decay suspected: accuracy estimated from confidence" in second.reason

@@ -7,13 +7,13 @@ import asyncio
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from driftloop.models.registry import Registry
 from driftloop.monitoring.store import PredictionStore
+from driftloop.service.endpoint import Endpoint, EndpointSlot
 from driftloop.service.gate import RequestGate
 from driftloop.service.metrics import serving_metrics
 from driftloop.service.serving import Serving
@@ -52,9 +52,9 @@ class Held:
 
 
 def gate_for(serving: Serving, inner: Any) -> RequestGate:
-    gate = RequestGate(inner)
-    gate._service = SimpleNamespace(serving=serving, predict_token=None)
-    return gate
+    slot = EndpointSlot()
+    slot.attach(Endpoint(serving))
+    return RequestGate(inner, slot)
 
 
 async def call(gate: RequestGate, path: str, body: bytes = b"", method: str = "POST",
@@ -77,6 +77,14 @@ async def call(gate: RequestGate, path: str, body: bytes = b"", method: str = "P
     start = sent[0]
     body_out = b"".join(m.get("body", b"") for m in sent[1:])
     return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, json.loads(body_out or b"null")
+
+
+def test_before_the_service_attaches_its_endpoint_everything_passes_through() -> None:
+    held = Held()
+    held.release.set()
+    gate = RequestGate(held, EndpointSlot())  # the worker is starting: BentoML answers
+    assert asyncio.run(call(gate, "/predict", b'{"rows": []}'))[0] == 200
+    assert held.bodies == [b'{"rows": []}']
 
 
 def shed_count(reason: str) -> float:

@@ -16,12 +16,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftloop.models.errors import IntegrityError, SchemaError
-from driftloop.models.registry import Registry
+from driftloop.models.errors import ConfigError, IntegrityError, SchemaError
+from driftloop.models.registry import Registry, project_dir
+from driftloop.settings import GuardConfig
 from driftloop.training import guard as guard_mod
 from driftloop.training import scenarios as sc
-from driftloop.training.retrain import REJECTED, retrain
+from driftloop.training.retrain import retrain
 from driftloop.training.train import guard_frame, initial_frame, source_frame, train_version
+
+from driftloop.vocabulary import Outcome
 
 from tests.conftest import make_settings
 
@@ -60,7 +63,7 @@ def test_initial_frame_excludes_the_guard_rows_which_are_fixed_on_disk(tmp_path:
     assert not np.isin(guard_mod.row_hashes(initial[columns]), guard_mod.row_hashes(guard)).any()
     assert np.isin(guard_mod.row_hashes(guard), guard_mod.row_hashes(source[columns])).all()  # carved out of it
 
-    directory = guard_mod.project_dir(settings)
+    directory = project_dir(settings.registry.home, settings.registry.project)
     meta = json.loads((directory / guard_mod.GUARD_META).read_text())
     assert meta["source"] == "carved" and meta["rows"] == meta["configured_rows"] == GUARD_ROWS
     assert meta["seed"] == settings.seed
@@ -73,13 +76,13 @@ def test_no_guard_set_when_rows_is_zero(tmp_path: Path) -> None:
     settings = settings_at(tmp_path, guard={"rows": 0})
     assert guard_frame(settings) is None
     assert len(initial_frame(settings)) == len(source_frame(settings))
-    assert not guard_mod.project_dir(settings).exists()
+    assert not project_dir(settings.registry.home, settings.registry.project).exists()
 
 
 def test_a_tampered_guard_file_is_refused(tmp_path: Path) -> None:
     settings = settings_at(tmp_path)
     guard = guard_frame(settings)
-    path = guard_mod.project_dir(settings) / guard_mod.GUARD_FILE
+    path = project_dir(settings.registry.home, settings.registry.project) / guard_mod.GUARD_FILE
     tampered = guard.assign(**{sc.TARGET: 1 - guard[sc.TARGET]})  # every label flipped
     tampered.to_parquet(path, index=False)
     with pytest.raises(IntegrityError, match="checksum mismatch"):
@@ -130,7 +133,7 @@ def test_the_guard_rejects_a_candidate_that_beats_the_holdout(root: Path) -> Non
     settings = settings_at(root)
     registry = Registry(settings.registry.home, settings.registry.project)
     outcome = retrain(settings, registry, flipped_window(800, seed=5), trigger="drift", reason="test")
-    assert outcome.status == REJECTED, outcome.reason
+    assert outcome.status == Outcome.REJECTED, outcome.reason
     assert outcome.candidate_score > outcome.champion_score + settings.retraining.margin  # won the holdout
     guard = outcome.guard
     assert guard is not None and guard["rows"] == GUARD_ROWS and not guard["passed"]
@@ -149,3 +152,22 @@ def test_without_the_guard_the_same_candidate_is_promoted(root: Path) -> None:
     registry = Registry(settings.registry.home, settings.registry.project)
     outcome = retrain(settings, registry, flipped_window(800, seed=5), trigger="drift", reason="test")
     assert outcome.status == "promoted" and outcome.guard is None, outcome.reason
+
+
+def test_carve_takes_at_most_a_fifth_of_the_source_in_order() -> None:
+    source = pd.DataFrame({"x": range(100)})
+    picked = guard_mod.carve(source, 30, seed=1)
+    assert len(picked) == 20 and picked["x"].is_monotonic_increasing
+    pd.testing.assert_frame_equal(guard_mod.carve(source, 30, seed=1), picked)  # the seed fixes it
+    with pytest.raises(ConfigError, match="too few"):
+        guard_mod.carve(source.head(4), 3, seed=1)
+    assert guard_mod.enabled(GuardConfig(rows=1)) and guard_mod.enabled(GuardConfig(path=Path("g.csv")))
+    assert not guard_mod.enabled(GuardConfig())
+
+
+def test_fixing_the_guard_set_leaves_no_temporary_file(tmp_path: Path) -> None:
+    settings = settings_at(tmp_path)
+    guard_frame(settings)
+    directory = project_dir(settings.registry.home, settings.registry.project)
+    assert sorted(p.name for p in directory.iterdir()) == [guard_mod.GUARD_META, guard_mod.GUARD_FILE]
+    assert oct((directory / guard_mod.GUARD_FILE).stat().st_mode & 0o777) == "0o644"

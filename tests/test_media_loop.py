@@ -16,6 +16,7 @@ from tests.cases import QUICK
 from tests.conftest import make_settings
 from driftloop.training import scenarios
 from driftloop.training.train import train_version
+from driftloop.vocabulary import Decision
 
 pytestmark = pytest.mark.slow
 WINDOW = 200
@@ -49,10 +50,18 @@ def test_array_model_loop(scenario: str, kind: str, drift: str, tmp_path: Path) 
         checks += monitor.run_once()
 
     stable_windows = (frame["period"] == "stable").sum() // WINDOW
-    assert all(c["decision"] == "none" for c in checks[:stable_windows]), [c["reason"] for c in checks]
-    flagged = [c for c in checks if c["decision"] == "retrain"]
-    assert flagged and flagged[0]["window"] <= stable_windows + 1
-    assert any(name.startswith(next(iter(sc.features))) for name in flagged[0]["drifted_features"]) or \
-        "accuracy" in flagged[0]["reason"]
-    assert flagged[0]["outcome"] == "promoted", flagged[0]
+    # No retrain, no alert while nothing changed. A single flagged window may happen: the default
+    # embeddings test (a classifier told to separate 200 window rows from the reference,
+    # bootstrapped) has a ~5% false-alarm rate per window by construction, which is why a retrain
+    # needs `consecutive` flagged windows. Which stable window it hits depends on the CNN's
+    # floating-point result on this CPU (digits-cnn flagged its second stable window here, at a
+    # ROC AUC of 0.58, where the CI machine of an earlier stop had not).
+    quiet = (Decision.NONE, Decision.WATCH, Decision.SUSPECT)
+    assert all(c.decision in quiet for c in checks[:stable_windows]), [c.reason for c in checks]
+    assert sum(c.decision == Decision.WATCH for c in checks[:stable_windows]) <= 1, [c.reason for c in checks]
+    flagged = [c for c in checks if c.decision == "retrain"]
+    assert flagged and flagged[0].window <= stable_windows + 1
+    assert any(name.startswith(next(iter(sc.features))) for name in flagged[0].drifted_features) or \
+        "accuracy" in flagged[0].reason
+    assert flagged[0].outcome == "promoted", flagged[0]
     assert registry.champion().version != "v1"

@@ -19,6 +19,7 @@ from driftloop.monitoring.store import PredictionStore, utcnow
 from driftloop.service.serving import new_request_id
 from driftloop.training import scenarios
 from driftloop.training.retrain import retrain
+from driftloop.vocabulary import Check
 
 from tests.conftest import make_settings
 
@@ -53,7 +54,7 @@ def world(champion_home: Path, tmp_path: Path) -> dict[str, Any]:
     return {"settings": settings, "store": store, "registry": registry, "frame": frame}
 
 
-def run_windows(world: dict[str, Any], monitor: Monitor) -> list[dict[str, Any]]:
+def run_windows(world: dict[str, Any], monitor: Monitor) -> list[Check]:
     live = world["frame"][world["frame"]["period"] != "train"].reset_index(drop=True)
     checks = []
     for start in range(0, len(live), WINDOW):
@@ -65,14 +66,14 @@ def run_windows(world: dict[str, Any], monitor: Monitor) -> list[dict[str, Any]]
 def test_loop_detects_both_drifts_after_onset_and_promotes_better_models(world: dict[str, Any]) -> None:
     monitor = Monitor(world["settings"], world["store"], world["registry"])
     checks = run_windows(world, monitor)
-    assert [c["window"] for c in checks] == list(range(11))
-    flagged = [c["window"] for c in checks if c["decision"] != "none"]
+    assert [c.window for c in checks] == list(range(11))
+    flagged = [c.window for c in checks if c.decision != "none"]
     assert flagged and min(flagged) >= 3, f"flagged before the covariate shift began (window 3): {flagged}"
 
-    promoted = [c for c in checks if c["outcome"] == "promoted"]
-    assert len(promoted) == 2, [(c["window"], c["decision"], c["outcome"], c["reason"]) for c in checks]
-    assert 3 <= promoted[0]["window"] <= 4  # within 2 windows of the covariate onset
-    assert 7 <= promoted[1]["window"] <= 8  # within 2 windows of the concept onset
+    promoted = [c for c in checks if c.outcome == "promoted"]
+    assert len(promoted) == 2, [(c.window, c.decision, c.outcome, c.reason) for c in checks]
+    assert 3 <= promoted[0].window <= 4  # within 2 windows of the covariate onset
+    assert 7 <= promoted[1].window <= 8  # within 2 windows of the concept onset
 
     # The final champion beats v1 on fresh post-drift data (another seed), through ONNX.
     registry = world["registry"]
@@ -85,7 +86,7 @@ def test_loop_detects_both_drifts_after_onset_and_promotes_better_models(world: 
 
     kinds = [e["kind"] for e in world["store"].events()]
     assert kinds.count("retrain_promoted") == 2 and "retrain_started" in kinds
-    assert all(Path(c["report_path"]).is_file() for c in checks if c["decision"] != "none")
+    assert all(Path(c.report_path).is_file() for c in checks if c.decision != "none")
 
 
 def test_a_window_waits_for_its_labels(world: dict[str, Any]) -> None:
@@ -95,7 +96,7 @@ def test_a_window_waits_for_its_labels(world: dict[str, Any]) -> None:
     assert monitor.run_once() == []  # no labels yet, and label_wait_s has not passed
     late = Monitor(world["settings"], world["store"], world["registry"], clock=lambda: 1e12)
     (check,) = late.run_once()  # long after: checked with what there is
-    assert check["labelled"] == 0 and check["accuracy"] is None
+    assert check.labelled == 0 and check.accuracy is None
 
 
 def test_a_crashing_retrain_leaves_the_champion_and_is_recorded(world: dict[str, Any]) -> None:
@@ -105,7 +106,7 @@ def test_a_crashing_retrain_leaves_the_champion_and_is_recorded(world: dict[str,
     monitor = Monitor(world["settings"], world["store"], world["registry"], retrainer=crash)
     checks = run_windows(world, monitor)
     assert world["registry"].champion().version == "v1"
-    assert any(c["outcome"] == "failed" for c in checks)
+    assert any(c.outcome == "failed" for c in checks)
     failed = world["store"].events("retrain_failed")
     assert failed and "killed mid-training" in failed[0]["detail"]["error"]
 
@@ -121,9 +122,9 @@ def test_a_restarted_monitor_resumes_after_the_last_check(world: dict[str, Any])
     assert second.run_once() == []  # nothing re-checked
     serve(world["store"], world["registry"], live.iloc[5 * WINDOW:6 * WINDOW])
     (check,) = second.run_once()
-    assert check["window"] == before[-1]["window"] + 1
-    if before[-1]["outcome"] == "promoted" or any(c["outcome"] == "promoted" for c in before[-2:]):
-        assert check["decision"] in ("none", "cooldown")  # the cool-down survived the restart
+    assert check.window == before[-1].window + 1
+    if before[-1].outcome == "promoted" or any(c.outcome == "promoted" for c in before[-2:]):
+        assert check.decision in ("none", "cooldown")  # the cool-down survived the restart
 
 
 def test_a_requested_retrain_runs_once_on_the_newest_windows(world: dict[str, Any]) -> None:

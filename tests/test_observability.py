@@ -193,7 +193,7 @@ def test_the_drift_alert_fires(stack: dict[str, Any]) -> None:
     assert alert["labels"]["job"] == "driftloop-monitor" and alert["labels"]["severity"] == "warning"
     assert float(alert["value"]) >= stack["settings"].monitoring.drift_share  # the value is the drift share
     assert "features drifted" in alert["annotations"]["summary"]
-    assert any(c["decision"] == "retrain" for c in stack["store"].checks())  # the monitor saw it too
+    assert any(c.decision == "retrain" for c in stack["store"].checks())  # the monitor saw it too
 
 
 def test_every_rule_evaluates_without_error(stack: dict[str, Any]) -> None:

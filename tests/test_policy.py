@@ -6,18 +6,8 @@ import math
 
 import pytest
 
-from driftloop.monitoring.policy import (
-    ALERT,
-    COOLDOWN,
-    NONE,
-    RETRAIN,
-    SUSPECT,
-    WATCH,
-    Decision,
-    PolicyConfig,
-    RetrainPolicy,
-    WindowStats,
-)
+from driftloop.monitoring.policy import PolicyConfig, PolicyDecision, RetrainPolicy, WindowStats
+from driftloop.vocabulary import Decision, Signal
 
 BASELINE = 0.8
 
@@ -36,26 +26,26 @@ def decayed(window: int, accuracy: float = 0.5, labelled: int = 400, **kw) -> Wi
                        baseline_accuracy=kw.pop("baseline_accuracy", BASELINE), **kw)
 
 
-def feed(policy: RetrainPolicy, stats: list[WindowStats]) -> list[Decision]:
+def feed(policy: RetrainPolicy, stats: list[WindowStats]) -> list[PolicyDecision]:
     return [policy.update(s) for s in stats]
 
 
 def test_quiet_window_is_none() -> None:
     decision = RetrainPolicy().update(quiet(0, drift_share=0.2))
-    assert decision.action == NONE
+    assert decision.action == Decision.NONE
     assert decision.signals == () and decision.since_window is None
 
 
 def test_drift_share_threshold_is_inclusive() -> None:
     config = PolicyConfig(drift_share=0.5)
-    assert RetrainPolicy(config).update(drifted(0, drift_share=0.5)).signals == ("drift",)
+    assert RetrainPolicy(config).update(drifted(0, drift_share=0.5)).signals == (Signal.DRIFT,)
     assert RetrainPolicy(config).update(drifted(0, drift_share=math.nextafter(0.5, 0))).signals == ()
 
 
 def test_single_flagged_window_only_watches() -> None:
     decision = RetrainPolicy(PolicyConfig(consecutive=2)).update(drifted(3))
-    assert decision.action == WATCH
-    assert decision.signals == ("drift",)
+    assert decision.action == Decision.WATCH
+    assert decision.signals == (Signal.DRIFT,)
     assert decision.since_window == 3
 
 
@@ -63,7 +53,8 @@ def test_single_flagged_window_only_watches() -> None:
 def test_consecutive_flagged_windows_retrain_from_the_first(consecutive: int) -> None:
     policy = RetrainPolicy(PolicyConfig(consecutive=consecutive))
     decisions = feed(policy, [quiet(0), quiet(1)] + [drifted(w) for w in range(2, 2 + consecutive)])
-    assert [d.action for d in decisions] == [NONE, NONE] + [WATCH] * (consecutive - 1) + [RETRAIN]
+    assert [d.action for d in decisions] == \
+        [Decision.NONE, Decision.NONE] + [Decision.WATCH] * (consecutive - 1) + [Decision.RETRAIN]
     assert decisions[-1].since_window == 2
     assert all(d.since_window == 2 for d in decisions[2:])
 
@@ -71,7 +62,7 @@ def test_consecutive_flagged_windows_retrain_from_the_first(consecutive: int) ->
 def test_unflagged_window_resets_the_streak() -> None:
     policy = RetrainPolicy(PolicyConfig(consecutive=2))
     decisions = feed(policy, [drifted(0), quiet(1), drifted(2), drifted(3)])
-    assert [d.action for d in decisions] == [WATCH, NONE, WATCH, RETRAIN]
+    assert [d.action for d in decisions] == [Decision.WATCH, Decision.NONE, Decision.WATCH, Decision.RETRAIN]
     assert decisions[-1].since_window == 2  # not 0: the streak restarted after window 1
 
 
@@ -79,35 +70,35 @@ def test_retrain_that_did_not_run_keeps_the_streak() -> None:
     """The caller reports nothing (too few labels): the next flagged window retrains again."""
     policy = RetrainPolicy(PolicyConfig(consecutive=2))
     decisions = feed(policy, [drifted(0), drifted(1), drifted(2)])
-    assert [d.action for d in decisions] == [WATCH, RETRAIN, RETRAIN]
+    assert [d.action for d in decisions] == [Decision.WATCH, Decision.RETRAIN, Decision.RETRAIN]
     assert decisions[-1].since_window == 0
 
 
 @pytest.mark.parametrize("cooldown", [0, 1, 2, 4])
 def test_cooldown_after_a_retrain(cooldown: int) -> None:
     policy = RetrainPolicy(PolicyConfig(consecutive=2, cooldown_windows=cooldown))
-    assert [d.action for d in feed(policy, [drifted(0), drifted(1)])] == [WATCH, RETRAIN]
+    assert [d.action for d in feed(policy, [drifted(0), drifted(1)])] == [Decision.WATCH, Decision.RETRAIN]
     policy.retrained(1)
     during = feed(policy, [drifted(w) for w in range(2, 2 + cooldown)])
-    assert [d.action for d in during] == [COOLDOWN] * cooldown
-    assert all(d.signals == ("drift",) for d in during)
+    assert [d.action for d in during] == [Decision.COOLDOWN] * cooldown
+    assert all(d.signals == (Signal.DRIFT,) for d in during)
     after = policy.update(drifted(2 + cooldown))
     # Drift that lasted through the whole cool-down is acted on as soon as it ends
     # (with no cool-down the streak restarts after the retrain and needs two windows again).
-    assert after.action == (WATCH if cooldown < 1 else RETRAIN)
+    assert after.action == (Decision.WATCH if cooldown < 1 else Decision.RETRAIN)
 
 
 def test_cooldown_is_counted_in_windows_not_calls() -> None:
     policy = RetrainPolicy(PolicyConfig(consecutive=1, cooldown_windows=2))
     policy.retrained(10)
-    assert policy.update(drifted(12)).action == COOLDOWN
-    assert policy.update(drifted(13)).action == RETRAIN
+    assert policy.update(drifted(12)).action == Decision.COOLDOWN
+    assert policy.update(drifted(13)).action == Decision.RETRAIN
 
 
 def test_quiet_window_during_cooldown_is_none() -> None:
     policy = RetrainPolicy(PolicyConfig(consecutive=1, cooldown_windows=3))
     policy.retrained(0)
-    assert policy.update(quiet(1)).action == NONE
+    assert policy.update(quiet(1)).action == Decision.NONE
 
 
 @pytest.mark.parametrize("consecutive", [1, 2, 3])
@@ -115,8 +106,8 @@ def test_dry_run_alerts_and_never_retrains(consecutive: int) -> None:
     policy = RetrainPolicy(PolicyConfig(consecutive=consecutive, dry_run=True))
     decisions = feed(policy, [drifted(w) for w in range(consecutive + 3)])
     actions = [d.action for d in decisions]
-    assert RETRAIN not in actions
-    assert actions == [WATCH] * (consecutive - 1) + [ALERT] * 4
+    assert Decision.RETRAIN not in actions
+    assert actions == [Decision.WATCH] * (consecutive - 1) + [Decision.ALERT] * 4
     assert all(d.since_window == 0 for d in decisions)
 
 
@@ -124,15 +115,15 @@ def test_dry_run_alerts_and_never_retrains(consecutive: int) -> None:
 def test_decay_needs_min_labels(labelled: int, is_decay: bool) -> None:
     policy = RetrainPolicy(PolicyConfig(min_labels=100))
     decision = policy.update(decayed(0, accuracy=0.3, labelled=labelled))
-    assert decision.signals == (("decay",) if is_decay else ())
-    assert decision.action == (WATCH if is_decay else NONE)
+    assert decision.signals == ((Signal.DECAY,) if is_decay else ())
+    assert decision.action == (Decision.WATCH if is_decay else Decision.NONE)
 
 
 def test_decay_needs_an_accuracy_and_a_baseline() -> None:
     policy = RetrainPolicy()
     assert policy.signals(decayed(0, accuracy=None)) == ()  # type: ignore[arg-type]
     assert policy.signals(decayed(0, baseline_accuracy=None)) == ()
-    assert policy.signals(decayed(0)) == ("decay",)
+    assert policy.signals(decayed(0)) == (Signal.DECAY,)
 
 
 def test_decay_must_be_significant_when_the_baseline_sample_is_known() -> None:
@@ -141,9 +132,9 @@ def test_decay_must_be_significant_when_the_baseline_sample_is_known() -> None:
     noisy = decayed(0, accuracy=0.68, labelled=400, baseline_accuracy=0.77, baseline_rows=150)
     clear = decayed(0, accuracy=0.52, labelled=400, baseline_accuracy=0.77, baseline_rows=150)
     assert 1.5 < RetrainPolicy.drop_z(noisy) < 2.33 and policy.signals(noisy) == ()
-    assert RetrainPolicy.drop_z(clear) > 5 and policy.signals(clear) == ("decay",)
+    assert RetrainPolicy.drop_z(clear) > 5 and policy.signals(clear) == (Signal.DECAY,)
     exact = decayed(0, accuracy=0.68, labelled=400, baseline_accuracy=0.77)  # baseline_rows unknown
-    assert policy.signals(exact) == ("decay",)
+    assert policy.signals(exact) == (Signal.DECAY,)
 
 
 @pytest.mark.parametrize(("baseline", "max_drop"), [(0.8, 0.05), (0.9, 0.05), (0.75, 0.1), (0.6, 0.01)])
@@ -156,15 +147,15 @@ def test_decay_threshold_boundary(baseline: float, max_drop: float) -> None:
     above = decayed(0, accuracy=limit + 0.01, baseline_accuracy=baseline)
     assert policy.signals(at) == ()
     assert policy.signals(above) == ()
-    assert policy.signals(below) == ("decay",)
-    assert policy.signals(clearly_below) == ("decay",)
+    assert policy.signals(below) == (Signal.DECAY,)
+    assert policy.signals(clearly_below) == (Signal.DECAY,)
 
 
 def test_both_signals_are_listed_and_described() -> None:
     policy = RetrainPolicy(PolicyConfig(consecutive=1))
     decision = policy.update(decayed(0, drift_share=0.9, accuracy=0.5, labelled=300))
-    assert decision.action == RETRAIN
-    assert decision.signals == ("drift", "decay")
+    assert decision.action == Decision.RETRAIN
+    assert decision.signals == (Signal.DRIFT, Signal.DECAY)
     assert "drift share 0.90" in decision.reason
     assert "accuracy 0.500" in decision.reason and "300 labels" in decision.reason
 
@@ -173,8 +164,8 @@ def test_mixed_signals_keep_one_streak() -> None:
     """Drift in one window and decay in the next are two flagged windows in a row."""
     policy = RetrainPolicy(PolicyConfig(consecutive=2))
     decisions = feed(policy, [drifted(5), decayed(6)])
-    assert [d.signals for d in decisions] == [("drift",), ("decay",)]
-    assert decisions[-1].action == RETRAIN and decisions[-1].since_window == 5
+    assert [d.signals for d in decisions] == [(Signal.DRIFT,), (Signal.DECAY,)]
+    assert decisions[-1].action == Decision.RETRAIN and decisions[-1].since_window == 5
 
 
 def live(window: int, accuracy: float, champion: str | None = "v1", **kw) -> WindowStats:
@@ -190,7 +181,7 @@ def test_a_champion_s_quiet_windows_calibrate_its_baseline() -> None:
     feed(calibrated, [live(w, 0.815) for w in range(4)])
     assert uncalibrated.update(live(4, 0.735, champion=None)).signals == ()
     decision = calibrated.update(live(4, 0.735))
-    assert decision.signals == ("decay",)
+    assert decision.signals == (Signal.DECAY,)
     pooled = (0.787 * 600 + 0.815 * 4 * 450) / (600 + 4 * 450)
     assert f"< {pooled:.3f}" in decision.reason
 
@@ -222,29 +213,30 @@ def estimated(window: int, estimate: float, labelled: int = 0, accuracy: float |
                        baseline_rows=600, estimated_accuracy=estimate, estimated_baseline=0.787, **kw)
 
 
-@pytest.mark.parametrize(("estimate", "action"), [(0.70, SUSPECT), (0.74, NONE), (0.787, NONE)])
+@pytest.mark.parametrize(("estimate", "action"),
+                         [(0.70, Decision.SUSPECT), (0.74, Decision.NONE), (0.787, Decision.NONE)])
 def test_a_low_confidence_estimate_is_suspected_before_labels(estimate: float, action: str) -> None:
     decision = RetrainPolicy(PolicyConfig(max_accuracy_drop=0.05)).update(estimated(0, estimate))
     assert decision.action == action
     assert decision.signals == ()  # a suspicion is not a signal: it never starts a streak
-    assert ("decay suspected" in decision.reason) == (action == SUSPECT)
+    assert ("decay suspected" in decision.reason) == (action == Decision.SUSPECT)
 
 
 def test_a_suspicion_never_retrains_on_its_own() -> None:
     policy = RetrainPolicy(PolicyConfig(consecutive=1))
-    assert [d.action for d in feed(policy, [estimated(w, 0.6) for w in range(5)])] == [SUSPECT] * 5
+    assert [d.action for d in feed(policy, [estimated(w, 0.6) for w in range(5)])] == [Decision.SUSPECT] * 5
 
 
 def test_labels_confirm_or_clear_a_suspicion() -> None:
     confirmed = RetrainPolicy(PolicyConfig(consecutive=1)).update(estimated(0, 0.70, labelled=400, accuracy=0.65))
-    assert confirmed.action == RETRAIN and confirmed.signals == ("decay",)
+    assert confirmed.action == Decision.RETRAIN and confirmed.signals == (Signal.DECAY,)
     assert "confirmed by 400 labels" in confirmed.reason
     cleared = RetrainPolicy(PolicyConfig(consecutive=1)).update(estimated(0, 0.70, labelled=400, accuracy=0.80))
-    assert cleared.action == NONE
+    assert cleared.action == Decision.NONE
     assert "not confirmed by 400 labels" in cleared.reason
 
 
 def test_too_few_labels_leave_a_suspicion_open() -> None:
     decision = RetrainPolicy(PolicyConfig(min_labels=100)).update(estimated(0, 0.70, labelled=60, accuracy=0.6))
-    assert decision.action == SUSPECT
+    assert decision.action == Decision.SUSPECT
     assert "60 of 100 labels" in decision.reason

@@ -16,17 +16,22 @@ import pytest
 from bench import policy as bench
 from driftloop.monitoring import policy as pol
 from driftloop.training import scenarios as sc
+from driftloop.vocabulary import Check, Decision, Outcome
 
 W = bench.WINDOW
 
 
-def check(window: int, decision: str = pol.NONE, outcome: str | None = None) -> dict[str, Any]:
-    return {"window": window, "decision": decision, "outcome": outcome}
+def check(window: int, decision: Decision = Decision.NONE, outcome: Outcome | None = None) -> Check:
+    """A check with only what the accounting reads: its window, decision and outcome."""
+    return Check(window=window, first_id=window * W + 1, last_id=(window + 1) * W, rows=W, model_version="v1",
+                 reference_version="v1", drift_share=0.0, drifted_features=[], feature_scores={}, labelled=0,
+                 accuracy=None, champion_labelled=0, champion_accuracy=None, decision=decision, reason="",
+                 outcome=outcome)
 
 
-def fake_run(arm: str, decisions: dict[int, tuple[str, str | None]], windows: int, correct: np.ndarray
+def fake_run(arm: str, decisions: dict[int, tuple[Decision, Outcome | None]], windows: int, correct: np.ndarray
              ) -> bench.ArmRun:
-    checks = [check(w, *decisions.get(w, (pol.NONE, None))) for w in range(windows)]
+    checks = [check(w, *decisions.get(w, (Decision.NONE, None))) for w in range(windows)]
     return bench.ArmRun(arm, correct, ["v1"] * len(correct), checks,
                         {w: (w + 1) * W + 100 for w in range(windows)}, 0.0)
 
@@ -42,13 +47,13 @@ def test_accounting_from_known_onset_on_hand_made_checks() -> None:
     runs = {
         # a false alarm at window 1, a watch at 2 (not an alarm), detection at 4, a retrain at 4
         # (promoted) and one at 6 (rejected), another "alarm" at 7 after the onset (not false)
-        "driftloop": fake_run("driftloop", {1: (pol.RETRAIN, "waiting"), 2: (pol.WATCH, None),
-                                            3: (pol.WATCH, None), 4: (pol.RETRAIN, "promoted"),
-                                            6: (pol.RETRAIN, "rejected"), 7: (pol.ALERT, None)},
+        "driftloop": fake_run("driftloop", {1: (Decision.RETRAIN, Outcome.WAITING), 2: (Decision.WATCH, None),
+                                            3: (Decision.WATCH, None), 4: (Decision.RETRAIN, Outcome.PROMOTED),
+                                            6: (Decision.RETRAIN, Outcome.REJECTED), 7: (Decision.ALERT, None)},
                               windows, ours_correct),
-        "never": fake_run("never", {0: (pol.ALERT, None), 5: (pol.ALERT, None)}, windows, never_correct),
-        "every-4": fake_run("every-4", {3: (pol.RETRAIN, "promoted"), 7: (pol.RETRAIN, "rejected")},
-                            windows, ours_correct),
+        "never": fake_run("never", {0: (Decision.ALERT, None), 5: (Decision.ALERT, None)}, windows, never_correct),
+        "every-4": fake_run("every-4", {3: (Decision.RETRAIN, Outcome.PROMOTED),
+                                        7: (Decision.RETRAIN, Outcome.REJECTED)}, windows, ours_correct),
     }
     case = bench.CASES[2]
     live = sc.generate([sc.Period("x", windows * W)], seed=1)
@@ -87,7 +92,7 @@ def test_accounting_from_known_onset_on_hand_made_checks() -> None:
 def test_above_never_retrain_does_not_apply_on_a_return_to_the_first_world() -> None:
     windows, onset = 6, 2 * W
     correct = np.zeros(windows * W, dtype=bool)
-    runs = {"driftloop": fake_run("driftloop", {3: (pol.RETRAIN, "promoted")}, windows, correct),
+    runs = {"driftloop": fake_run("driftloop", {3: (Decision.RETRAIN, "promoted")}, windows, correct),
             "never": fake_run("never", {}, windows, np.ones(windows * W, dtype=bool))}
     oracle = np.ones(windows * W)
     live = sc.generate([sc.Period("x", windows * W)], seed=1)
@@ -102,7 +107,7 @@ def test_above_never_retrain_does_not_apply_on_a_return_to_the_first_world() -> 
 def test_stationary_targets_count_every_check() -> None:
     windows = 10
     correct = np.ones(windows * W, dtype=bool)
-    run = fake_run("driftloop", {4: (pol.RETRAIN, "rejected")}, windows, correct)
+    run = fake_run("driftloop", {4: (Decision.RETRAIN, "rejected")}, windows, correct)
     live = sc.generate([sc.Period("x", windows * W)], seed=1)
     result = bench.analyse(bench.CASES[0], live, [], {"driftloop": run}, np.full(windows * W, np.nan))
     verdicts = dict((name, (met, why)) for name, met, why in bench.targets(result, "every-4"))
@@ -123,8 +128,8 @@ def test_changes_are_found_from_the_timelines() -> None:
 def test_every_k_windows_retrains_on_schedule_only() -> None:
     policy = bench.EveryKWindows(3)
     decisions = [policy.update(pol.WindowStats(w, W, drift_share=1.0 if w == 0 else 0.0)) for w in range(7)]
-    assert [d.action for d in decisions] == ["none", "none", "retrain", "none", "none", "retrain", "none"]
-    assert [d.since_window for d in decisions if d.action == pol.RETRAIN] == [0, 3]
+    assert [d.action for d in decisions] == [Decision.NONE, Decision.NONE, Decision.RETRAIN] * 2 + [Decision.NONE]
+    assert [d.since_window for d in decisions if d.action == Decision.RETRAIN] == [0, 3]
 
 
 def test_ramp_mixes_old_and_new_rows() -> None:
@@ -156,22 +161,22 @@ def test_quick_replay_baselines_and_figures_agree_with_the_checks(replay: dict[s
     onset = result["changes"][0]["onset_window"]
     assert windows == sum(case.quick[k] for k in ("stable", "changed"))
     for run in runs.values():  # every full window checked once, in order
-        assert [c["window"] for c in run.checks] == list(range(windows))
+        assert [c.window for c in run.checks] == list(range(windows))
 
     never = runs["never"]
     assert never.versions == ["v1"] and set(never.served) == {"v1"}
     assert result["arms"]["never"]["retrains"] == 0
-    assert all(c["decision"] in (pol.NONE, pol.WATCH, pol.ALERT) for c in never.checks)
+    assert all(c.decision in (Decision.NONE, Decision.WATCH, Decision.ALERT) for c in never.checks)
 
     periodic = runs["every-2"]
     assert result["arms"]["every-2"]["retrain_windows"] == [w for w in range(windows) if (w + 1) % 2 == 0]
     assert len(periodic.versions) == 1 + windows // 2  # one candidate per scheduled retrain
-    assert all(c["decision"] in (pol.NONE, pol.RETRAIN) for c in periodic.checks)
+    assert all(c.decision in (Decision.NONE, Decision.RETRAIN) for c in periodic.checks)
 
     for arm, figures in result["arms"].items():
         run = runs[arm]
         (change,) = figures["changes"]
-        alarms = [c["window"] for c in run.checks if c["window"] >= onset and c["decision"] in bench.ALARMS]
+        alarms = [c.window for c in run.checks if c.window >= onset and c.decision in bench.ALARMS]
         if arm.startswith("every-") or not alarms:
             assert change["detected_window"] is None
             continue
@@ -180,14 +185,14 @@ def test_quick_replay_baselines_and_figures_agree_with_the_checks(replay: dict[s
         # A window is checked once it is full and (labels 500 rows late) most of its labels came.
         assert change["delay_rows"] >= (alarms[0] - onset + 1) * bench.WINDOW + 0.8 * case.label_delay
         assert change["delay_rows"] == run.checked_at[alarms[0]] - onset * bench.WINDOW
-        quiet = [c for c in run.checks if c["window"] < onset and c["decision"] in bench.ALARMS]
+        quiet = [c for c in run.checks if c.window < onset and c.decision in bench.ALARMS]
         assert figures["false_alarms"] == len(quiet)
         truth_acc = figures["accuracy"]
         assert truth_acc == pytest.approx(run.correct.mean())
 
     # Served rows changed model only after a promotion, from the next chunk on.
     ours = runs["driftloop"]
-    promoted = [c["window"] for c in ours.checks
-                if c["outcome"] == "promoted" and ours.checked_at[c["window"]] < len(ours.served)]
+    promoted = [c.window for c in ours.checks
+                if c.outcome == Outcome.PROMOTED and ours.checked_at[c.window] < len(ours.served)]
     switches = [i for i in range(1, len(ours.served)) if ours.served[i] != ours.served[i - 1]]
     assert switches == [ours.checked_at[w] for w in promoted]

@@ -101,10 +101,10 @@ def test_two_services_and_two_monitors_share_one_database(pg_url: str, champion_
         assert len(frame) == len(rows) and set(frame["request_id"]) == set(ids)
         # Every window checked once, in order, contiguous: no row skipped, none counted twice.
         checks = store.checks()
-        assert [c["window"] for c in checks] == list(range(len(rows) // WINDOW))
+        assert [c.window for c in checks] == list(range(len(rows) // WINDOW))
         ordered = sorted(frame["id"])
         for c, start in zip(checks, range(0, len(rows), WINDOW)):
-            assert (c["first_id"], c["last_id"], c["rows"]) == (ordered[start], ordered[start + WINDOW - 1], WINDOW)
+            assert (c.first_id, c.last_id, c.rows) == (ordered[start], ordered[start + WINDOW - 1], WINDOW)
         # One active monitor at a time: the first, then the second after the kill.
         owners = [int(e["detail"]["owner"].split(":")[1]) for e in store.events("scheduler_active")]
         assert owners == [first, monitors[1].pid]

@@ -22,9 +22,10 @@ from driftloop.models.families import fit_model, resample
 from driftloop.models.registry import Registry
 from driftloop.models.schema import FeatureSchema
 from driftloop.training import scenarios as sc
-from driftloop.training.retrain import PROMOTED, WAITING, choose_strategy, retrain
+from driftloop.training.retrain import choose_strategy, retrain
 from driftloop.training.reweight import importance_weights
 from driftloop.training.train import initial_frame
+from driftloop.vocabulary import Outcome, Trigger
 
 from tests.conftest import make_settings
 from tests.test_guard import GUARD_ROWS, guarded_home, root, settings_at  # noqa: F401 (fixtures)
@@ -82,7 +83,7 @@ def live_rows(labelled: int, rows: int = 600) -> pd.DataFrame:
 ])
 def test_strategy_choice(tmp_path: Path, configured: str, labelled: int, trigger: str, expected: str | None) -> None:
     settings = make_settings(tmp_path, retraining={"strategy": configured, "min_rows": 400})
-    strategy, why = choose_strategy(settings, labelled, trigger)
+    strategy, why = choose_strategy(settings.retraining, settings.task, labelled, Trigger(trigger))
     assert strategy == expected, why
     if expected is None:
         assert f"{labelled} labelled rows since the drift began; 400 needed" in why
@@ -91,18 +92,19 @@ def test_strategy_choice(tmp_path: Path, configured: str, labelled: int, trigger
 def test_unsupervised_tasks_wait_for_rows_and_cannot_reweight(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, task="anomaly", model={"kind": "isolation_forest"},
                              retraining={"strategy": "auto", "min_rows": 400})
-    strategy, why = choose_strategy(settings, 100, "drift")
+    strategy, why = choose_strategy(settings.retraining, settings.task, 100, Trigger.DRIFT)
     assert strategy is None and why.startswith("100 rows since the drift began; 400 needed")
     with pytest.raises(ConfigError, match="reweighted"):
-        choose_strategy(make_settings(tmp_path, task="anomaly", model={"kind": "isolation_forest"},
-                                      retraining={"strategy": "reweighted"}), 1000, "drift")
+        reweighted = make_settings(tmp_path, task="anomaly", model={"kind": "isolation_forest"},
+                                   retraining={"strategy": "reweighted"})
+        choose_strategy(reweighted.retraining, reweighted.task, 1000, Trigger.DRIFT)
 
 
 def test_auto_waits_on_a_decay_without_labels(synth_root: Path) -> None:
     settings = synth_settings(synth_root, strategy="auto")
     registry = Registry(settings.registry.home, settings.registry.project)
     outcome = retrain(settings, registry, live_rows(100), trigger="decay", reason="test")
-    assert outcome.status == WAITING and outcome.candidate is None and "decay" in outcome.reason
+    assert outcome.status == Outcome.WAITING and outcome.candidate is None and "decay" in outcome.reason
     assert [v.version for v in registry.versions()] == ["v1"]
 
 
@@ -176,7 +178,7 @@ def test_reweighted_candidate_beats_the_champion_on_the_shifted_rows(synth_root:
     registry = Registry(settings.registry.home, settings.registry.project)
     fresh = live_rows(labelled=200)
     outcome = retrain(settings, registry, fresh, trigger="drift", reason="test")
-    assert outcome.status == PROMOTED, outcome.reason
+    assert outcome.status == Outcome.PROMOTED, outcome.reason
     assert outcome.candidate_score > outcome.champion_score + 0.2  # measured: 0.87 against 0.41
     assert "all 200 labelled live rows" in outcome.reason and outcome.holdout_rows == 200
     data = registry.get(outcome.candidate).metadata["training_data"]

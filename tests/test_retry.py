@@ -17,6 +17,7 @@ import pytest
 from driftloop.models.registry import Registry
 from driftloop.monitoring.monitor import Monitor
 from driftloop.training.retrain import retrain
+from driftloop.vocabulary import Check
 
 from tests.test_monitor import WINDOW, serve, world  # noqa: F401  (world: the fixture)
 
@@ -46,15 +47,15 @@ def attempts(store: Any, kind: str) -> list[int]:
     return [e["detail"]["attempt"] for e in store.events(kind)]
 
 
-def serve_until_a_retrain_fails(world: dict[str, Any], monitor: Monitor) -> list[dict[str, Any]]:
+def serve_until_a_retrain_fails(world: dict[str, Any], monitor: Monitor) -> list[Check]:
     live = world["frame"][world["frame"]["period"] != "train"].reset_index(drop=True)
-    checks: list[dict[str, Any]] = []
+    checks: list[Check] = []
     for start in range(0, len(live), WINDOW):
         serve(world["store"], world["registry"], live.iloc[start:start + WINDOW])
         checks += monitor.run_once()
         if world["store"].events("retrain_failed"):
             return checks
-    raise AssertionError(f"no retrain failed: {[(c['window'], c['decision'], c['outcome']) for c in checks]}")
+    raise AssertionError(f"no retrain failed: {[(c.window, c.decision, c.outcome) for c in checks]}")
 
 
 def test_a_failed_retrain_is_retried_after_its_back_off_and_then_promotes(world: dict[str, Any]) -> None:
@@ -68,7 +69,7 @@ def test_a_failed_retrain_is_retried_after_its_back_off_and_then_promotes(world:
     assert failure["detail"]["attempt"] == 1 and "killed mid-training" in failure["detail"]["error"]
     assert failure["detail"]["retry_at"] == pytest.approx(clock.now + 60.0)  # retraining.retry.backoff_s
     assert world["registry"].champion().version == "v1"
-    assert checks[-1]["window"] == window and checks[-1]["outcome"] == "failed"
+    assert checks[-1].window == window and checks[-1].outcome == "failed"
 
     starts = len(store.events("retrain_started"))
     clock.now = failure["detail"]["retry_at"] - 1
@@ -81,7 +82,7 @@ def test_a_failed_retrain_is_retried_after_its_back_off_and_then_promotes(world:
     retry = store.events("retrain_started")[-1]["detail"]
     assert retry["attempt"] == 2 and retry["episode"] == failure["detail"]["episode"]
     assert (retry["first_id"], retry["last_id"]) == (failure["detail"]["first_id"], failure["detail"]["last_id"])
-    outcome = {c["window"]: c for c in store.checks()}[window]["outcome"]
+    outcome = {c.window: c for c in store.checks()}[window].outcome
     assert outcome in ("promoted", "rejected")
     assert [e["detail"]["attempt"] for e in store.events(f"retrain_{outcome}") if e["window"] == window] == [2]
     clock.now += 10_000
@@ -165,19 +166,19 @@ def test_a_retrain_killed_with_its_process_is_recorded_failed_and_retried(world:
         child.wait(30)
 
     store = world["store"]
-    (running,) = [c for c in store.checks() if c["outcome"] == "running"]
+    (running,) = [c for c in store.checks() if c.outcome == "running"]
     assert store.events("retrain_failed") == []
     clock = Clock()
     registry = Registry(settings.registry.home, "loans")
     monitor = Monitor(settings, store, registry, retrainer=retrain, clock=clock)
     monitor.run_once()
     (failed,) = store.events("retrain_failed")
-    assert failed["window"] == running["window"] and failed["detail"]["error"].startswith("interrupted")
-    assert {c["window"]: c for c in store.checks()}[running["window"]]["outcome"] == "failed"
+    assert failed["window"] == running.window and failed["detail"]["error"].startswith("interrupted")
+    assert {c.window: c for c in store.checks()}[running.window].outcome == "failed"
     assert registry.champion().version == "v1"  # the champion never moved
 
     clock.now = failed["detail"]["retry_at"]
     monitor.run_once()
-    outcome = {c["window"]: c for c in store.checks()}[running["window"]]["outcome"]
+    outcome = {c.window: c for c in store.checks()}[running.window].outcome
     assert outcome in ("promoted", "rejected")
     assert attempts(store, "retrain_started") == [1, 2]

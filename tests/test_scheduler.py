@@ -355,3 +355,88 @@ def test_sigkill_of_the_active_monitor_hands_over_within_the_lease(store: Predic
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(10)
+
+
+# -- no pickle in the job store --------------------------------------------------------------------
+class _Boom:
+    """Unpickling this runs code: it touches ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (Path(self.path),))
+
+
+def _raw_rows(store: PredictionStore) -> dict[str, bytes]:
+    import sqlalchemy as sa
+
+    with store.engine.begin() as conn:
+        return {row.id: bytes(row.job_state) for row in conn.execute(sa.text("SELECT id, job_state FROM apscheduler_jobs"))}
+
+
+def _write_raw(store: PredictionStore, job_id: str, state: bytes) -> None:
+    import sqlalchemy as sa
+
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM apscheduler_jobs WHERE id = :id"), {"id": job_id})
+        conn.execute(sa.text("INSERT INTO apscheduler_jobs (id, next_run_time, job_state) VALUES (:id, :t, :s)"),
+                     {"id": job_id, "t": time.time() - 60, "s": state})
+
+
+def test_the_job_table_holds_json_not_pickle(monitor: FakeMonitor) -> None:
+    import json
+
+    seed_jobs(monitor, 5)
+    sched.pause_job(monitor.store, "check")
+    rows = _raw_rows(monitor.store)
+    assert set(rows) == {"check", "retention"}
+    for job_id, raw in rows.items():
+        state = json.loads(raw.decode("utf-8"))  # JSON, not a pickle (which starts with b"\x80")
+        assert state["id"] == job_id and state["func"] == sched.JOB_FUNC and state["args"] == [job_id]
+        assert state["trigger"]["type"] == "interval"
+    assert json.loads(rows["check"])["next_run_time"] is None  # the operator's pause, stored as JSON
+
+
+def test_a_pickled_row_is_never_loaded(monitor: FakeMonitor, tmp_path: Path,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A row whose pickle would run code (an earlier driftloop's job, or a planted one) is skipped
+    by readers, with a log line, and replaced by the fresh job when the scheduler starts."""
+    import pickle
+
+    canary = tmp_path / "unpickled"
+    planted = pickle.dumps({"version": 1, "id": "check", "boom": _Boom(str(canary))})
+    seed_jobs(monitor, 5)
+    _write_raw(monitor.store, "check", planted)
+    _write_raw(monitor.store, "foreign", planted)
+    with caplog.at_level("WARNING", logger="driftloop.scheduler"):
+        assert set(stored(monitor.store)) == {"retention"}  # `driftloop jobs list`: skipped
+    assert "job 'foreign' in the job store is not a driftloop job" in caplog.text
+    assert sched._jobs(monitor.store).lookup_job("foreign") is None
+    with pytest.raises(StoreError, match="no job 'foreign'"):
+        sched.run_job_now(monitor.store, "foreign")
+    scheduler = sched.build_scheduler(monitor, 0.2)
+    scheduler.start()
+    try:
+        wait_until(lambda: monitor.runs >= 2, what="the fresh check job running")
+    finally:
+        scheduler.shutdown(wait=True)
+    assert not canary.exists()  # nothing was ever unpickled
+    rows = _raw_rows(monitor.store)
+    assert rows["check"] != planted and rows["check"].startswith(b"{")  # replaced on start
+    assert rows["foreign"] == planted  # not ours: left alone, never loaded
+    assert set(stored(monitor.store)) == {"check", "retention"}
+
+
+def test_a_job_naming_the_old_func_ref_is_bound(monitor: FakeMonitor) -> None:
+    """Rows naming ``monitoring.scheduler:_unbound_job`` (before the one import name) still run."""
+    seed_jobs(monitor, 3600)
+    raw = _raw_rows(monitor.store)["check"]
+    _write_raw(monitor.store, "check", raw.replace(sched.JOB_FUNC.encode(), sched.LEGACY_JOB_FUNC.encode()))
+    assert stored(monitor.store)["check"].func_ref == sched.LEGACY_JOB_FUNC
+    scheduler = sched.build_scheduler(monitor, 3600)
+    scheduler.start()
+    try:
+        wait_until(lambda: monitor.runs >= 1, what="the check naming the old func ref")
+    finally:
+        scheduler.shutdown(wait=True)

@@ -16,6 +16,7 @@ from driftloop.launch import free_port
 from driftloop.launch import ServiceProcess, write_config
 from driftloop.models.registry import MODEL_FILE, Registry
 from driftloop.monitoring.store import PredictionStore
+from driftloop.vocabulary import Check, Decision
 
 from tests.conftest import make_settings
 
@@ -111,8 +112,9 @@ def test_model_endpoint_and_probes(server: dict[str, Any]) -> None:
     assert info["batching"] is False  # auto: a tree model runs inline, one request per graph run
     for probe in ("/readyz", "/livez", "/healthz"):
         assert client.get(probe).status_code == 200
-    spec = client.get("/docs.json").json()
-    assert {"/predict", "/feedback"} <= set(spec["paths"])
+    spec = client.get("/docs.json").json()  # the served project's rows (tests/test_service_inprocess.py)
+    assert {"/predict", "/feedback", "/model", "/history"} <= set(spec["paths"])
+    assert list(spec["components"]["schemas"]["Row"]["properties"]) == list(ROW)
 
 
 def test_history_endpoint_reads_the_monitors_records(server: dict[str, Any]) -> None:
@@ -125,17 +127,16 @@ def test_history_endpoint_reads_the_monitors_records(server: dict[str, Any]) -> 
     assert events.status_code == 200, events.text
     assert [e["id"] for e in events.json()["events"]] == [event]
     assert events.json()["events"][0]["detail"]["reason"] == "history test"
-    store.record_check({"window": 0, "first_id": 1, "last_id": 500, "rows": 500, "model_version": "v1",
-                        "reference_version": "v1", "drift_share": 0.5, "drifted_features": ["age"],
-                        "feature_scores": {"age": {"method": "ks", "score": float("nan"), "drifted": True}},
-                        "labelled": 400, "accuracy": 0.61, "champion_labelled": 400, "champion_accuracy": 0.61,
-                        "decision": "watch", "reason": "history test", "outcome": None, "report_path": None,
-                        "duration_s": 0.1})
+    store.record_check(Check(window=0, first_id=1, last_id=500, rows=500, model_version="v1", reference_version="v1",
+                             drift_share=0.5, drifted_features=["age"],
+                             feature_scores={"age": {"method": "ks", "score": float("nan"), "drifted": True}},
+                             labelled=400, accuracy=0.61, champion_labelled=400, champion_accuracy=0.61,
+                             decision=Decision.WATCH, reason="history test", duration_s=0.1))
     checks = client.get("/history").json()["checks"]
     assert [(c["window"], c["decision"], c["reason"], c["drifted_features"]) for c in checks] == \
         [(0, "watch", "history test", ["age"])]
     assert checks[0]["feature_scores"]["age"]["score"] is None  # NaN travels as null
-    assert checks[0]["created_at"].startswith(str(store.checks()[0]["created_at"].date()))
+    assert checks[0]["created_at"].startswith(str(store.checks()[0].created_at.date()))
     for params, field in (({"kind": "decisions"}, "kind"), ({"limit": "0"}, "limit"), ({"limit": "x"}, "limit")):
         bad = client.get("/history", params=params)
         assert bad.status_code == 422 and bad.json()["field"] == field

@@ -31,8 +31,9 @@ from driftloop.monitoring.store import PredictionStore, StoreError
 from driftloop.service.metrics import serving_metrics
 from driftloop.service.serving import Serving
 
+from driftloop.vocabulary import Decision, Outcome
 from tests.conftest import make_settings
-from tests.test_store import check, pred
+from tests.test_store import T0, check, pred
 
 FEATURES = ["income", "age", "debt_ratio", "credit_lines", "region", "employment"]
 ROW = {"income": 52000.0, "age": 41.0, "debt_ratio": 0.31, "credit_lines": 6.0, "region": "north",
@@ -400,18 +401,18 @@ def test_shadow_rows_are_joined_with_predictions_and_labels(store: PredictionSto
 
 
 def test_record_check_with_estimated_accuracy_and_update_check(store: PredictionStore) -> None:
-    store.record_check(check(0, estimated_accuracy=0.81, outcome="waiting"))
+    store.record_check(check(0, estimated_accuracy=0.81, outcome=Outcome.WAITING))
     store.record_check(check(1))  # estimated_accuracy is optional
     got = store.checks()
-    assert [c["estimated_accuracy"] for c in got] == [pytest.approx(0.81), None]
-    store.update_check(0, outcome="failed", reason="retrain failed; retry at window 3")
+    assert [c.estimated_accuracy for c in got] == [pytest.approx(0.81), None]
+    store.update_check(0, outcome=Outcome.FAILED, reason="retrain failed; retry at window 3")
     store.update_check(1, reason="only the reason")
     got = store.checks()
-    assert (got[0]["outcome"], got[0]["reason"]) == ("failed", "retrain failed; retry at window 3")
-    assert (got[1]["outcome"], got[1]["reason"]) == (None, "only the reason")
-    assert got[0]["decision"] == "watch" and got[0]["estimated_accuracy"] == pytest.approx(0.81)
+    assert (got[0].outcome, got[0].reason) == ("failed", "retrain failed; retry at window 3")
+    assert (got[1].outcome, got[1].reason) == (None, "only the reason")
+    assert got[0].decision == "watch" and got[0].estimated_accuracy == pytest.approx(0.81)
     with pytest.raises(KeyError, match="window 9"):
-        store.update_check(9, outcome="failed")
+        store.update_check(9, outcome=Outcome.FAILED)
     with pytest.raises(TypeError, match="outcome and/or reason"):
         store.update_check(0, decision="retrain")
     with pytest.raises(TypeError):
@@ -425,19 +426,24 @@ def test_upgrade_from_0002_keeps_the_rows_and_downgrade_too(store: PredictionSto
     assert "estimated_accuracy" not in {c["name"] for c in tables.get_columns("checks")}
     store.insert_predictions([pred(i) for i in range(3)])  # written by the 0002 schema's code paths
     store.insert_feedback([("req-0001", 1)])
-    store.record_check(check(0))
+    # as the 0002 code wrote a check (record_check now writes every column of a Check)
+    row = check(0).to_dict() | {"created_at": T0, "decision": "watch"}
+    del row["id"], row["estimated_accuracy"]
+    row |= {k: json.dumps(row[k]) for k in ("drifted_features", "feature_scores")}
+    with store.engine.begin() as conn:
+        conn.execute(sa.table("checks", *map(sa.column, row)).insert(), row)
     store.record_event("start", {"n": 1})
 
     assert migrations.upgrade(store) == "0003" == migrations.head()
     assert store.count_predictions() == 3 and [e["kind"] for e in store.events()] == ["start"]
     (old,) = store.checks()
-    assert old["estimated_accuracy"] is None and old["feature_scores"] == check(0)["feature_scores"]
-    assert old["drift_share"] == 0.25 and old["reason"] == "drift share 0.25"
+    assert old.estimated_accuracy is None and old.feature_scores == check(0).feature_scores
+    assert old.drift_share == 0.25 and old.reason == "drift share 0.25"
     assert store.window(0, 10)["label"].tolist()[1] == 1
     store.insert_shadow_predictions([shadow_row(1)])
     assert list(store.shadow_rows("v2")["label"]) == [1]
 
-    store.update_check(0, outcome="rejected")
+    store.update_check(0, outcome=Outcome.REJECTED)
     migrations.downgrade(store, "0002")  # and back: the checks keep their rows, shadow rows go
     assert "shadow_predictions" not in sa.inspect(store.engine).get_table_names()
     with store.engine.connect() as conn:

@@ -121,10 +121,10 @@ def test_no_new_retrain_while_a_candidate_is_in_shadow(shadow_world: dict[str, A
     for start in range(900, 900 + 4 * WINDOW, WINDOW):
         serve_with_shadow(shadow_world, rows.iloc[start:start + WINDOW])
         checks += monitor.run_once()
-    retrains = [c for c in checks if c["decision"] == "retrain"]
+    retrains = [c for c in checks if c.decision == "retrain"]
     assert retrains and calls == []
-    assert {c["outcome"] for c in retrains} == {"shadow_pending"}
-    assert all("is in shadow" in c["reason"] for c in shadow_world["store"].checks() if c["decision"] == "retrain")
+    assert {c.outcome for c in retrains} == {"shadow_pending"}
+    assert all("is in shadow" in c.reason for c in shadow_world["store"].checks() if c.decision == "retrain")
 
 
 def test_a_candidate_that_passes_the_gate_goes_to_shadow_not_to_the_champion(shadow_world: dict[str, Any]) -> None:
@@ -139,8 +139,8 @@ def test_a_candidate_that_passes_the_gate_goes_to_shadow_not_to_the_champion(sha
     for start in range(0, 3 * WINDOW, WINDOW):
         serve(store, registry, rows.iloc[start:start + WINDOW])
         checks += monitor.run_once()
-    (retrained,) = [c for c in checks if c["decision"] == "retrain"]
-    assert retrained["outcome"] == "shadow", retrained
+    (retrained,) = [c for c in checks if c.decision == "retrain"]
+    assert retrained.outcome == "shadow", retrained
     (event,) = store.events("retrain_shadow")
     assert registry.shadow().version == event["detail"]["candidate"] and registry.champion().version == "v1"
     serve_with_shadow(shadow_world, rows.iloc[3 * WINDOW:4 * WINDOW])  # the workers score it; 300 labels arrive

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from driftloop.monitoring.store import FeedbackResult, PredictionStore
+from driftloop.vocabulary import Check, Decision, Outcome
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -42,16 +43,17 @@ def fill(store: PredictionStore, n: int, start: int = 0) -> list[dict]:
     return rows
 
 
-def check(window: int, **kw) -> dict:
+def check(window: int, **kw) -> Check:
     base = {
         "window": window, "first_id": window * 10 + 1, "last_id": window * 10 + 10, "rows": 10,
         "model_version": "v1", "reference_version": "v1", "drift_share": 0.25,
         "drifted_features": ["income"],
         "feature_scores": {"income": {"method": "ks", "score": 0.001, "threshold": 0.05, "drifted": True}},
-        "labelled": 8, "accuracy": 0.75, "decision": "watch", "reason": "drift share 0.25",
-        "outcome": None, "report_path": None, "duration_s": 0.5,
+        "labelled": 8, "accuracy": 0.75, "champion_labelled": 8, "champion_accuracy": 0.75,
+        "decision": Decision.WATCH, "reason": "drift share 0.25", "outcome": None, "report_path": None,
+        "duration_s": 0.5,
     }
-    return base | kw
+    return Check(**(base | kw))
 
 
 def test_create_makes_the_parent_directory(tmp_path: Path) -> None:
@@ -149,25 +151,28 @@ def test_checks_round_trip(store: PredictionStore) -> None:
     assert store.last_check() is None
     assert store.checks() == []
     for w in (0, 2, 1):
-        store.record_check(check(w, decision=["none", "watch", "retrain"][w], drifted_features=[f"f{w}"],
-                                 outcome="promoted" if w == 2 else None))
+        decision = [Decision.NONE, Decision.WATCH, Decision.RETRAIN][w]
+        store.record_check(check(w, decision=decision, drifted_features=[f"f{w}"],
+                                 outcome=Outcome.PROMOTED if w == 2 else None))
     got = store.checks()
-    assert [c["window"] for c in got] == [0, 1, 2]
-    assert got[1]["drifted_features"] == ["f1"]
-    assert got[1]["feature_scores"] == check(1)["feature_scores"]
-    assert got[1]["decision"] == "watch" and got[1]["accuracy"] == 0.75 and got[1]["outcome"] is None
-    assert isinstance(got[1]["created_at"], datetime)
+    assert [c.window for c in got] == [0, 1, 2]
+    assert got[1].drifted_features == ["f1"]
+    assert got[1].feature_scores == check(1).feature_scores
+    assert got[1].decision is Decision.WATCH and got[1].accuracy == 0.75 and got[1].outcome is None
+    assert isinstance(got[1].created_at, datetime) and isinstance(got[1].id, int)
+    assert got[1] == check(1, decision=Decision.WATCH, drifted_features=["f1"], created_at=got[1].created_at,
+                           id=got[1].id)  # every field round-trips
     last = store.last_check()
-    assert last is not None and last["window"] == 2 and last["outcome"] == "promoted"
-    assert last["drifted_features"] == ["f2"]
-    assert [c["window"] for c in store.checks(since_window=0)] == [1, 2]
-    assert [c["window"] for c in store.checks(outcome="promoted")] == [2]
-    assert store.checks(since_window=2, outcome="promoted") == []
+    assert last is not None and last.window == 2 and last.outcome is Outcome.PROMOTED
+    assert last.decision is Decision.RETRAIN and last.drifted_features == ["f2"]
+    assert [c.window for c in store.checks(since_window=0)] == [1, 2]
+    assert [c.window for c in store.checks(outcome=Outcome.PROMOTED)] == [2]
+    assert store.checks(since_window=2, outcome=Outcome.PROMOTED) == []
 
 
 def test_record_check_keeps_a_given_created_at(store: PredictionStore) -> None:
     store.record_check(check(0, created_at=T0))
-    got = store.last_check()["created_at"]
+    got = store.last_check().created_at
     assert got.replace(tzinfo=None) == T0.replace(tzinfo=None)
 
 

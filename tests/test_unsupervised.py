@@ -48,11 +48,11 @@ def test_unlabelled_loop_retrains_on_the_shifted_inputs(kind: str, task: str, me
         serve(store, registry, live.iloc[start:start + WINDOW])
         checks += monitor.run_once()  # no labels at all: nothing waits for them
 
-    assert [c["decision"] for c in checks[:3]] == ["none"] * 3  # stable: quiet
-    assert all(c["accuracy"] is None for c in checks)
-    retrain = next(c for c in checks if c["decision"] == "retrain")
-    assert retrain["window"] in (3, 4) and retrain["outcome"] == "promoted", [
-        (c["window"], c["decision"], c["outcome"], c["reason"]) for c in checks]
+    assert [c.decision for c in checks[:3]] == ["none"] * 3  # stable: quiet
+    assert all(c.accuracy is None for c in checks)
+    retrain = next(c for c in checks if c.decision == "retrain")
+    assert retrain.window in (3, 4) and retrain.outcome == "promoted", [
+        (c.window, c.decision, c.outcome, c.reason) for c in checks]
     gate = registry.get(registry.champion().version).metadata["gate"]
     assert gate["metric"] == metric and gate["passed"]
     if metric == "rate_error":  # v1 flags far too many of the new segment; the candidate near its 5%

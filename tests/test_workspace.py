@@ -306,6 +306,6 @@ def test_the_monitor_snapshots_every_checked_window_into_the_workspace(champion_
     checks = store.checks()
     assert len(checks) == 4
     runs = DriftWorkspace(tmp_path / "reports" / "evidently", "loans").runs("v1")
-    assert [r.window for r in runs] == [c["window"] for c in checks]
-    assert [f"decision={c['decision']}" in r.tags for r, c in zip(runs, checks)] == [True] * 4
-    assert {c["decision"] for c in checks} != {"none"}  # the shifted windows are flagged, and tagged so
+    assert [r.window for r in runs] == [c.window for c in checks]
+    assert [f"decision={c.decision}" in r.tags for r, c in zip(runs, checks)] == [True] * 4
+    assert {c.decision for c in checks} != {"none"}  # the shifted windows are flagged, and tagged so

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,21 +36,17 @@ import numpy as np
 import pandas as pd
 
 from driftloop.models.errors import ConfigError, IntegrityError, SchemaError
-from driftloop.models.registry import sha256_file
+from driftloop.models.files import replace_atomically, write_text_atomically
+from driftloop.models.registry import project_dir, sha256_file
 from driftloop.models.schema import SUPERVISED, as_array
 from driftloop.training import data as data_mod
 
 if TYPE_CHECKING:
-    from driftloop.settings import Settings
+    from driftloop.settings import GuardConfig, Settings
 
 log = logging.getLogger("driftloop.training")
 GUARD_FILE, GUARD_META = "guard.parquet", "guard.json"
 MAX_SHARE = 0.2  # a carved guard set takes at most this share of the initial data
-
-
-def project_dir(settings: Settings) -> Path:
-    """The registry's directory of the project (``Registry._dir``): where the guard set lives."""
-    return Path(settings.registry.home) / "driftloop" / settings.registry.project
 
 
 def guard_columns(settings: Settings) -> list[str]:
@@ -60,9 +55,9 @@ def guard_columns(settings: Settings) -> list[str]:
     return [*settings.features, *target]
 
 
-def enabled(settings: Settings) -> bool:
-    guard = settings.retraining.guard
-    return guard.path is not None or guard.rows > 0
+def enabled(config: GuardConfig) -> bool:
+    """Whether ``retraining.guard`` configures a guard set (a file, or rows to carve)."""
+    return config.path is not None or config.rows > 0
 
 
 def guard_frame(settings: Settings, source: pd.DataFrame | None = None) -> pd.DataFrame | None:
@@ -70,13 +65,16 @@ def guard_frame(settings: Settings, source: pd.DataFrame | None = None) -> pd.Da
 
     ``source``: the initial data, when the caller has it at hand (else it is loaded when needed).
     """
-    if not enabled(settings):
+    config = settings.retraining.guard
+    if not enabled(config):
         return None
-    directory = project_dir(settings)
+    directory = project_dir(settings.registry.home, settings.registry.project)
     data_path, meta_path = directory / GUARD_FILE, directory / GUARD_META
+    columns, origin = guard_columns(settings), _origin(config, settings.seed)
     if not data_path.exists() and not meta_path.exists():
-        return _fix(settings, source, data_path, meta_path)
-    return _load(settings, data_path, meta_path)
+        frame, recorded = _draw(settings, columns, origin, source)
+        _fix(frame, columns, recorded, data_path, meta_path)
+    return _load(data_path, meta_path, origin, columns)
 
 
 def without_guard(frame: pd.DataFrame, guard: pd.DataFrame | None, columns: list[str]) -> pd.DataFrame:
@@ -96,57 +94,59 @@ def row_hashes(frame: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(frame, index=False).to_numpy()
 
 
-def carve(settings: Settings, source: pd.DataFrame) -> pd.DataFrame:
-    """``guard.rows`` rows of ``source`` (at most :data:`MAX_SHARE` of it), drawn with the seed,
-    in their original order."""
-    want = settings.retraining.guard.rows
-    n = min(want, int(len(source) * MAX_SHARE))
-    if n < want:
+def carve(source: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """``rows`` rows of ``source`` (at most :data:`MAX_SHARE` of it), drawn with ``seed``, in their
+    original order (``rows``: ``retraining.guard.rows``)."""
+    n = min(rows, int(len(source) * MAX_SHARE))
+    if n < rows:
         log.warning("retraining.guard.rows: %d of %d initial rows would leave too little to train on; "
-                    "the guard set takes %d", want, len(source), n)
+                    "the guard set takes %d", rows, len(source), n)
     if n < 1:
         raise ConfigError(f"retraining.guard.rows: {len(source)} initial rows are too few to set a guard set "
                           "aside; set it to 0 or give retraining.guard.path")
-    picked = np.sort(np.random.default_rng(settings.seed).choice(len(source), size=n, replace=False))
+    picked = np.sort(np.random.default_rng(seed).choice(len(source), size=n, replace=False))
     return source.iloc[picked].reset_index(drop=True)
 
 
-def _origin(settings: Settings) -> dict[str, Any]:
+def _origin(config: GuardConfig, seed: int) -> dict[str, Any]:
     """How the configuration says the guard set is made: compared with the recorded one."""
-    guard = settings.retraining.guard
-    if guard.path is not None:
-        return {"source": "file", "path": str(Path(guard.path).resolve())}
-    return {"source": "carved", "configured_rows": guard.rows, "seed": settings.seed}
+    if config.path is not None:
+        return {"source": "file", "path": str(Path(config.path).resolve())}
+    return {"source": "carved", "configured_rows": config.rows, "seed": seed}
 
 
-def _fix(settings: Settings, source: pd.DataFrame | None, data_path: Path, meta_path: Path) -> pd.DataFrame:
-    columns = guard_columns(settings)
-    origin = _origin(settings)
-    path = settings.retraining.guard.path
-    if path is not None:
-        frame = data_mod.load_frame(Path(path), columns, None)[columns]
-        origin["file_sha256"] = sha256_file(Path(path))
-    else:
-        if source is None:
-            from driftloop.training.train import source_frame  # train imports this module
+def _draw(settings: Settings, columns: list[str], origin: dict[str, Any],
+          source: pd.DataFrame | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A new guard set, and the origin to record: the operator's file (with its checksum), or rows
+    carved from the initial data (``source``, loaded here when not given)."""
+    config = settings.retraining.guard
+    if config.path is not None:
+        path = Path(config.path)
+        return data_mod.load_frame(path, columns, None)[columns], origin | {"file_sha256": sha256_file(path)}
+    if source is None:
+        from driftloop.training.train import source_frame  # train imports this module
 
-            source = source_frame(settings)
-        missing = [c for c in columns if c not in source.columns]
-        if missing:
-            raise SchemaError(f"retraining.guard: the initial data has no column(s) {missing} to carve a guard set "
-                              "from; give retraining.guard.path or set retraining.guard.rows to 0")
-        frame = carve(settings, source)[columns]
+        source = source_frame(settings)
+    missing = [c for c in columns if c not in source.columns]
+    if missing:
+        raise SchemaError(f"retraining.guard: the initial data has no column(s) {missing} to carve a guard set "
+                          "from; give retraining.guard.path or set retraining.guard.rows to 0")
+    return carve(source, config.rows, settings.seed)[columns], origin
+
+
+def _fix(frame: pd.DataFrame, columns: list[str], origin: dict[str, Any], data_path: Path, meta_path: Path) -> None:
+    """Write the guard set and what fixes it (origin, rows, columns, sha256), each atomically."""
     if frame.empty:
         raise ConfigError("retraining.guard: the guard set has no rows")
-    data_path.parent.mkdir(parents=True, exist_ok=True)
-    _replace(data_path, lambda tmp: frame.reset_index(drop=True).to_parquet(tmp, index=False))
+    replace_atomically(data_path, lambda tmp: frame.reset_index(drop=True).to_parquet(tmp, index=False))
     meta = origin | {"rows": len(frame), "columns": columns, "sha256": sha256_file(data_path)}
-    _replace(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1) + "\n"))
+    write_text_atomically(meta_path, json.dumps(meta, indent=1) + "\n")
     log.info("fixed the guard set: %d rows (%s) in %s", len(frame), origin["source"], data_path)
-    return _load(settings, data_path, meta_path)
 
 
-def _load(settings: Settings, data_path: Path, meta_path: Path) -> pd.DataFrame:
+def _load(data_path: Path, meta_path: Path, origin: dict[str, Any], columns: list[str]) -> pd.DataFrame:
+    """The fixed copy, refused unless its checksum, its recorded ``origin`` (and an operator's
+    file) still match and it has ``columns``."""
     remedy = f"delete {data_path} and {meta_path.name} beside it to fix a new guard set on purpose"
     try:
         meta = json.loads(meta_path.read_text())
@@ -159,7 +159,6 @@ def _load(settings: Settings, data_path: Path, meta_path: Path) -> pd.DataFrame:
     if actual != meta.get("sha256"):
         raise IntegrityError(f"{data_path}: checksum mismatch (recorded {str(meta.get('sha256'))[:12]}..., "
                              f"found {actual[:12]}...): the guard set changed; refusing it")
-    origin = _origin(settings)
     recorded = {key: meta.get(key) for key in origin}
     if recorded != origin:
         raise IntegrityError(f"retraining.guard is now {origin}, but the guard set was fixed as {recorded}; {remedy}")
@@ -169,14 +168,7 @@ def _load(settings: Settings, data_path: Path, meta_path: Path) -> pd.DataFrame:
             raise IntegrityError(f"{origin['path']}: the guard file changed since it was fixed (sha256 "
                                  f"{str(meta.get('file_sha256'))[:12]}... recorded); {remedy}")
     frame = pd.read_parquet(data_path)
-    missing = [c for c in guard_columns(settings) if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise IntegrityError(f"{data_path}: missing column(s) {missing} the schema needs; {remedy}")
     return frame
-
-
-def _replace(path: Path, write: Any) -> None:
-    """Write through a temporary file beside ``path``, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from driftloop.models.files import write_text_atomically
 from driftloop.training import evaluate
 
 if TYPE_CHECKING:
@@ -160,14 +159,7 @@ def _format_value(value: Any) -> str:
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     """Strict JSON (NaN and infinity become null), written atomically."""
-    text = json.dumps(jsonable(payload), indent=2, allow_nan=False)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
 
 
 def jsonable(value: Any) -> Any:

@@ -30,16 +30,18 @@ strategies (``retraining.strategy``):
                          for a drift trigger (covariate shift), else wait: a decay (the rule
                          changed) cannot be fixed by reweighting the old labels.
 
-The candidate's metadata records ``gate`` (metric, both scores, held-out rows and where they came
-from, margin, ``guard`` figures, ``passed``) and ``training_data`` (strategy, rows per source,
-importance-weight summary); :class:`RetrainOutcome` carries the same. Neural kinds fine-tune from
+The candidate's metadata records ``gate`` (:class:`GateResult`: metric, both scores, held-out rows
+and where they came from, margin, ``guard`` figures, ``passed``) and ``training_data`` (strategy,
+rows per source, importance-weight summary); :class:`RetrainOutcome` carries the same. Neural kinds fine-tune from
 the champion when ``model.warm_start`` is set, whatever the strategy.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,22 +50,24 @@ import pandas as pd
 from driftloop.models.errors import ConfigError, RegistryError
 from driftloop.models.families import expected_anomaly_rate
 from driftloop.models.onnx_model import OnnxModel
-from driftloop.models.registry import MODEL_FILE, Registry
-from driftloop.models.schema import SUPERVISED, FeatureSchema
+from driftloop.models.registry import MODEL_FILE, Champion, Registry
+from driftloop.models.schema import SUPERVISED, FeatureSchema, plain_label
 from driftloop.training import evaluate
 from driftloop.training.reweight import importance_weights, weighted_metric
-from driftloop.training.train import fit, guard_frame, initial_frame, register
+from driftloop.training.train import Fitted, fit, guard_frame, initial_frame, register
+from driftloop.vocabulary import Outcome, Trigger
 
 if TYPE_CHECKING:
-    from driftloop.settings import Settings
+    from driftloop.settings import GuardConfig, RetrainingConfig, Settings
 
-PROMOTED, REJECTED, WAITING, SHADOW = "promoted", "rejected", "waiting", "shadow"
 LIVE_GATE_ROWS = 50  # reweighted: labelled live rows enough to judge on (and live rows to weight by)
+
+Scorer = Callable[[OnnxModel, pd.DataFrame, np.ndarray | None], float]  # score_rows with the task bound
 
 
 @dataclass(frozen=True)
 class RetrainOutcome:
-    status: str  # promoted | rejected | waiting (too few labelled rows yet) | shadow (retraining.shadow)
+    status: Outcome  # promoted | rejected | waiting (too few labelled rows yet) | shadow (retraining.shadow)
     reason: str
     champion: str | None
     candidate: str | None = None
@@ -97,14 +101,96 @@ class Plan:
     reference: pd.DataFrame | None = None  # the new version's drift reference (None: from ``train``)
     weights: dict[str, Any] | None = None  # importance-weight summary
 
+    @property
+    def trained_rows(self) -> int:
+        """Rows handed to the fit: ``train`` and ``base``."""
+        return len(self.train) + (0 if self.base is None else len(self.base))
 
-def choose_strategy(settings: Settings, labelled: int, trigger: str) -> tuple[str | None, str]:
-    """The strategy to run for ``labelled`` rows and ``trigger``, or None and why to wait."""
-    configured, need = settings.retraining.strategy, settings.retraining.min_rows
-    supervised = settings.task in SUPERVISED
+    def training_data(self, configured: str, choice: str) -> dict[str, Any]:
+        """The candidate's ``metadata["training_data"]``: what it learned from and was judged on."""
+        return {"strategy": self.strategy, "configured": configured, "choice": choice, "rows": self.rows,
+                "weights": self.weights, "holdout": {"source": self.holdout_source, "rows": len(self.holdout),
+                                                     "weighted": self.holdout_weight is not None}}
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    """Candidate and champion on the fixed guard set (``training/guard.py``)."""
+
+    rows: int
+    metric: str
+    candidate: float
+    champion: float
+    drop: float  # how much worse the candidate is (negative: better), whichever way the metric points
+    max_drop: float  # retraining.guard.max_drop
+    source: str  # file | carved
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.drop <= self.max_drop + 1e-12)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``metadata["gate"]["guard"]`` and :attr:`RetrainOutcome.guard`."""
+        return {"rows": self.rows, "metric": self.metric, "candidate": self.candidate, "champion": self.champion,
+                "drop": self.drop, "max_drop": self.max_drop, "passed": self.passed, "source": self.source}
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The gate's verdict on a candidate, with its evidence: better than the champion by
+    ``margin`` on the held-out rows (:func:`training.evaluate.beats`), and no worse than
+    ``guard.max_drop`` on the guard set."""
+
+    metric: str
+    candidate: float  # the primary metric on the held-out rows
+    champion: float
+    champion_version: str
+    margin: float
+    holdout_rows: int
+    holdout_source: str  # window | live | initial
+    weighted: bool  # the held-out rows carry importance weights
+    margin_passed: bool
+    guard: GuardResult | None  # None: no guard set
+    strategy: str
+
+    @property
+    def passed(self) -> bool:
+        return self.margin_passed and (self.guard is None or self.guard.passed)
+
+    @property
+    def why_not(self) -> list[str]:
+        """The tests the candidate failed (empty when it passed)."""
+        failed = [] if self.margin_passed else ["not better by the margin"]
+        if self.guard is not None and not self.guard.passed:
+            failed.append(f"worse on the guard set by {self.guard.drop:.4f} (more than {self.guard.max_drop:.4f})")
+        return failed
+
+    def to_metadata(self) -> dict[str, Any]:
+        """The candidate's ``metadata["gate"]``."""
+        return {"metric": self.metric, "candidate": self.candidate, "champion": self.champion,
+                "champion_version": self.champion_version, "margin": self.margin, "holdout_rows": self.holdout_rows,
+                "holdout_source": self.holdout_source, "weighted": self.weighted, "margin_passed": self.margin_passed,
+                "guard": None if self.guard is None else self.guard.to_dict(), "passed": self.passed,
+                "strategy": self.strategy}
+
+    def summary(self, candidate_version: str, holdout_what: str, choice: str) -> str:
+        """Both scores, on what, and the margin (and the guard set's figures): for reasons and the audit."""
+        text = (f"{self.metric} on {holdout_what}: candidate {candidate_version} {self.candidate:.4f}, champion "
+                f"{self.champion_version} {self.champion:.4f}, margin {self.margin:.4f}")
+        if self.guard is not None:
+            text += (f"; on the guard set ({self.guard.rows} rows): candidate {self.guard.candidate:.4f}, champion "
+                     f"{self.guard.champion:.4f}, max drop {self.guard.max_drop:.4f}")
+        return f"{text} [{choice}]"
+
+
+def choose_strategy(config: RetrainingConfig, task: str, labelled: int, trigger: Trigger) -> tuple[str | None, str]:
+    """The strategy to run for ``labelled`` rows and ``trigger``, or None and why to wait
+    (``config``: the ``retraining`` section)."""
+    configured, need = config.strategy, config.min_rows
+    supervised = task in SUPERVISED
     if configured == "reweighted" and not supervised:
         raise ConfigError(f"retraining.strategy: reweighted learns from labelled initial data; task "
-                          f"{settings.task!r} has no labels (window retrains on live inputs)")
+                          f"{task!r} has no labels (window retrains on live inputs)")
     what = "labelled rows" if supervised else "rows"
     short = f"{labelled} {what} since the drift began; {need} needed"
     if configured == "reweighted":
@@ -113,78 +199,60 @@ def choose_strategy(settings: Settings, labelled: int, trigger: str) -> tuple[st
         return ("window" if configured == "auto" else configured), f"strategy {configured}"
     if configured != "auto":
         return None, short
-    if trigger == "drift" and supervised:
+    if trigger == Trigger.DRIFT and supervised:
         return "reweighted", f"strategy auto: {short} for window, so reweighted (a drift trigger)"
     return None, f"{short} (strategy auto: reweighting the initial data answers a drift, not a {trigger})"
 
 
-def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trigger: str,
+def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trigger: Trigger,
             reason: str, actor: str = "monitor") -> RetrainOutcome:
     """Train a candidate from ``fresh`` (the streak's rows, see the module docstring) by the
     configured strategy, gate it, register it, promote it if it passed."""
     started = time.perf_counter()
+    champion = _champion(registry)
+    usable = usable_rows(settings, fresh)
+    strategy, why = choose_strategy(settings.retraining, settings.task, len(usable), trigger)
+    plan = None if strategy is None else plan_rows(strategy, settings, registry.get(champion.version).schema,
+                                                   fresh, usable)
+    if plan is None:
+        why = why if strategy is None else f"{len(fresh)} live rows to weight by; {LIVE_GATE_ROWS} needed"
+        return RetrainOutcome(Outcome.WAITING, why, champion.version)
+    fitted = fit_candidate(settings, registry, champion.version, plan)
+    gate = judge(settings, fitted.model(), registry.load(champion.version), champion.version, plan)
+    training_data = plan.training_data(settings.retraining.strategy, why)
+    candidate = register(registry, fitted, trigger=trigger, parent=champion.version,
+                         extra={"gate": gate.to_metadata(), "retrain_reason": reason,
+                                "training_data": training_data}).version
+    summary = gate.summary(candidate, plan.holdout_what, why)
+    status = decide(gate, shadow=settings.retraining.shadow.enabled)
+    act(registry, status, candidate, actor=actor, reason=f"{reason}; {summary}")
+    return RetrainOutcome(status, outcome_reason(status, gate, summary, settings.retraining.shadow.min_labels),
+                          champion=champion.version, candidate=candidate, metric=gate.metric,
+                          champion_score=gate.champion, candidate_score=gate.candidate,
+                          train_rows=plan.trained_rows, holdout_rows=gate.holdout_rows,
+                          seconds=time.perf_counter() - started, strategy=plan.strategy,
+                          training_data=training_data, guard=None if gate.guard is None else gate.guard.to_dict())
+
+
+# -- the steps of retrain ----------------------------------------------------------------------------
+
+def _champion(registry: Registry) -> Champion:
     champion = registry.champion()
     if champion is None:
         raise RegistryError("no champion to compare a candidate with; train and promote one first")
-    supervised = settings.task in SUPERVISED
-    labelled = fresh if fresh.empty else _labelled(settings, fresh) if supervised else _columns(settings, fresh)
-    strategy, why = choose_strategy(settings, len(labelled), trigger)
-    plan = None if strategy is None else _plan(strategy, settings, registry.get(champion.version).schema,
-                                               fresh, labelled)
-    if plan is None:
-        why = why if strategy is None else f"{len(fresh)} live rows to weight by; {LIVE_GATE_ROWS} needed"
-        return RetrainOutcome(WAITING, why, champion.version)
-
-    warm = None
-    if settings.model.warm_start:  # fine-tune from the champion's weights (neural kinds)
-        warm = (registry.verify(champion.version).path / MODEL_FILE).read_bytes()
-    fitted = fit(settings, plan.train, warm_start=warm, sample_weight=plan.sample_weight, base=plan.base,
-                 reference=plan.reference)
-    metric, higher_is_better = evaluate.primary(settings.task)
-    candidate_model, champion_model = fitted.model(), registry.load(champion.version)
-    candidate_score = _score(settings, candidate_model, plan.holdout, plan.holdout_weight)
-    champion_score = _score(settings, champion_model, plan.holdout, plan.holdout_weight)
-    gain = (candidate_score - champion_score) * (1 if higher_is_better else -1)
-    margin = settings.retraining.margin
-    guard = _guard(settings, candidate_model, champion_model)
-    passed = gain >= margin and (guard is None or guard["passed"])
-    gate = {"metric": metric, "candidate": candidate_score, "champion": champion_score,
-            "champion_version": champion.version, "margin": margin, "holdout_rows": len(plan.holdout),
-            "holdout_source": plan.holdout_source, "weighted": plan.holdout_weight is not None,
-            "margin_passed": gain >= margin, "guard": guard, "passed": passed, "strategy": plan.strategy}
-    training_data = {"strategy": plan.strategy, "configured": settings.retraining.strategy, "choice": why,
-                     "rows": plan.rows, "weights": plan.weights,
-                     "holdout": {"source": plan.holdout_source, "rows": len(plan.holdout),
-                                 "weighted": plan.holdout_weight is not None}}
-    version = register(registry, fitted, trigger=trigger, parent=champion.version,
-                       extra={"gate": gate, "retrain_reason": reason, "training_data": training_data}).version
-    summary = (f"{metric} on {plan.holdout_what}: candidate {version} {candidate_score:.4f}, champion "
-               f"{champion.version} {champion_score:.4f}, margin {margin:.4f}")
-    if guard is not None:
-        summary += (f"; on the guard set ({guard['rows']} rows): candidate {guard['candidate']:.4f}, champion "
-                    f"{guard['champion']:.4f}, max drop {guard['max_drop']:.4f}")
-    summary += f" [{why}]"
-    common = dict(champion=champion.version, candidate=version, metric=metric, champion_score=champion_score,
-                  candidate_score=candidate_score, train_rows=len(plan.train) + _len(plan.base),
-                  holdout_rows=len(plan.holdout), strategy=plan.strategy, training_data=training_data, guard=guard)
-    if not passed:
-        failed = [*(["not better by the margin"] if gain < margin else []),
-                  *([f"worse on the guard set by {guard['drop']:.4f} (more than {guard['max_drop']:.4f})"]
-                    if guard is not None and not guard["passed"] else [])]
-        return RetrainOutcome(REJECTED, f"{' and '.join(failed)}: {summary}",
-                              seconds=time.perf_counter() - started, **common)
-    shadow = settings.retraining.shadow
-    if shadow.enabled:  # the monitor promotes or rejects it on live labels (Monitor.judge_shadow)
-        registry.set_shadow(version, actor=actor, reason=f"{reason}; {summary}")
-        return RetrainOutcome(SHADOW, f"passed the gate; scored beside {champion.version} until {shadow.min_labels} "
-                                      f"of the live rows it scores have labels: {summary}",
-                              seconds=time.perf_counter() - started, **common)
-    registry.promote(version, actor=actor, reason=f"{reason}; {summary}")
-    return RetrainOutcome(PROMOTED, summary, seconds=time.perf_counter() - started, **common)
+    return champion
 
 
-def _plan(strategy: str, settings: Settings, schema: FeatureSchema, fresh: pd.DataFrame,
-          labelled: pd.DataFrame) -> Plan | None:
+def usable_rows(settings: Settings, fresh: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``fresh`` a candidate can learn from and be judged on: the labelled ones
+    (supervised tasks), or all of them, in the columns a fit needs."""
+    if fresh.empty:
+        return fresh
+    return _labelled(settings, fresh) if settings.task in SUPERVISED else _columns(settings, fresh)
+
+
+def plan_rows(strategy: str, settings: Settings, schema: FeatureSchema, fresh: pd.DataFrame,
+              labelled: pd.DataFrame) -> Plan | None:
     """The rows ``strategy`` trains and gates on; None when there are too few live rows to weight by."""
     if strategy in ("window", "window_and_original"):
         n_hold = max(1, int(round(len(labelled) * settings.retraining.holdout_fraction)))
@@ -211,6 +279,68 @@ def _plan(strategy: str, settings: Settings, schema: FeatureSchema, fresh: pd.Da
                 holdout_weight=weights.values[-n_hold:], **common)
 
 
+def fit_candidate(settings: Settings, registry: Registry, champion: str, plan: Plan) -> Fitted:
+    """The candidate, fitted on the plan's rows; neural kinds fine-tune from the champion's
+    weights when ``model.warm_start`` is set."""
+    warm = (registry.verify(champion).path / MODEL_FILE).read_bytes() if settings.model.warm_start else None
+    return fit(settings, plan.train, warm_start=warm, sample_weight=plan.sample_weight, base=plan.base,
+               reference=plan.reference)
+
+
+def judge(settings: Settings, candidate: OnnxModel, champion: OnnxModel, champion_version: str,
+          plan: Plan) -> GateResult:
+    """Both models through their ONNX graphs on the plan's held-out rows, then on the guard set."""
+    task, margin = settings.task, settings.retraining.margin
+    score: Scorer = partial(score_rows, task, settings.data.target, expected_anomaly_rate(settings.model.params))
+    metric, _ = evaluate.primary(task)
+    candidate_score = score(candidate, plan.holdout, plan.holdout_weight)
+    champion_score = score(champion, plan.holdout, plan.holdout_weight)
+    guard = guard_check(task, settings.retraining.guard, guard_frame(settings), score, candidate, champion)
+    return GateResult(metric, candidate_score, champion_score, champion_version, margin, len(plan.holdout),
+                      plan.holdout_source, plan.holdout_weight is not None,
+                      evaluate.beats(task, candidate_score, champion_score, margin), guard, plan.strategy)
+
+
+def guard_check(task: str, config: GuardConfig, rows: pd.DataFrame | None, score: Scorer, candidate: OnnxModel,
+                champion: OnnxModel) -> GuardResult | None:
+    """Both models on the fixed guard set ``rows`` (None: no guard set); it passes unless the
+    candidate is worse by more than ``config.max_drop``."""
+    if rows is None:
+        return None
+    metric, _ = evaluate.primary(task)
+    candidate_score, champion_score = score(candidate, rows, None), score(champion, rows, None)
+    return GuardResult(len(rows), metric, candidate_score, champion_score,
+                       drop=evaluate.gain(task, champion_score, candidate_score), max_drop=config.max_drop,
+                       source="file" if config.path is not None else "carved")
+
+
+def decide(gate: GateResult, *, shadow: bool) -> Outcome:
+    """Rejected unless the gate passed; then the shadow (``retraining.shadow``) or promoted."""
+    if not gate.passed:
+        return Outcome.REJECTED
+    return Outcome.SHADOW if shadow else Outcome.PROMOTED
+
+
+def act(registry: Registry, status: Outcome, candidate: str, *, actor: str, reason: str) -> None:
+    """The last step, so a job that fails anywhere leaves the champion untouched: promote the
+    candidate, or set it as the shadow (the monitor judges it on live labels, Monitor.judge_shadow)."""
+    if status == Outcome.PROMOTED:
+        registry.promote(candidate, actor=actor, reason=reason)
+    elif status == Outcome.SHADOW:
+        registry.set_shadow(candidate, actor=actor, reason=reason)
+
+
+def outcome_reason(status: Outcome, gate: GateResult, summary: str, shadow_labels: int) -> str:
+    if status == Outcome.REJECTED:
+        return f"{' and '.join(gate.why_not)}: {summary}"
+    if status == Outcome.SHADOW:
+        return (f"passed the gate; scored beside {gate.champion_version} until {shadow_labels} "
+                f"of the live rows it scores have labels: {summary}")
+    return summary
+
+
+# -- rows and scores ---------------------------------------------------------------------------------
+
 def _columns(settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
     """The columns a fit needs (features, target, timestamp as UTC), index reset: live rows and
     initial data then concatenate cleanly."""
@@ -225,43 +355,23 @@ def _columns(settings: Settings, frame: pd.DataFrame) -> pd.DataFrame:
 
 def _labelled(settings: Settings, fresh: pd.DataFrame) -> pd.DataFrame:
     """The rows whose label has arrived, with labels as plain values: a column with gaps comes
-    as objects or floats, and class labels 0/1 must stay integers."""
+    as objects or floats, and class labels 0/1 must stay integers (:func:`models.schema.plain_label`)."""
     target = settings.data.target
     rows = _columns(settings, fresh[fresh[target].notna()])
-    y = rows[target].infer_objects()
-    if settings.task == "classification" and y.dtype.kind == "f" and len(y) and bool((y == y.round()).all()):
-        y = y.astype(np.int64)
-    return rows.assign(**{target: y})
+    y = rows[target]
+    if settings.task == "classification" and len(y):
+        y = y.map(plain_label)
+    return rows.assign(**{target: y.infer_objects()})
 
 
-def _score(settings: Settings, model: OnnxModel, rows: pd.DataFrame, weights: np.ndarray | None = None) -> float:
+def score_rows(task: str, target: str | None, expected_rate: float, model: OnnxModel, rows: pd.DataFrame,
+               weights: np.ndarray | None = None) -> float:
     """The primary metric of ``model`` on ``rows`` (weighted by ``weights`` when given)."""
-    task = settings.task
     supervised = task in SUPERVISED
-    target = settings.data.target
     preds, second = model.predict_frame(rows)
     if weights is not None:
         return weighted_metric(task, rows[target], preds, weights)
     metric, _ = evaluate.primary(task)
     return evaluate.score(task, rows[target] if supervised else None, preds,
                           second if task == "classification" else None, list(model.schema.labels) or None,
-                          scores=None if supervised else second,
-                          expected_anomaly_rate=expected_anomaly_rate(settings.model.params))[metric]
-
-
-def _guard(settings: Settings, candidate: OnnxModel, champion: OnnxModel) -> dict[str, Any] | None:
-    """Both models on the fixed guard set; ``passed`` unless the candidate is worse by more than max_drop."""
-    rows = guard_frame(settings)
-    if rows is None:
-        return None
-    metric, higher_is_better = evaluate.primary(settings.task)
-    candidate_score, champion_score = _score(settings, candidate, rows), _score(settings, champion, rows)
-    drop = (champion_score - candidate_score) * (1 if higher_is_better else -1)
-    max_drop = settings.retraining.guard.max_drop
-    return {"rows": len(rows), "metric": metric, "candidate": candidate_score, "champion": champion_score,
-            "drop": drop, "max_drop": max_drop, "passed": bool(drop <= max_drop + 1e-12),
-            "source": "file" if settings.retraining.guard.path is not None else "carved"}
-
-
-def _len(frame: pd.DataFrame | None) -> int:
-    return 0 if frame is None else len(frame)
+                          scores=None if supervised else second, expected_anomaly_rate=expected_rate)[metric]

@@ -41,6 +41,10 @@ class SearchResult:
         return {"best_params": self.best_params, "best_score": self.best_score, "metric": self.metric,
                 "candidates": self.candidates, "method": self.method, "seconds": round(self.seconds, 3)}
 
+    def describe(self) -> str:
+        return (f"searched {self.candidates} candidates ({self.method}): best {self.best_params}, "
+                f"{self.metric} {self.best_score:.4f}")
+
 
 def candidates(space: dict[str, list[Any]], method: str, iterations: int, seed: int) -> list[dict[str, Any]]:
     """Every combination (grid) or ``iterations`` of them drawn without replacement (random)."""

@@ -1,4 +1,5 @@
-"""Training, as a recipe: load -> split -> fit -> evaluate -> export -> check parity -> register."""
+"""Training, as a recipe: load -> split -> search -> fit -> evaluate -> export and check parity ->
+metadata -> register."""
 
 from __future__ import annotations
 
@@ -15,20 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sklearn.utils._param_validation import InvalidParameterError
 
+from driftloop.adapters.sklearn import InvalidParameterError
 from driftloop.models.errors import ConfigError
-from driftloop.models.families import expected_anomaly_rate, fit_model
-from driftloop.models.onnx_model import OnnxModel, check_parity
+from driftloop.models.families import Trained, expected_anomaly_rate, fit_model
+from driftloop.models.onnx_model import OnnxModel, Parity, check_parity
 from driftloop.models.registry import ModelVersion, Registry
 from driftloop.models.schema import SUPERVISED, FeatureSchema
 from driftloop.training import data as data_mod
 from driftloop.training import evaluate, guard, scenarios
 from driftloop.training.report import permutation_importance, write_report
-from driftloop.training.search import search
+from driftloop.training.search import SearchResult, search
+from driftloop.vocabulary import Trigger
 
 if TYPE_CHECKING:
-    from driftloop.settings import Settings
+    from driftloop.settings import ModelConfig, Settings
 
 log = logging.getLogger("driftloop.training")
 LIBRARIES = ("scikit-learn", "skl2onnx", "onnx", "onnxruntime", "numpy", "pandas", "bentoml", "torch",
@@ -69,12 +71,17 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What the validation split showed: kept for the version's report."""
+    """What the validation split showed: the metrics, and what the version's report draws."""
 
+    metrics: dict[str, float]
     y_true: Any
     y_pred: Any
     proba: Any
     importance: dict[str, dict[str, float]]
+
+    def describe(self) -> str:
+        return "evaluated on the validation rows" + (f"; most important: {next(iter(self.importance))}"
+                                                     if self.importance else "")
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,8 @@ class Fitted:
 def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None,
         progress: Progress | None = None, *, sample_weight: np.ndarray | None = None,
         base: pd.DataFrame | None = None, reference: pd.DataFrame | None = None) -> Fitted:
-    """split -> fit -> evaluate -> export -> check parity, on ``frame`` (features and target).
+    """split -> search -> fit -> evaluate -> export and check parity -> metadata, on ``frame``
+    (features and target).
 
     ``warm_start``: an earlier version's ONNX graph to fine-tune from (neural kinds only).
     ``progress`` hears one line per finished step. For retraining (``training/retrain.py``):
@@ -112,82 +120,172 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
     """
     started = time.perf_counter()
     step = _Steps(progress)
-    supervised = settings.task in SUPERVISED
-    target = settings.data.target if supervised else None  # unsupervised kinds learn from inputs only
+    data = learning_data(settings, frame, base)
+    rows = split_rows(data, settings.training.validation_fraction, settings.seed, sample_weight)
+    step(rows.describe())
+    params, found = search_params(settings.model, settings.seed, data, rows.train)
+    if found is not None:
+        step(found.describe())
+    model = fit_estimator(settings.model.kind, params, settings.seed, data, rows, warm_start)
+    step(f"fit {settings.model.kind}{' (fine-tuned from the champion)' if warm_start else ''}"
+         f"{' (importance-weighted)' if rows.weights is not None else ''}")
+    evaluation = evaluate_model(model, data, rows.valid, settings.seed, expected_anomaly_rate(settings.model.params))
+    step(evaluation.describe())
+    onnx_bytes, parity = export_checked(model, data.schema, rows.valid)
+    step(f"exported to ONNX ({len(onnx_bytes) / 1024:.0f} KiB); parity: max difference {parity.max_abs_diff:.1e}")
+    kept = reference_sample(data.frame if reference is None else reference, data.schema.names,
+                            settings.training.reference_rows, settings.seed)
+    metadata = version_metadata(data, rows, evaluation, parity, kind=settings.model.kind, params=params,
+                                found=found, seed=settings.seed, warm_start=warm_start is not None, started=started)
+    return Fitted(data.schema, onnx_bytes, evaluation.metrics, kept, metadata, time.perf_counter() - started,
+                  evaluation)
+
+
+# -- the steps of fit --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LearningData:
+    """The rows :func:`fit` was handed, and the schema they define."""
+
+    frame: pd.DataFrame  # the rows to split, index reset
+    base: pd.DataFrame | None  # rows always trained on, before ``frame``'s
+    seen: pd.DataFrame  # ``base`` then ``frame``: what the schema and the fingerprint describe
+    schema: FeatureSchema
+    target: str | None  # None: unsupervised kinds learn from inputs only
+    timestamp: str | None  # the time column, when ``frame`` has it: the split keeps time order
+
+    @property
+    def labels(self) -> list[Any]:
+        return list(self.schema.labels)
+
+
+def learning_data(settings: Settings, frame: pd.DataFrame, base: pd.DataFrame | None = None) -> LearningData:
+    """``frame`` (and ``base``) with the columns the settings name, and the schema inferred from them."""
+    target = settings.data.target if settings.task in SUPERVISED else None
     timestamp = settings.data.timestamp if settings.data.timestamp in frame.columns else None
     frame = frame.reset_index(drop=True)
     seen = frame if base is None else pd.concat([base, frame], ignore_index=True)
     labels = sorted(seen[target].unique().tolist()) if settings.task == "classification" else []
     schema = FeatureSchema.infer(seen, dict(settings.features), settings.task, target, tuple(labels))
+    return LearningData(frame, base, seen, schema, target, timestamp)
 
-    train, valid = data_mod.split(frame, settings.training.validation_fraction, timestamp, settings.seed)
+
+@dataclass(frozen=True)
+class Split:
+    """The training rows (``base``'s first) and the validation rows (``frame``'s only)."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    weights: np.ndarray | None  # one per row of ``train`` (``base``'s rows weigh 1)
+    n_base: int  # the first rows of ``train`` that came from ``base``
+    time_ordered: bool
+
+    def describe(self) -> str:
+        split = len(self.train) - self.n_base
+        return (f"split {split + len(self.valid)} rows: {split} to train, {len(self.valid)} to validate"
+                f"{' (time-ordered)' if self.time_ordered else ' (shuffled)'}"
+                f"{f'; {self.n_base} more always trained on' if self.n_base else ''}")
+
+
+def split_rows(data: LearningData, validation_fraction: float, seed: int,
+               sample_weight: np.ndarray | None = None) -> Split:
+    """Validation rows from ``data.frame`` (the newest when time-ordered); ``data.base`` is all
+    trained on. Each training row keeps its ``sample_weight``."""
+    train, valid = data_mod.split(data.frame, validation_fraction, data.timestamp, seed)
     weights = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[train.index.to_numpy()]
-    n_base = 0 if base is None else len(base)
-    step(f"split {len(frame)} rows: {len(train)} to train, {len(valid)} to validate"
-         f"{' (time-ordered)' if timestamp else ' (shuffled)'}{f'; {n_base} more always trained on' if n_base else ''}")
-    if base is not None:
-        train = pd.concat([base, train], ignore_index=True)
+    n_base = 0 if data.base is None else len(data.base)
+    if data.base is not None:
+        train = pd.concat([data.base, train], ignore_index=True)
         weights = None if weights is None else np.concatenate([np.ones(n_base), weights])
-    params = dict(settings.model.params)
-    found = None
-    if settings.model.search is not None:  # unweighted: the search picks parameters, not the fit
-        found = search(schema, settings.model.kind, params, settings.model.search, settings.seed,
-                       train[schema.names], train[target], time_ordered=timestamp is not None)
-        params |= found.best_params
-        step(f"searched {found.candidates} candidates ({found.method}): best {found.best_params}, "
-             f"{found.metric} {found.best_score:.4f}")
+    return Split(train, valid, weights, n_base, data.timestamp is not None)
+
+
+def search_params(model: ModelConfig, seed: int, data: LearningData,
+                  train: pd.DataFrame) -> tuple[dict[str, Any], SearchResult | None]:
+    """``model.params``, with the best of ``model.search`` merged over them when one is configured.
+    Unweighted: the search picks parameters, not the fit."""
+    params = dict(model.params)
+    if model.search is None:
+        return params, None
+    found = search(data.schema, model.kind, params, model.search, seed, train[data.schema.names],
+                   train[data.target], time_ordered=data.timestamp is not None)
+    return params | found.best_params, found
+
+
+def fit_estimator(kind: str, params: dict[str, Any], seed: int, data: LearningData, rows: Split,
+                  warm_start: bytes | None = None) -> Trained:
+    """The ``kind`` family fitted on the training rows (with their weights)."""
+    train = rows.train
     try:
-        model = fit_model(schema, settings.model.kind, params, settings.seed,
-                          train[schema.names], train[target] if target else None, warm_start, sample_weight=weights)
+        return fit_model(data.schema, kind, params, seed, train[data.schema.names],
+                         train[data.target] if data.target else None, warm_start, sample_weight=rows.weights)
     except InvalidParameterError as exc:  # a parameter value out of range, found at fit time
         raise ConfigError(f"model.params: {exc}") from None
-    step(f"fit {settings.model.kind}{' (fine-tuned from the champion)' if warm_start else ''}"
-         f"{' (importance-weighted)' if weights is not None else ''}")
 
-    x_valid = valid[schema.names]
-    y_valid = valid[target] if target else None
-    preds, proba = model.predict(x_valid), model.predict_proba(x_valid)
-    metrics = evaluate.score(settings.task, y_valid, preds, proba, labels, scores=model.scores(x_valid),
-                             expected_anomaly_rate=expected_anomaly_rate(settings.model.params))
+
+def evaluate_model(model: Trained, data: LearningData, valid: pd.DataFrame, seed: int,
+                   expected_rate: float) -> Evaluation:
+    """The task's metrics on the validation rows and, with labels, permutation importance: what
+    the model relies on."""
+    task = data.schema.task
+    x = valid[data.schema.names]
+    y = valid[data.target] if data.target else None
+    preds, proba = model.predict(x), model.predict_proba(x)
+    metrics = evaluate.score(task, y, preds, proba, data.labels, scores=model.scores(x),
+                             expected_anomaly_rate=expected_rate)
     importance: dict[str, dict[str, float]] = {}
-    if y_valid is not None:  # what the model relies on: permutation importance on the validation rows
-        importance = permutation_importance(model, x_valid, y_valid, settings.task, settings.seed, repeats=3,
-                                            max_rows=1000)
-    step("evaluated on the validation rows" + (f"; most important: {next(iter(importance))}" if importance else ""))
+    if y is not None:
+        importance = permutation_importance(model, x, y, task, seed, repeats=3, max_rows=1000)
+    return Evaluation(metrics, y, preds, proba, importance)
 
+
+def export_checked(model: Trained, schema: FeatureSchema, valid: pd.DataFrame) -> tuple[bytes, Parity]:
+    """The ONNX graph, and its agreement with the native model on ``valid`` (raises
+    :class:`~models.errors.ExportError` beyond tolerance)."""
     onnx_bytes = model.to_onnx(schema)
-    parity = check_parity(model, onnx_bytes, schema, valid)
-    step(f"exported to ONNX ({len(onnx_bytes) / 1024:.0f} KiB); parity: max difference {parity.max_abs_diff:.1e}")
+    return onnx_bytes, check_parity(model, onnx_bytes, schema, valid)
 
-    pool = frame if reference is None else reference
-    reference = pool[schema.names].sample(n=min(settings.training.reference_rows, len(pool)),
-                                          random_state=settings.seed)
-    metadata = {
-        "kind": settings.model.kind,
+
+def reference_sample(pool: pd.DataFrame, names: list[str], rows: int, seed: int) -> pd.DataFrame:
+    """The drift baseline kept with the version: up to ``rows`` rows of ``pool``'s features."""
+    return pool[names].sample(n=min(rows, len(pool)), random_state=seed)
+
+
+def version_metadata(data: LearningData, rows: Split, evaluation: Evaluation, parity: Parity, *, kind: str,
+                     params: dict[str, Any], found: SearchResult | None, seed: int, warm_start: bool,
+                     started: float) -> dict[str, Any]:
+    """What is stored beside the graph: how it was made, from what, and how well it did."""
+    return {
+        "kind": kind,
         "params": params,
         "search": found.to_dict() if found else None,
-        "metrics": metrics,
+        "metrics": evaluation.metrics,
         # classifiers: top-class confidence -> chance of being right, from the validation rows; the
         # monitor estimates live accuracy with it before labels arrive
-        "confidence_calibration": (evaluate.confidence_calibration(y_valid, proba, labels)
-                                   if settings.task == "classification" and proba is not None and len(labels) > 1
-                                   else None),
+        "confidence_calibration": _confidence_calibration(data, evaluation),
         "parity": parity.to_dict(),
-        "rows": {"train": len(train), "validation": len(valid)},
-        "data_fingerprint": fingerprint(seen[[*schema.names, *([target] if target else [])]]),
-        "time_range": _time_range(seen, timestamp if base is None or timestamp in base.columns else None),
+        "rows": {"train": len(rows.train), "validation": len(rows.valid)},
+        "data_fingerprint": fingerprint(data.seen[[*data.schema.names, *([data.target] if data.target else [])]]),
+        "time_range": _time_range(data.seen, data.timestamp
+                                  if data.base is None or data.timestamp in data.base.columns else None),
         "libraries": library_versions(),
         "code_revision": code_revision(),
-        "seed": settings.seed,
-        "warm_start": warm_start is not None,
-        "importance": {name: round(v["mean"], 6) for name, v in importance.items()},
+        "seed": seed,
+        "warm_start": warm_start,
+        "importance": {name: round(v["mean"], 6) for name, v in evaluation.importance.items()},
         "training_seconds": round(time.perf_counter() - started, 3),
     }
-    return Fitted(schema, onnx_bytes, metrics, reference, metadata, time.perf_counter() - started,
-                  Evaluation(y_valid, preds, proba, importance))
 
 
-def register(registry: Registry, fitted: Fitted, *, trigger: str, parent: str | None = None,
+def _confidence_calibration(data: LearningData, evaluation: Evaluation) -> dict[str, Any] | None:
+    if data.schema.task != "classification" or evaluation.proba is None or len(data.labels) < 2:
+        return None
+    return evaluate.confidence_calibration(evaluation.y_true, evaluation.proba, data.labels)
+
+
+# -- registering -------------------------------------------------------------------------------------
+
+def register(registry: Registry, fitted: Fitted, *, trigger: Trigger, parent: str | None = None,
              extra: dict[str, Any] | None = None) -> ModelVersion:
     """Store the version, then write its evaluation report beside the registry."""
     version = registry.register(fitted.onnx_bytes, fitted.schema, fitted.reference,
@@ -202,7 +300,7 @@ def register(registry: Registry, fitted: Fitted, *, trigger: str, parent: str | 
 
 def report_dir(registry: Registry, version: str) -> Path:
     """Where a version's evaluation report lives: report.json and its PNG figures."""
-    return registry.home / "driftloop" / registry.project / "reports" / version
+    return registry.project_dir / "reports" / version
 
 
 class _Steps:
@@ -219,7 +317,7 @@ class _Steps:
         self._last = now
 
 
-def train_version(settings: Settings, frame: pd.DataFrame, registry: Registry, *, trigger: str,
+def train_version(settings: Settings, frame: pd.DataFrame, registry: Registry, *, trigger: Trigger,
                   parent: str | None = None, extra: dict[str, Any] | None = None,
                   progress: Progress | None = None) -> TrainResult:
     """The whole recipe: fit the configured model on ``frame`` and register it (not promoted)."""

@@ -1,0 +1,178 @@
+"""The retrain runner: what a check's ``retrain`` decision leads to, retried with back-off.
+
+A check that decided retrain is recorded first, as ``running`` (monitoring/check.py). Then:
+
+- while a candidate is in shadow, no new one is trained: the check's outcome is
+  ``shadow_pending`` and the streak goes on until the shadow judge's verdict
+  (monitoring/shadow.py);
+- otherwise the retraining job (``training/retrain.py``, bound to the settings and registry) gets
+  every logged row since the first window of the flagged streak (:class:`FreshRows`), and its
+  outcome lands in the check and the audit trail. The champion is untouched until the job's own
+  last step, its promotion.
+
+A job that raises is recorded ``failed`` with when it will be tried again
+(``retraining.retry``: doubling back-off, a bounded number of attempts); :meth:`RetrainRunner.retry_due`
+runs the newest failed retrain again once its back-off has passed, in this monitor or a restarted
+one (the schedule is in the store). A check still ``running`` when no process holds the retrain
+lease belongs to a process that died inside the job: :meth:`RetrainRunner.recover` records it
+failed, to be retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from driftloop.models.registry import Registry
+from driftloop.models.schema import SUPERVISED
+from driftloop.monitoring.lease import RETRAIN as RETRAIN_LEASE
+from driftloop.monitoring.lease import read_state
+from driftloop.monitoring.metrics import MonitorMetrics
+from driftloop.monitoring.policy import PolicyDecision, RetrainPolicy
+from driftloop.monitoring.store import PredictionStore
+from driftloop.vocabulary import Check, EventKind, Outcome, Signal, Trigger
+
+if TYPE_CHECKING:
+    from driftloop.settings import DataConfig, RetryConfig
+    from driftloop.training.retrain import RetrainOutcome
+
+log = logging.getLogger("driftloop.monitor")
+# The retraining job, bound to the settings and the registry: job(fresh, trigger=..., reason=...).
+Job = Callable[..., "RetrainOutcome"]
+
+
+@dataclass(frozen=True)
+class FreshRows:
+    """The rows a retrain gets: every logged row from ``first_id`` to ``last_id``, read when the
+    job starts (labels that arrived since count), with its label as the target (``data.target``;
+    None where none arrived yet: the job trains on labelled rows, and the ``reweighted`` strategy
+    also weighs by the unlabelled ones' inputs) and its log time as ``data.timestamp``."""
+
+    store: PredictionStore
+    task: str
+    data: DataConfig
+
+    def __call__(self, first_id: int, last_id: int) -> pd.DataFrame:
+        fresh = self.store.rows_between(first_id, last_id)
+        if self.task in SUPERVISED:
+            fresh = fresh.rename(columns={"label": self.data.target})
+        if self.data.timestamp:
+            fresh[self.data.timestamp] = fresh["created_at"]
+        return fresh
+
+
+class RetrainRunner:
+    """Runs the retrains checks decide (``retraining.retry``: attempts and back-off)."""
+
+    def __init__(self, retry: RetryConfig, store: PredictionStore, registry: Registry, job: Job, fresh: FreshRows,
+                 policy: RetrainPolicy, metrics: MonitorMetrics, *, clock: Callable[[], float] = time.time) -> None:
+        self.retry = retry
+        self.store = store
+        self.registry = registry
+        self.job = job
+        self.fresh = fresh
+        self.policy = policy
+        self.metrics = metrics
+        self.clock = clock
+
+    def retrain(self, check: Check, decision: PolicyDecision) -> Outcome:
+        """Act on ``check`` (recorded ``running``), which decided retrain: train a candidate on the
+        streak's rows, or wait for the shadow. Its outcome (and reason) are written into ``check``
+        and the store."""
+        if (shadow := self.registry.shadow()) is not None:
+            check.outcome = Outcome.SHADOW_PENDING  # the streak goes on: a retrain follows the shadow's verdict
+            check.reason = f"{decision.reason}; {shadow.version} is in shadow: no new candidate until it is judged"
+            self.store.update_check(check.window, outcome=check.outcome, reason=check.reason)
+            return check.outcome
+        trigger = Trigger.DECAY if Signal.DECAY in decision.signals else Trigger.DRIFT
+        check.outcome = self.attempt(check.window, self._first_id(decision.since_window, check), check.last_id,
+                                     trigger, f"window {check.window}: {decision.reason}")
+        return check.outcome
+
+    def attempt(self, window: int, first_id: int, last_id: int, trigger: str, reason: str, attempt: int = 1,
+                episode: int | None = None) -> Outcome:
+        """One try of the retrain the check of ``window`` decided, on the rows ``first_id``..``last_id``;
+        the outcome is also written into the window's check. A failure is recorded with when it will
+        be tried again."""
+        fresh = self.fresh(first_id, last_id)
+        where = {"first_id": first_id, "last_id": last_id, "trigger": trigger, "reason": reason, "attempt": attempt}
+        started_id = self.store.record_event(EventKind.RETRAIN_STARTED,
+                                             where | {"rows": len(fresh), "episode": episode}, window)
+        where["episode"] = episode = episode or started_id  # the first try's event: what the retries belong to
+        started = time.perf_counter()
+        try:
+            result = self.job(fresh, trigger=trigger, reason=reason)
+        except Exception as exc:
+            log.exception("window %d: retraining failed (attempt %d)", window, attempt)
+            self._failed(window, where, f"{type(exc).__name__}: {exc}")
+            return Outcome.FAILED
+        seconds = time.perf_counter() - started
+        outcome = Outcome(result.status)
+        self.store.record_event(EventKind.retrain(outcome), result.to_dict() | {"attempt": attempt, "episode": episode},
+                                window, result.candidate)
+        self.metrics.retrains.labels(outcome).inc()
+        if outcome != Outcome.WAITING:
+            self.metrics.retrain_seconds.observe(seconds)
+            self.policy.retrained(window)
+        self.store.update_check(window, outcome=outcome)
+        return outcome
+
+    def retry_due(self) -> list[Outcome]:
+        """Run the newest failed retrain again once its back-off has passed, unless a retrain started
+        after it (its retry, or a newer one that supersedes it). Returns the outcomes of the retries run."""
+        failed = self.store.events(EventKind.RETRAIN_FAILED)
+        if not failed:
+            return []
+        last = failed[-1]
+        detail = last["detail"]
+        retry_at = detail.get("retry_at")
+        if retry_at is None or self.clock() < retry_at:
+            return []
+        if any(e["id"] > last["id"] for e in self.store.events(EventKind.RETRAIN_STARTED)):
+            return []
+        log.info("window %s: retrying the retrain (attempt %d)", last["window"], detail["attempt"] + 1)
+        return [self.attempt(last["window"], detail["first_id"], detail["last_id"], detail["trigger"],
+                             detail["reason"], detail["attempt"] + 1, detail["episode"])]
+
+    def recover(self) -> None:
+        """Checks still ``running``: the process that ran their retrain died (this one runs none
+        now, and no live process holds the retrain lease). Recorded as failed, to be retried."""
+        running = self.store.checks(outcome=Outcome.RUNNING)
+        if not running or read_state(self.store, RETRAIN_LEASE).active:
+            return
+        starts = {e["window"]: e for e in self.store.events(EventKind.RETRAIN_STARTED)}
+        for check in running:
+            start = starts.get(check.window)
+            if start is None:  # died before the retrain started: nothing to retry from
+                self.store.update_check(check.window, outcome=Outcome.FAILED)
+                continue
+            d = start["detail"]
+            attempt = {k: d[k] for k in ("first_id", "last_id", "trigger", "reason", "attempt")}
+            attempt["episode"] = d.get("episode") or start["id"]
+            log.error("window %d: the retrain was interrupted (its process stopped)", check.window)
+            self._failed(check.window, attempt, "interrupted: the process running it stopped")
+
+    def _failed(self, window: int, attempt: dict[str, Any], error: str) -> None:
+        n = attempt["attempt"]
+        delay = min(self.retry.backoff_s * 2 ** (n - 1), self.retry.max_backoff_s)
+        retry_at = self.clock() + delay if n < self.retry.attempts else None
+        self.store.record_event(EventKind.RETRAIN_FAILED, attempt | {
+            "error": error, "retry_at": retry_at, "retry_in_s": delay if retry_at else None}, window)
+        self.metrics.retrains.labels(Outcome.FAILED).inc()
+        self.policy.retrained(window)
+        self.store.update_check(window, outcome=Outcome.FAILED)
+        if retry_at is None:
+            log.error("window %d: retraining failed %d times; not retried again", window, n)
+
+    def _first_id(self, since_window: int | None, check: Check) -> int:
+        """The first row of the flagged streak (``since_window``'s), or of ``check``'s window."""
+        if since_window is not None:
+            for earlier in self.store.checks(since_window - 1):
+                if earlier.window == since_window:
+                    return earlier.first_id
+        return check.first_id

@@ -18,7 +18,7 @@ with the server's CPU per request, which moves less than throughput when the mac
    fixed rate of twice that, offered open-loop on up to 512 connections so the server sees the
    excess. Reported: successful (2xx) throughput against saturation, the share refused with 503,
    how fast a refusal came back (from its scheduled send time; every 503 carries ``Retry-After``,
-   see tests/test_gate.py), the p99 of the successful requests against the request timeout, and
+   see tests/http/test_gate.py), the p99 of the successful requests against the request timeout, and
    how late the generator itself was (on 2 cores it competes with the server).
 """
 

@@ -14,7 +14,7 @@ same Evidently statistical test per column:
   rule of ``_get_default_stattest``: reference size <= 1000 -> K-S, chi-square or Z-test,
   larger -> Wasserstein or Jensen-Shannon, by type and distinct values), then that test itself.
 
-Scores, thresholds and verdicts are Evidently's (``tests/test_drift.py`` checks them against the
+Scores, thresholds and verdicts are Evidently's (``tests/unit/test_drift.py`` checks them against the
 preset; ``bench/drift.py`` times both). The HTML report, which needs the preset's widgets, is
 built only when asked for (:meth:`DriftResult.save_html`: flagged windows).
 

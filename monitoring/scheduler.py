@@ -52,6 +52,7 @@ import sqlalchemy as sa
 from driftloop.monitoring.lease import RETRAIN, SCHEDULER, Heartbeat, Lease, holding
 from driftloop.monitoring.monitor import Monitor
 from driftloop.monitoring.store import PredictionStore, StoreError
+from driftloop.vocabulary import EventKind
 
 log = logging.getLogger("driftloop.scheduler")
 CHECK_JOB = "check"
@@ -72,7 +73,7 @@ def run_retention(monitor: Monitor) -> list[str]:
         return []
     deleted = monitor.registry.prune(r.keep_ancestors, r.keep_candidates, actor="monitor", reason="retention")
     if deleted:
-        monitor.store.record_event("versions_deleted", {"versions": deleted, "keep_ancestors": r.keep_ancestors,
+        monitor.store.record_event(EventKind.VERSIONS_DELETED, {"versions": deleted, "keep_ancestors": r.keep_ancestors,
                                                         "keep_candidates": r.keep_candidates})
     return deleted
 
@@ -139,7 +140,7 @@ def build_scheduler(monitor: Monitor, interval_s: float, lease: Lease | None = N
 
     def on_error(event: Any) -> None:
         log.error("job %s failed: %r", event.job_id, event.exception)
-        monitor.store.record_event("job_failed", {"job": event.job_id, "error": repr(event.exception)})
+        monitor.store.record_event(EventKind.JOB_FAILED, {"job": event.job_id, "error": repr(event.exception)})
 
     scheduler.add_listener(on_error, EVENT_JOB_ERROR)
     return scheduler
@@ -198,7 +199,7 @@ class ActiveScheduler:
             if beat.lost.is_set() or stop.is_set():
                 return
             scheduler.start(paused=True)  # the stored job state is applied; nothing runs yet
-            self.store.record_event("scheduler_active", {"owner": self.lease.owner, "epoch": self.lease.epoch})
+            self.store.record_event(EventKind.SCHEDULER_ACTIVE, {"owner": self.lease.owner, "epoch": self.lease.epoch})
             log.info("active: holding the scheduler lease (epoch %s, owner %s)", self.lease.epoch, self.lease.owner)
             scheduler.resume()
             self.active.set()

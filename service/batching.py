@@ -17,7 +17,6 @@ import asyncio
 import concurrent.futures
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 

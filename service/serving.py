@@ -42,6 +42,7 @@ from driftloop.monitoring.store import PredictionStore, utcnow
 from driftloop.service.batching import Batcher, batching_enabled
 from driftloop.service.metrics import ServingMetrics
 from driftloop.service.predlog import PredictionLogWriter
+from driftloop.vocabulary import EventKind
 
 if TYPE_CHECKING:
     from driftloop.settings import ServingConfig
@@ -353,7 +354,7 @@ class Serving:
 
     def request_retrain(self, reason: str, actor: str) -> dict[str, Any]:
         """Ask the monitor for a retrain on the newest labelled windows (the service never trains)."""
-        event_id = self.store.record_event("retrain_requested", {"reason": reason, "actor": actor})
+        event_id = self.store.record_event(EventKind.RETRAIN_REQUESTED, {"reason": reason, "actor": actor})
         return {"request": event_id, "status": "queued for the monitor's next run"}
 
     # -- swaps ----------------------------------------------------------------------------------

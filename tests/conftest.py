@@ -14,6 +14,20 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+TIERS = ("unit", "http", "servers", "loop")  # one folder each; described in pyproject.toml's markers
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test carries its tier's marker, from the folder it lives in (tests/<tier>/):
+    ``pytest -m unit``, ``pytest tests/servers``."""
+    root = Path(__file__).parent
+    for item in items:
+        tier = Path(item.fspath).relative_to(root).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in a tier folder: {sorted(TIERS)}")
+        item.add_marker(getattr(pytest.mark, tier))
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No DRIFTLOOP_* variable from the caller's shell leaks into a test."""
@@ -29,7 +43,7 @@ def make_settings(root: Path, **overrides: Any):  # noqa: ANN201
     base: dict[str, Any] = {
         "registry": {"home": str(root / "bentoml")},
         "store": {"url": f"sqlite:///{root / 'driftloop.db'}"},
-        # No Evidently workspace unless a test asks (half a second per window): tests/test_workspace.py does
+        # No Evidently workspace unless a test asks (half a second per window): tests/servers/test_workspace.py does
         "monitoring": {"reports_dir": str(root / "reports"), "metrics_port": 0, "workspace": {"enabled": False}},
     }
     for key, value in overrides.items():

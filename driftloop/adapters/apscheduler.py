@@ -31,7 +31,7 @@ Private names touched (pinned: apscheduler >=3.11,<4, pyproject.toml):
   (:class:`StateKeepingScheduler`): ``add_job(replace_existing=True)`` is the only hook between
   "a job is defined" and "it is written over the stored one".
 
-Contract tests: tests/test_adapters.py::test_apscheduler_job_rebuilt_like_setstate,
+Contract tests: tests/unit/test_adapters.py::test_apscheduler_job_rebuilt_like_setstate,
 ::test_apscheduler_store_hooks_called_as_expected.
 """
 

@@ -8,7 +8,7 @@ for the whole process (the service, tests and the monitor each open their own re
 BentoML exposes only the global store publicly; ``ModelStore(path)`` plus ``_model_store=`` is
 how its own code reaches a store at a path.
 Pinned: bentoml >=1.4.39,<1.5 (pyproject.toml).
-Contract test: tests/test_adapters.py::test_bentoml_model_store_at_a_path.
+Contract test: tests/unit/test_adapters.py::test_bentoml_model_store_at_a_path.
 """
 
 from __future__ import annotations

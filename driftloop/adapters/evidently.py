@@ -22,7 +22,7 @@ Private names touched, and why:
   ``_get_snapshot_url``, on a ``Workspace`` subclass that skips ``Workspace.__init__``
   (:func:`local_workspace_class`): see ``monitoring/workspace.py``'s design notes.
 
-Contract tests: tests/test_adapters.py::test_evidently_stattest_registry_and_options,
+Contract tests: tests/unit/test_adapters.py::test_evidently_stattest_registry_and_options,
 ::test_evidently_embedding_methods, ::test_evidently_local_workspace.
 """
 

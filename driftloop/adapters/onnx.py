@@ -7,7 +7,7 @@ checked (its ``location`` stays inside the model's directory; see
 but those of subgraphs (``If``/``Loop`` bodies) and tensor-valued attributes are reached only by
 this helper, which onnx itself uses to load and save external data.
 Pinned: onnx >=1.23,<1.24 (pyproject.toml).
-Contract test: tests/test_adapters.py::test_onnx_all_tensors_includes_external_data.
+Contract test: tests/unit/test_adapters.py::test_onnx_all_tensors_includes_external_data.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Why: an estimator validates its hyperparameters at ``fit`` time and raises this 
 subclass of both ``ValueError`` and ``TypeError``) for a value out of range; training turns it
 into a message that names the user's parameter. scikit-learn does not export it publicly.
 Pinned: scikit-learn >=1.9,<1.10 (pyproject.toml).
-Contract test: tests/test_adapters.py::test_sklearn_invalid_parameter_error.
+Contract test: tests/unit/test_adapters.py::test_sklearn_invalid_parameter_error.
 """
 
 from __future__ import annotations

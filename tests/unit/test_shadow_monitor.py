@@ -1,6 +1,6 @@
 """Shadow mode, the monitor's side: the candidate scored beside the champion is promoted or
 rejected on the labels of the live rows it scored (``retraining.shadow``), in process on a real
-store. The service's side (scoring in the log writer) is tests/test_shadow.py."""
+store. The service's side (scoring in the log writer) is tests/servers/test_shadow.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from driftloop.training import scenarios
 from driftloop.training.train import train_version
 
 from tests.conftest import make_settings
-from tests.test_monitor import serve
+from tests.unit.test_monitor import serve
 
 WINDOW = 300
 
@@ -46,7 +46,7 @@ def candidate(world: dict[str, Any], rows: pd.DataFrame, flip: bool = False) -> 
 
 def serve_with_shadow(world: dict[str, Any], rows: pd.DataFrame, label: bool = True) -> None:
     """What a worker does with a shadow: the champion answers and is logged, then the shadow's
-    graph scores the same logged inputs (tests/test_shadow.py checks the worker does exactly this)."""
+    graph scores the same logged inputs (tests/servers/test_shadow.py checks the worker does exactly this)."""
     store, registry = world["store"], world["registry"]
     before = store.count_predictions()
     serve(store, registry, rows, label=label)

@@ -19,6 +19,7 @@ from driftloop.monitoring.store import PredictionStore
 from driftloop.vocabulary import Check, Decision
 
 from tests.conftest import make_settings
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
@@ -112,7 +113,7 @@ def test_model_endpoint_and_probes(server: dict[str, Any]) -> None:
     assert info["batching"] is False  # auto: a tree model runs inline, one request per graph run
     for probe in ("/readyz", "/livez", "/healthz"):
         assert client.get(probe).status_code == 200
-    spec = client.get("/docs.json").json()  # the served project's rows (tests/test_service_inprocess.py)
+    spec = client.get("/docs.json").json()  # the served project's rows (tests/http/test_service_inprocess.py)
     assert {"/predict", "/feedback", "/model", "/history"} <= set(spec["paths"])
     assert list(spec["components"]["schemas"]["Row"]["properties"]) == list(ROW)
 
@@ -170,11 +171,9 @@ def test_metrics_count_predictions_across_workers(server: dict[str, Any]) -> Non
 def wait_for_version(client: httpx.Client, version: str, timeout: float = 10.0) -> float:
     """Seconds until every worker serves ``version`` (the livesum gauge counts them)."""
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if metric(client, "driftloop_model_workers", model_version=version) == 2:
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"workers did not all reach {version} within {timeout}s")
+    wait_until(lambda: metric(client, "driftloop_model_workers", model_version=version) == 2,
+               f"both workers serving {version}", timeout, interval=0.05)
+    return time.monotonic() - start
 
 
 def test_swap_and_rollback_under_traffic(server: dict[str, Any]) -> None:
@@ -219,10 +218,8 @@ def test_a_corrupt_champion_is_refused_and_the_old_model_keeps_serving(server: d
     (bad.path / MODEL_FILE).write_bytes(data[: len(data) // 2])  # truncated after registration
     pointer = json.loads(registry.pointer_path.read_text())  # written around promote()'s own check
     registry.pointer_path.write_text(json.dumps(pointer | {"version": bad.version, "lineage": ["v1"]}))
-    deadline = time.monotonic() + 10
-    while metric(client, "driftloop_model_swaps_total", outcome="refused") < refused_before + 2:
-        assert time.monotonic() < deadline, "the workers never looked at the corrupt champion"
-        time.sleep(0.05)
+    wait_until(lambda: metric(client, "driftloop_model_swaps_total", outcome="refused") >= refused_before + 2,
+               "both workers refusing the corrupt champion", 10, interval=0.05)
     assert predict(client, [ROW]).json()["model_version"] == "v1"
     assert client.get("/readyz").status_code == 200
     registry.pointer_path.write_text(json.dumps(pointer))  # restore for later tests
@@ -292,13 +289,11 @@ def test_sigterm_drains_then_flushes_the_prediction_log(champion_home: Path, tmp
         threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 10
-        while sum(o == "200" for o, _ in outcomes) < 20 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: sum(o == "200" for o, _ in outcomes) >= 20, "20 answers before the signal", 10,
+                   interval=0.01)
         service.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while client.get("/readyz").status_code == 200 and time.monotonic() < deadline:
-            time.sleep(0.02)  # the signal travels from the arbiter to the worker
+        # the signal travels from the arbiter to the worker
+        wait_until(lambda: client.get("/readyz").status_code != 200, "readiness failing after SIGTERM", 5)
         ready = [client.get("/readyz").status_code for _ in range(3)]
         live = client.get("/livez").status_code
         assert service.proc.wait(30) == 0

@@ -97,7 +97,7 @@ def test_regression_compares_rmse_lower_is_better(store: PredictionStore) -> Non
 
 
 def test_rejected_after_max_windows_without_enough_labels(store: PredictionStore) -> None:
-    from tests.test_store import check
+    from tests.servers.test_store import check
 
     judged, registry = judge(store)
     store.record_check(check(0, created_at=T0 - timedelta(days=1)))  # before the shadow was set: not counted

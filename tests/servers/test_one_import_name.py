@@ -17,7 +17,7 @@ import pytest
 from driftloop.launch import ServiceProcess, free_port, write_config
 from tests.conftest import make_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SHADOWS = ("models", "training", "monitoring", "service")
 

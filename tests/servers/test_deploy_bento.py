@@ -20,7 +20,7 @@ import yaml
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PACKAGES = ("driftloop",)  # one import name: driftloop.service, driftloop.models, ...
 
@@ -101,7 +101,7 @@ def test_bento_requirements_are_the_service_image_s(bento: dict[str, Any]) -> No
 
 
 def test_compose_trainer_skips_a_registry_with_a_champion(bento: dict[str, Any]) -> None:
-    from tests.test_deploy_files import trainer_check
+    from tests.unit.test_deploy_files import trainer_check
 
     env = bento["env"] | {"DRIFTLOOP_CONFIG": str(bento["root"] / "driftloop.yaml")}
     out = subprocess.run([sys.executable, "-c", trainer_check()], env=env, capture_output=True, text=True,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-PROMETHEUS = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 K8S_CONFIG = PROMETHEUS.parent / "k8s" / "prometheus-config.yaml"
 SEVERITIES = {"info", "warning", "critical"}
 

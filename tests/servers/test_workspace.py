@@ -8,8 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,7 +21,8 @@ from driftloop.launch import stop_process
 from driftloop.monitoring.drift import DriftBaseline, DriftResult, preset_columns
 from driftloop.monitoring.workspace import DriftWorkspace, utc_naive
 
-from tests.test_drift import schema_of, tabular
+from tests.unit.test_drift import schema_of, tabular
+from tests.waiting import wait_until
 
 START = datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)
 PLUS_TWO = timezone(timedelta(hours=2))
@@ -183,16 +182,6 @@ def test_a_failed_write_raises_and_leaves_nothing(tmp_path: Path, results: dict[
 
 
 # -- a real `evidently ui` --------------------------------------------------------------------------
-def wait_for(condition: Callable[[], Any], what: str, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        if result := condition():
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f}s")
-        time.sleep(0.2)
-
-
 class EvidentlyUI:
     def __init__(self, workspace: Path, log: Path) -> None:
         self.port = free_port()
@@ -236,7 +225,7 @@ def test_evidently_ui_serves_every_version_and_new_windows(tmp_path: Path, recor
     shutil.copytree(source, path)
     ui = EvidentlyUI(path, tmp_path / "ui.log")
     try:
-        wait_for(ui.up, "evidently ui", 60)
+        wait_until(ui.up, "evidently ui", 60, interval=0.2)
         projects = ui.projects()  # the first request loads the workspace and starts its file watcher
         assert sorted(projects) == ["loans v1", "loans v2"]
         for version in ("v1", "v2"):
@@ -274,7 +263,7 @@ def test_evidently_ui_serves_every_version_and_new_windows(tmp_path: Path, recor
             v2 = [s["id"] for s in ui.snapshots(now["loans v2"]["id"])]
             return now if new_run in v2 and ui.snapshots(now["loans v3"]["id"]) else None
 
-        projects = wait_for(caught_up, "the new windows in evidently ui", 30)
+        projects = wait_until(caught_up, "the new windows in evidently ui", 30, interval=0.2)
         assert sorted(projects) == ["loans v1", "loans v2", "loans v3"]
         assert len(ui.snapshots(projects["loans v2"]["id"])) == 3
     finally:
@@ -288,7 +277,7 @@ def test_the_monitor_snapshots_every_checked_window_into_the_workspace(champion_
     from driftloop.monitoring.monitor import Monitor
     from driftloop.monitoring.store import PredictionStore
     from tests.conftest import make_settings
-    from tests.test_monitor import serve
+    from tests.unit.test_monitor import serve
     from driftloop.training import scenarios
 
     home = tmp_path / "bentoml"

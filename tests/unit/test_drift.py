@@ -201,7 +201,7 @@ def test_the_monitor_records_prediction_drift_beside_the_features(champion_home:
     from driftloop.monitoring.monitor import Monitor
     from driftloop.monitoring.store import PredictionStore
     from tests.conftest import make_settings
-    from tests.test_monitor import serve
+    from tests.unit.test_monitor import serve
     from driftloop.training import scenarios
 
     home = tmp_path / "bentoml"

@@ -16,7 +16,7 @@ from driftloop.models.onnx_model import check_parity, run, session
 from driftloop.models.schema import FeatureSchema
 from driftloop.training.scenarios import FEATURES, TARGET
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

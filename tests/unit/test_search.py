@@ -27,7 +27,7 @@ def frame(loans: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_grid_search_picks_the_better_model(tmp_path: Path) -> None:
-    from tests.test_families import regression_frame
+    from tests.unit.test_families import regression_frame
 
     settings = make_settings(tmp_path, task="regression", data={"target": "price"},
                              features={"size": "numeric", "rooms": "numeric", "city": "categorical"},

@@ -18,7 +18,7 @@ from driftloop.training import scenarios
 from driftloop.training.evaluate import confidence_calibration, estimate_accuracy
 
 from tests.conftest import make_settings
-from tests.test_monitor import serve
+from tests.unit.test_monitor import serve
 
 WINDOW = 300
 

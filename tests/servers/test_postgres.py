@@ -5,15 +5,15 @@ session's private server (``postgres`` in conftest)."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from driftloop.monitoring.store import PredictionStore, predictions
 
-from tests.test_store import pred
+from tests.servers.test_store import pred
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -21,14 +21,6 @@ def pg(pg_url: str) -> Iterator[PredictionStore]:
     s = PredictionStore(pg_url).create()
     yield s
     s.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout}s")
-        time.sleep(0.01)
 
 
 def lock_waiters(store: PredictionStore) -> int:

@@ -28,7 +28,7 @@ from driftloop.training.train import initial_frame
 from driftloop.vocabulary import Outcome, Trigger
 
 from tests.conftest import make_settings
-from tests.test_guard import GUARD_ROWS, guarded_home, root, settings_at  # noqa: F401 (fixtures)
+from tests.unit.test_guard import GUARD_ROWS, guarded_home, root, settings_at  # noqa: F401 (fixtures)
 
 SYNTH_FEATURES = {"x": "numeric", "z": "numeric"}
 

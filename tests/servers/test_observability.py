@@ -14,8 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,13 @@ from driftloop.launch import ServiceProcess, stop_process, write_config
 from driftloop.models.registry import Registry
 from driftloop.monitoring.store import PredictionStore
 from tests.conftest import make_settings
-from tests.test_deploy_grafana import DASHBOARDS, dashboard_targets
+from tests.unit.test_deploy_grafana import DASHBOARDS, dashboard_targets
+from tests.waiting import wait_until
 from driftloop.training import scenarios
 from driftloop.training.train import train_version
 
 pytestmark = pytest.mark.slow
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS = shutil.which("prometheus")
 WINDOW_ROWS = 200
 WINDOWS = 3  # stable, covariate, covariate: the second covariate window retrains
@@ -44,16 +44,6 @@ EVENT_ONLY = {"driftloop_requests_shed_total"}
 # Grafana's variables, as Grafana would fill them for a short time range.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "15s", "$__range": "10m"}
 NAME = re.compile(r"\b((?:driftloop|bentoml)_[a-z0-9_]+|driftloop:[a-z0-9_:]+|up)\b(?!\s*\()")
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        if result := condition():
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f}s")
-        time.sleep(0.2)
 
 
 def prometheus_config(service: str, monitor: str) -> dict[str, Any]:
@@ -138,8 +128,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         monitor = start_monitor(config, root / "monitor.log")
         prometheus = Prometheus(root, prometheus_config(f"127.0.0.1:{settings.serving.port}",
                                                         f"127.0.0.1:{monitor_port}"))
-        wait_for(prometheus.ready, "prometheus to be ready", 30)
-        wait_for(lambda: len(prometheus.query('up{job=~"driftloop-.*"} == 1')) == 2, "both targets up")
+        wait_until(prometheus.ready, "prometheus to be ready", 30, interval=0.2)
+        wait_until(lambda: len(prometheus.query('up{job=~"driftloop-.*"} == 1')) == 2, "both targets up", 90,
+                   interval=0.2)
 
         live = frame[frame["period"] != "train"].reset_index(drop=True)
         # 100 rows/s: a window spans a few scrapes, so counters that appear with the first
@@ -156,9 +147,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 raise RuntimeError(f"the monitor exited with code {monitor.returncode}; see {root / 'monitor.log'}")
             return len(store.checks()) >= WINDOWS
 
-        wait_for(checked, f"the monitor to check {WINDOWS} windows", 120)
-        wait_for(lambda: prometheus.query(f"sum(driftloop_checks_total) >= {WINDOWS}"),
-                 "prometheus to scrape the last check")
+        wait_until(checked, f"the monitor to check {WINDOWS} windows", 120, interval=0.2)
+        wait_until(lambda: prometheus.query(f"sum(driftloop_checks_total) >= {WINDOWS}"),
+                   "prometheus to scrape the last check", 90, interval=0.2)
         yield {"prometheus": prometheus, "store": store, "root": root, "settings": settings}
     finally:
         if replay:
@@ -189,7 +180,7 @@ def test_the_drift_alert_fires(stack: dict[str, Any]) -> None:
         return [a for a in prometheus.api("alerts")["alerts"]
                 if a["labels"]["alertname"] == "DriftloopDriftDetected" and a["state"] == "firing"]
 
-    (alert,) = wait_for(firing, "DriftloopDriftDetected to fire", 30)
+    (alert,) = wait_until(firing, "DriftloopDriftDetected to fire", 30, interval=0.2)
     assert alert["labels"]["job"] == "driftloop-monitor" and alert["labels"]["severity"] == "warning"
     assert float(alert["value"]) >= stack["settings"].monitoring.drift_share  # the value is the drift share
     assert "features drifted" in alert["annotations"]["summary"]

@@ -4,7 +4,6 @@ the named test here, not the loop."""
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from tests.waiting import wait_until
 
 
 # -- scikit-learn ---------------------------------------------------------------------------------
@@ -53,7 +53,7 @@ def test_bentoml_model_store_at_a_path(tmp_path: Path) -> None:
 # -- APScheduler ----------------------------------------------------------------------------------
 def _resolve_all(calls: list[str]) -> Any:
     def resolve(func_ref: str, args: list[Any]) -> Any:
-        if func_ref != "tests.test_adapters:_job":
+        if func_ref != "tests.unit.test_adapters:_job":
             return None
         return lambda *a: calls.append(a[0])
     return resolve
@@ -77,7 +77,7 @@ def test_apscheduler_job_rebuilt_like_setstate(tmp_path: Path) -> None:
                                       jobstores={"default": store})
     scheduler.start(paused=True)
     try:
-        made = scheduler.add_job("tests.test_adapters:_job", "interval", seconds=90, args=["a"], id="a",
+        made = scheduler.add_job("tests.unit.test_adapters:_job", "interval", seconds=90, args=["a"], id="a",
                                  name="job a", coalesce=True, max_instances=1, misfire_grace_time=None)
         back = store.lookup_job("a")
         for name in JOB_FIELDS:
@@ -120,12 +120,12 @@ def test_apscheduler_store_hooks_called_as_expected(tmp_path: Path) -> None:
 
     first = make()
     first.start(paused=True)
-    first.add_job("tests.test_adapters:_job", "interval", seconds=0.1, args=["x"], id="x")
+    first.add_job("tests.unit.test_adapters:_job", "interval", seconds=0.1, args=["x"], id="x")
     first.pause_job("x")
     first.shutdown()
     assert kept == []  # nothing stored yet: no keep decision
     second = make()
-    second.add_job("tests.test_adapters:_job", "interval", seconds=0.1, args=["x"], id="x",
+    second.add_job("tests.unit.test_adapters:_job", "interval", seconds=0.1, args=["x"], id="x",
                    next_run_time=datetime.now(timezone.utc), replace_existing=True)
     second.start(paused=True)  # pending jobs are added at start
     assert [stored for stored, _ in kept] == [None]  # the keep hook saw the stored (paused) job
@@ -133,9 +133,7 @@ def test_apscheduler_store_hooks_called_as_expected(tmp_path: Path) -> None:
     calls.clear()
     second.resume()
     try:
-        deadline = time.monotonic() + 10
-        while len(ran) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: len(ran) >= 2, "the resumed job running twice", 10)
     finally:
         second.shutdown(wait=True)
         engine.dispose()

@@ -23,15 +23,7 @@ from driftloop.monitoring.lease import RETRAIN, SCHEDULER, Lease, LeaseBusy, hol
 from driftloop.monitoring.store import PredictionStore, StoreError
 
 from tests.conftest import make_settings
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout}s")
-        time.sleep(0.02)
-    return value
+from tests.waiting import wait_until
 
 
 @pytest.fixture

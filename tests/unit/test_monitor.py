@@ -46,7 +46,7 @@ def world(champion_home: Path, tmp_path: Path) -> dict[str, Any]:
     shutil.copytree(champion_home / "bentoml", home)
     settings = make_settings(tmp_path, registry={"home": str(home)},
                              monitoring={"window_rows": WINDOW, "min_labels": 100},
-                             # no guard set: a pre-drift guard set rejects the adapted candidates (tests/test_guard.py)
+                             # no guard set: a pre-drift guard set rejects the adapted candidates (tests/unit/test_guard.py)
                              retraining={"min_rows": 300, "guard": {"rows": 0}})
     store = PredictionStore(settings.store.url).create()
     registry = Registry(settings.registry.home, "loans")

@@ -27,13 +27,13 @@ from driftloop.models.errors import IntegrityError, RegistryError, UnknownVersio
 from driftloop.models.registry import MODEL_FILE, Registry
 from driftloop.models.schema import Feature, FeatureSchema
 from driftloop.monitoring import migrations
-from driftloop.monitoring.store import PredictionStore, StoreError
+from driftloop.monitoring.store import PredictionStore
 from driftloop.service.metrics import serving_metrics
 from driftloop.service.serving import Serving
 
-from driftloop.vocabulary import Decision, Outcome
+from driftloop.vocabulary import Outcome
 from tests.conftest import make_settings
-from tests.test_store import T0, check, pred
+from tests.servers.test_store import T0, check, pred
 
 FEATURES = ["income", "age", "debt_ratio", "credit_lines", "region", "employment"]
 ROW = {"income": 52000.0, "age": 41.0, "debt_ratio": 0.31, "credit_lines": 6.0, "region": "north",

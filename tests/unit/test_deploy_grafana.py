@@ -1,6 +1,6 @@
 """Grafana's provisioning and dashboards, checked without Grafana (it cannot run here): well-formed
 JSON, one data source everyone names, panels that fit the grid without overlapping, a query in
-every target. tests/test_observability.py runs every query against a real Prometheus."""
+every target. tests/servers/test_observability.py runs every query against a real Prometheus."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-GRAFANA = Path(__file__).resolve().parents[1] / "deploy" / "grafana"
+GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
 DASHBOARDS = {p.stem: p for p in sorted((GRAFANA / "dashboards").glob("*.json"))}
 PANEL_TYPES = {"timeseries", "stat", "bargauge", "state-timeline", "gauge", "table"}
 

@@ -21,7 +21,8 @@ from driftloop.monitoring.store import PredictionStore
 from driftloop.training import scenarios
 
 from tests.conftest import make_settings
-from tests.test_scheduler import owner_pid, start_monitor, wait_until
+from tests.servers.test_scheduler import owner_pid, start_monitor
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 WINDOW, LEASE_S, BATCH = 200, 3.0, 10

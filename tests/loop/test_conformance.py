@@ -5,9 +5,7 @@ feedback over HTTP -> retrain on fresh data through the gate."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +18,7 @@ from driftloop.models.families import FAMILIES
 from driftloop.models.registry import Registry
 from tests.cases import case
 from tests.conftest import make_settings
+from tests.waiting import wait_until
 from driftloop.training.retrain import retrain
 from driftloop.training.train import train_version
 
@@ -41,10 +40,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 def serve_version(world: dict[str, Any], version: str, timeout: float = 20.0) -> None:
     world["registry"].promote(version, actor="test", reason="conformance")
-    deadline = time.monotonic() + timeout
-    while world["service"].workers_by_version(world["client"]) != {version: 2}:
-        assert time.monotonic() < deadline, f"workers never all served {version}"
-        time.sleep(0.05)
+    wait_until(lambda: world["service"].workers_by_version(world["client"]) == {version: 2},
+               f"both workers serving {version}", timeout, interval=0.05)
 
 
 @pytest.mark.parametrize(("kind", "task"), CASES, ids=[f"{k}-{t}" for k, t in CASES])

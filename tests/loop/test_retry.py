@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ from driftloop.monitoring.monitor import Monitor
 from driftloop.training.retrain import retrain
 from driftloop.vocabulary import Check
 
-from tests.test_monitor import WINDOW, serve, world  # noqa: F401  (world: the fixture)
+from tests.unit.test_monitor import WINDOW, serve, world  # noqa: F401  (world: the fixture)
+from tests.waiting import wait_until
 
 
 class Clock:
@@ -118,7 +118,7 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {root!r})
     from tests.conftest import make_settings
-    from tests.test_monitor import WINDOW, serve
+    from tests.unit.test_monitor import WINDOW, serve
     from driftloop.models.registry import Registry
     from driftloop.monitoring.monitor import Monitor
     from driftloop.monitoring.store import PredictionStore
@@ -147,18 +147,17 @@ def test_a_retrain_killed_with_its_process_is_recorded_failed_and_retried(world:
                                                                           tmp_path: Path) -> None:
     settings = world["settings"]
     marker = tmp_path / "retraining"
-    script = CHILD.format(root=str(Path(__file__).parents[1]), tmp=str(tmp_path), home=str(settings.registry.home),
+    script = CHILD.format(root=str(Path(__file__).parents[2]), tmp=str(tmp_path), home=str(settings.registry.home),
                           marker=str(marker))
     log = tmp_path / "child.log"
     with open(log, "wb") as err:
         child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
                                  stdout=subprocess.DEVNULL, stderr=err)
     try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
+        def alive() -> None:
             assert child.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the child never started a retrain"
-            time.sleep(0.1)
+
+        wait_until(marker.exists, "the child starting a retrain", 300, interval=0.1, alive=alive)
         os.killpg(child.pid, signal.SIGKILL)  # killed inside the retrain
     finally:
         if child.poll() is None:

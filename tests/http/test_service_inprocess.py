@@ -3,7 +3,7 @@
 routes through the ASGI app BentoML builds (``Driftloop.to_asgi()``, RequestGate in front, the
 service's ``__init__`` run by the app's lifespan) with Starlette's TestClient, over a copy of
 the session's champion registry. The same routes against a real ``bentoml serve``, with several
-workers, are tests/test_service_http.py."""
+workers, are tests/servers/test_service_http.py."""
 
 from __future__ import annotations
 

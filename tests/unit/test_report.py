@@ -21,7 +21,7 @@ from driftloop.training import evaluate
 from driftloop.training.report import metrics_table, permutation_importance, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- calibration -------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ import pandas as pd
 
 from driftloop.monitoring import policy as pol
 from driftloop.training import scenarios as sc
-from driftloop.vocabulary import Check, Decision, EventKind, Outcome
+from driftloop.vocabulary import Check, Decision, EventKind, Outcome, Trigger
 
 WINDOW = 500  # rows per monitoring window (the default monitoring.window_rows)
 K = 4  # the periodic baseline retrains every K windows on the K windows before (see README)
@@ -314,7 +314,7 @@ def replay_case(case: Case, quick: bool, arms: list[str], workdir: Path, progres
     frame.loc[frame["period"] == "train", [*sc.FEATURES, sc.TARGET, sc.TIMESTAMP]].to_parquet(base / INITIAL_FILE)
     settings = settings_for(base, base / INITIAL_FILE, options.retraining)
     registry = Registry(settings.registry.home, settings.registry.project)
-    first = train_version(settings, initial_frame(settings), registry, trigger="initial")
+    first = train_version(settings, initial_frame(settings), registry, trigger=Trigger.INITIAL)
     registry.promote(first.version.version, actor="bench", reason="the benchmark's first model")
     oracle = oracle_correct(case, live, changes, base)
     progress(f"{case.name}: {len(live):,} live rows, {len(live) // WINDOW} windows, changes at "

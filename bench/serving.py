@@ -560,6 +560,7 @@ def prepare(workdir: Path, seed: int = 42, port: int | None = None) -> Prepared:
     """Train the built-in ``loans`` scenario's gradient boosting model into a registry under
     ``workdir``, promote it, and verify the file the bare app will load."""
     from driftloop.launch import free_port
+    from driftloop.vocabulary import Trigger
     from driftloop.settings import load_settings
     from driftloop.models.registry import MODEL_FILE, Registry
     from driftloop.training.scenarios import scenario_frame
@@ -574,7 +575,7 @@ def prepare(workdir: Path, seed: int = 42, port: int | None = None) -> Prepared:
     frame = scenario_frame("loans", seed=seed)
     started = time.monotonic()
     trained = train_version(settings, frame[frame["period"] == "train"].reset_index(drop=True), registry,
-                            trigger="initial")
+                            trigger=Trigger.INITIAL)
     train_s = time.monotonic() - started
     version = trained.version.version
     registry.promote(version, actor="bench.serving", reason="serving benchmark")
@@ -803,7 +804,7 @@ def run_benchmark(*, duration: float = DURATION_S, connections: Sequence[int] = 
                      "memory_end": memory_end["bare"], "command": " ".join(bare.argv[1:])},
             "driftloop": {"url": driftloop.url, "cold_start_s": driftloop.cold_start_s,
                           "memory_after_warmup": memory_warm["driftloop"], "memory_end": memory_end["driftloop"],
-                          "command": "bentoml serve service.app:Driftloop (driftloop.launch.ServiceProcess), 1 worker"},
+                          "command": "bentoml serve driftloop.service.app:Driftloop (driftloop.launch.ServiceProcess), 1 worker"},
         }
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     settings = {"duration_s": duration, "connections": list(connections), "generator": generator, "warmup_s": warmup,

@@ -49,6 +49,7 @@ GRU_PARAMS = {"epochs": 20, "patience": 3}  # the default network (32 units, a 6
 def train(workdir: Path, kind: str, scenario: str, params: dict[str, Any] | None = None, **serving: Any) -> Any:
     """Settings for a one-worker service over a fresh registry with ``kind`` trained and promoted."""
     from driftloop.launch import free_port
+    from driftloop.vocabulary import Trigger
     from driftloop.settings import load_settings
     from driftloop.models.registry import Registry
     from driftloop.training.scenarios import scenario_frame
@@ -62,7 +63,7 @@ def train(workdir: Path, kind: str, scenario: str, params: dict[str, Any] | None
     registry = Registry(settings.registry.home, settings.registry.project)
     frame = scenario_frame(scenario, seed=42)
     train_rows = frame[frame["period"] == "train"].reset_index(drop=True)
-    version = train_version(settings, train_rows, registry, trigger="initial").version.version
+    version = train_version(settings, train_rows, registry, trigger=Trigger.INITIAL).version.version
     registry.promote(version, actor="bench.serving_features", reason="benchmark")
     schema = registry.get(version).schema
     row = frame[frame["period"] == "train"][schema.names].head(1).to_dict("records")[0]

@@ -146,8 +146,8 @@ def _print_row(check: Check, period: str) -> None:
           f"{check.model_version:<7} {event}", flush=True)
 
 
-def run_demo(workdir: Path = Path("var/demo"), config: Path | None = None, windows: dict[str, int] | None = None,
-             quiet_service: bool = True) -> dict[str, Any]:
+def run_demo(workdir: Path = Path("var/demo"), config: Path | None = None,
+             windows: dict[str, int] | None = None) -> dict[str, Any]:
     """Run the loop end to end; returns the summary (also printed)."""
     t0 = time.time()
     if workdir.exists():

@@ -22,11 +22,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import stat
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from datetime import datetime, timezone
@@ -36,9 +34,11 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from driftloop.models.errors import DriftloopError, IntegrityError, RegistryError
+from driftloop.models.files import replace_atomically
 from driftloop.models.onnx_model import OnnxModel
 from driftloop.models.registry import MODEL_FILE, REFERENCE_FILE, ModelVersion
 from driftloop.models.schema import FeatureSchema
+from driftloop.vocabulary import Trigger
 
 if TYPE_CHECKING:
     from driftloop.models.registry import Registry
@@ -90,18 +90,11 @@ def export_version(registry: Registry, version: str, path: Path, *, overwrite: b
         "metadata": mv.metadata,
     }
     members = {MANIFEST: json.dumps(manifest, indent=2, default=str).encode(), **data}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             (_write_tar if kind == "tar" else _write_zip)(fh, members)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would surprise whoever copies the archive on
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+
+    return replace_atomically(path, write)
 
 
 def _write_tar(fh: Any, members: dict[str, bytes]) -> None:
@@ -160,7 +153,7 @@ def import_version(registry: Registry, path: Path, actor: str) -> ModelVersion:
     if "imported_from" in metadata:  # an import of an import keeps the earlier hop
         origin["earlier"] = metadata["imported_from"]
     kept = {k: v for k, v in metadata.items() if k not in _REGISTERED_KEYS} | {"imported_from": origin}
-    mv = registry.register(members[MODEL_FILE], schema, reference, kept, trigger="manual", parent=None)
+    mv = registry.register(members[MODEL_FILE], schema, reference, kept, trigger=Trigger.MANUAL, parent=None)
     registry.append_history("import", mv.version, actor,
                             f"imported {manifest['project']}:{manifest['version']} from {path.name}")
     return mv

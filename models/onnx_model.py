@@ -170,12 +170,12 @@ def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray],
 def check_parity(native: Any, onnx_bytes: bytes, schema: FeatureSchema, frame: pd.DataFrame) -> Parity:
     """The ONNX graph against the native model (``predict``, ``predict_proba``) on ``frame``;
     raises :class:`ExportError` beyond tolerance."""
-    preds, proba = run(session(onnx_bytes), schema.feeds(frame))
+    preds, scores = run(session(onnx_bytes), schema.feeds(frame))
     x = frame[schema.names]
     if schema.task in ("clustering", "anomaly"):
         agreement = float(np.mean(preds == np.asarray(native.predict(x)).reshape(-1)))
         native_scores = np.asarray(native.scores(x))
-        diff = float(np.max(np.abs(native_scores - proba))) if len(x) else 0.0
+        diff = float(np.max(np.abs(native_scores - scores))) if len(x) else 0.0
         scale = max(float(np.max(np.abs(native_scores))), 1.0) if len(x) else 1.0
         if diff > REGRESSION_RTOL * scale or agreement < LABEL_AGREEMENT:
             raise ExportError(f"ONNX parity failed: max score difference {diff:.2e} (scale {scale:.3g}), "
@@ -183,7 +183,7 @@ def check_parity(native: Any, onnx_bytes: bytes, schema: FeatureSchema, frame: p
         return Parity(len(x), diff, agreement)
     if schema.task == "classification":
         native_proba = native.predict_proba(x)
-        diff = float(np.max(np.abs(native_proba - proba))) if len(x) else 0.0
+        diff = float(np.max(np.abs(native_proba - scores))) if len(x) else 0.0
         agreement = float(np.mean(preds == native.predict(x)))
         parity = Parity(len(x), diff, agreement)
         if diff > PROBA_TOLERANCE or agreement < LABEL_AGREEMENT:

@@ -41,6 +41,7 @@ import pandas as pd
 
 from driftloop.adapters import bentoml as store_api
 from driftloop.models.errors import IntegrityError, RegistryError, UnknownVersion
+from driftloop.models.files import write_text_atomically
 from driftloop.models.onnx_model import OnnxModel, check_external_data
 from driftloop.models.schema import FeatureSchema
 from driftloop.vocabulary import Trigger
@@ -181,12 +182,7 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 def _replace_json(path: Path, record: dict[str, Any]) -> None:
     """Write ``record`` to ``path`` atomically: a reader sees the old file or the new, never half."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(record, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(record))
 
 
 def project_dir(home: str | Path, project: str) -> Path:

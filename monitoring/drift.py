@@ -37,7 +37,7 @@ import pandas as pd
 
 from driftloop.adapters import evidently as ev
 from driftloop.models.errors import ConfigError
-from driftloop.models.schema import MEDIA_KINDS, FeatureSchema, as_array
+from driftloop.models.schema import MEDIA_KINDS, FeatureSchema, as_array, plain_label
 
 if TYPE_CHECKING:
     from driftloop.settings import DriftConfig
@@ -134,9 +134,8 @@ def as_prediction(values: Any, kind: str) -> pd.Series:
 
 
 def _label(value: Any) -> str:
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value.item() if isinstance(value, np.generic) else value)
+    """A class as the categorical value Evidently compares: ``1`` and ``1.0`` alike."""
+    return str(plain_label(value))
 
 
 # -- methods and thresholds: the config in Evidently's terms ---------------------------------------

@@ -64,7 +64,7 @@ class Batcher:
                 feeds = batch[0][1] if len(batch) == 1 else {
                     name: np.concatenate([item[1][name] for item in batch]) for name in batch[0][1]}
                 total = sum(item[2] for item in batch)
-                preds, second = await loop.run_in_executor(self._pool, model.predict, feeds)
+                preds, scores = await loop.run_in_executor(self._pool, model.predict, feeds)
             except Exception as exc:  # the graph failed: every request of the batch learns why
                 for *_, future in batch:
                     if not future.done():
@@ -74,7 +74,7 @@ class Batcher:
             start = 0
             for _, _, rows, future in batch:
                 if not future.done():  # a cancelled request (client gone) is skipped
-                    future.set_result((preds[start:start + rows], None if second is None else second[start:start + rows]))
+                    future.set_result((preds[start:start + rows], None if scores is None else scores[start:start + rows]))
                 start += rows
 
     def _take(self) -> list[tuple[OnnxModel, dict[str, np.ndarray], int, asyncio.Future[Outputs]]]:

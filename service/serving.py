@@ -36,7 +36,7 @@ import numpy as np
 
 from driftloop.models.errors import DriftloopError, SchemaError
 from driftloop.models.onnx_model import OnnxModel, providers_for
-from driftloop.models.schema import SCORES_FIELD, SUPERVISED, FeatureSchema
+from driftloop.models.schema import SCORES_FIELD, SUPERVISED, FeatureSchema, same_label
 from driftloop.models.registry import Registry
 from driftloop.monitoring.store import PredictionStore, utcnow
 from driftloop.service.batching import Batcher, batching_enabled
@@ -479,7 +479,7 @@ def _check_labels(labels: list[tuple[str, Any]], model: OnnxModel) -> None:
         return
     for i, (_, label) in enumerate(labels):
         if schema.task == "classification":
-            if schema.labels and label not in schema.labels:
+            if schema.labels and not any(same_label(label, known) for known in schema.labels):
                 raise SchemaError(f"labels[{i}].label: {label!r} is not a class of the model; "
                                   f"classes are {list(schema.labels)}", field=f"labels[{i}].label")
         elif isinstance(label, bool) or not isinstance(label, (int, float)):

@@ -368,10 +368,10 @@ def score_rows(task: str, target: str | None, expected_rate: float, model: OnnxM
                weights: np.ndarray | None = None) -> float:
     """The primary metric of ``model`` on ``rows`` (weighted by ``weights`` when given)."""
     supervised = task in SUPERVISED
-    preds, second = model.predict_frame(rows)
+    preds, scores = model.predict_frame(rows)
     if weights is not None:
         return weighted_metric(task, rows[target], preds, weights)
     metric, _ = evaluate.primary(task)
     return evaluate.score(task, rows[target] if supervised else None, preds,
-                          second if task == "classification" else None, list(model.schema.labels) or None,
-                          scores=None if supervised else second, expected_anomaly_rate=expected_rate)[metric]
+                          scores if task == "classification" else None, list(model.schema.labels) or None,
+                          scores=None if supervised else scores, expected_anomaly_rate=expected_rate)[metric]

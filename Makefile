@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo bento test test-fast bench-models bench-serving bench-serving-features bench-drift bench-policy lint clean
+.PHONY: install system-deps demo bento test test-fast bench-models bench-serving bench-serving-features bench-drift bench-policy bench-gate lint clean
 
 install: $(STAMP)
 
@@ -55,6 +55,11 @@ bench-drift: $(STAMP)
 # The retraining policy against never-retrain and retrain-every-4 on five scenarios, in process (bench/policy.py).
 bench-policy: $(STAMP)
 	$(BIN)/python -m bench.policy --json var/bench-policy.json
+
+# The retrain gate on real models: false promotions between equal models, promotions of better ones,
+# margin alone against margin + paired test (bench/gate.py).
+bench-gate: $(STAMP)
+	$(BIN)/python -m bench.gate --json var/bench-gate.json
 
 clean:
 	rm -rf var .pytest_cache build *.egg-info

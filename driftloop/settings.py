@@ -237,7 +237,14 @@ class ShadowConfig(_Section):
 class RetrainingConfig(_Section):
     min_rows: int = Field(400, ge=20)  # labelled post-drift rows needed to train a candidate
     holdout_fraction: float = Field(0.25, gt=0.0, lt=0.9)  # newest share kept for the gate
-    margin: float = Field(0.01, ge=0.0)  # the candidate must beat the champion by this much
+    margin: float = Field(0.01, ge=0.0)  # the candidate must beat the champion by this much...
+    # ...and significantly, on the same held-out rows: a one-sided paired test (McNemar's exact
+    # test for classification, a paired t-test on squared errors for regression) at this level.
+    # 1.0 (the default for now) switches the test off: at 0.05 it stops promotions on noise
+    # (make bench-gate) but also delays real ones until follow-up retrains bring more rows.
+    # The shadow judge applies the same rule to its live rows.
+    significance: float = Field(1.0, gt=0.0, le=1.0)
+    min_holdout_rows: int = Field(1, ge=1)  # fewer held-out labelled rows: the retrain waits for more
     # What a candidate learns from. window: the labelled rows since the drift began;
     # window_and_original: those plus the initial training data; reweighted: the initial data
     # weighted toward the live inputs (covariate shift, no labels needed); auto: window when

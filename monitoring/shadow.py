@@ -3,8 +3,8 @@
 With ``retraining.shadow`` a candidate that passed the gate is not promoted at once: serving
 workers score every logged request with it too (the champion still answers). Once ``min_labels``
 of the live rows it scored have labels, the judge compares both on them with the gate's own rule
-(:func:`driftloop.training.evaluate.beats`, ``retraining.margin``): better by the margin, it is
-promoted; otherwise cleared. Cleared too if ``max_windows`` windows were checked without enough
+(:func:`driftloop.training.evaluate.compare`: better by ``retraining.margin`` and significantly so
+at ``retraining.significance``, on the same rows), it is promoted; otherwise cleared. Cleared too if ``max_windows`` windows were checked without enough
 labels.
 """
 
@@ -17,7 +17,7 @@ from driftloop.models.registry import Registry
 from driftloop.monitoring.metrics import MonitorMetrics
 from driftloop.monitoring.policy import RetrainPolicy
 from driftloop.monitoring.store import PredictionStore, as_utc
-from driftloop.training.evaluate import beats, logged_score, primary
+from driftloop.training.evaluate import compare
 from driftloop.vocabulary import EventKind, Outcome
 
 if TYPE_CHECKING:
@@ -59,15 +59,15 @@ class ShadowJudge:
                       f"(retraining.shadow.max_windows)")
             window = waited[-1]
         else:
-            metric, _ = primary(self.task)
-            champion_score = logged_score(self.task, labelled["prediction"], labelled["label"])
-            shadow_score = logged_score(self.task, labelled["shadow_prediction"], labelled["label"])
-            margin = self.config.margin
-            verdict = Outcome.PROMOTED if beats(self.task, shadow_score, champion_score, margin) else Outcome.REJECTED
-            reason = (f"{metric} on the {len(labelled)} labelled live rows it scored: shadow {shadow.version} "
-                      f"{shadow_score:.4f}, champion {champion.version} {champion_score:.4f}, margin {margin:.4f}")
-            detail |= {"metric": metric, "shadow_score": shadow_score, "champion_score": champion_score,
-                       "margin": margin}
+            # the gate's rule (training.evaluate.compare): better by the margin, and significantly
+            c = compare(self.task, labelled["label"], labelled["prediction"], labelled["shadow_prediction"],
+                        margin=self.config.margin, significance=self.config.significance)
+            verdict = Outcome.PROMOTED if c.passed else Outcome.REJECTED
+            reason = (f"{c.metric} on the {len(labelled)} labelled live rows it scored: shadow {shadow.version} "
+                      f"{c.candidate:.4f}, champion {champion.version} {c.champion:.4f}, margin {c.margin:.4f}, "
+                      f"{c.describe()}")
+            detail |= {"metric": c.metric, "shadow_score": c.candidate, "champion_score": c.champion,
+                       "margin": c.margin} | c.to_dict()
             last = self.store.last_check()
             window = last.window if last else None
         if verdict == Outcome.PROMOTED:

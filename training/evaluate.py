@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -217,3 +218,93 @@ def beats(task: str, candidate: float, champion: float, margin: float) -> bool:
     """The promotion rule, for the retrain gate and the shadow judge alike: the candidate's primary
     metric is better than the champion's by at least ``margin`` (``retraining.margin``)."""
     return gain(task, candidate, champion) >= margin
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A candidate against the champion on the same labelled rows: each one's primary metric, and
+    a one-sided paired test of "the candidate is better" (``p_value``).
+
+    Classification: McNemar's exact test on the rows exactly one of the two got right (under "no
+    difference", the candidate is the one right on each such row with probability 1/2).
+    Regression: a paired t-test on the per-row difference of squared errors (champion's minus
+    candidate's). Both ask whether the difference could be noise on this many rows; the margin
+    asks whether it is worth a swap. :attr:`passed` needs both.
+    """
+
+    task: str
+    metric: str
+    candidate: float
+    champion: float
+    rows: int
+    margin: float
+    significance: float  # the test's one-sided level (``retraining.significance``; 1.0: no test)
+    test: str  # mcnemar_exact | paired_t_squared_error
+    p_value: float
+    candidate_only: int | None = None  # classification: rows only the candidate got right
+    champion_only: int | None = None  # ...and only the champion
+
+    @property
+    def gain(self) -> float:
+        return gain(self.task, self.candidate, self.champion)
+
+    @property
+    def margin_passed(self) -> bool:
+        return self.gain >= self.margin
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value <= self.significance
+
+    @property
+    def passed(self) -> bool:
+        return self.margin_passed and self.significant
+
+    def describe(self) -> str:
+        """The test's figures, for reasons and the audit trail."""
+        rows = (f"{self.candidate_only} rows only the candidate got right, {self.champion_only} only the champion"
+                if self.test == MCNEMAR else f"{self.rows} rows")
+        return f"one-sided p {self.p_value:.4f} (significance {self.significance:g}; {self.test}: {rows})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"test": self.test, "p_value": self.p_value, "significance": self.significance,
+                "significant": self.significant, "candidate_only": self.candidate_only,
+                "champion_only": self.champion_only}
+
+
+MCNEMAR, PAIRED_T = "mcnemar_exact", "paired_t_squared_error"
+
+
+def compare(task: str, labels: Any, champion: Any, candidate: Any, *, margin: float,
+            significance: float) -> Comparison:
+    """Candidate and champion predictions on the same rows against their labels: the promotion
+    rule of the retrain gate and the shadow judge (see :class:`Comparison`)."""
+    from scipy import stats
+
+    metric, _ = primary(task)
+    labels, champion, candidate = list(labels), list(champion), list(candidate)
+    n = len(labels)
+    if task == "classification":
+        right_champion = np.array([same_label(p, y) for p, y in zip(champion, labels, strict=True)], dtype=bool)
+        right_candidate = np.array([same_label(p, y) for p, y in zip(candidate, labels, strict=True)], dtype=bool)
+        only_candidate = int(np.sum(right_candidate & ~right_champion))
+        only_champion = int(np.sum(right_champion & ~right_candidate))
+        discordant = only_candidate + only_champion
+        p = float(stats.binom.sf(only_candidate - 1, discordant, 0.5)) if discordant else 1.0
+        return Comparison(task, metric, float(right_candidate.mean()) if n else float("nan"),
+                          float(right_champion.mean()) if n else float("nan"), n, margin, significance, MCNEMAR,
+                          p, only_candidate, only_champion)
+    if task == "regression":
+        y = np.asarray(labels, dtype=float)
+        err_champion = (np.asarray(champion, dtype=float) - y) ** 2
+        err_candidate = (np.asarray(candidate, dtype=float) - y) ** 2
+        diff = err_champion - err_candidate
+        if n < 2 or not np.any(diff):
+            p = 1.0
+        elif np.allclose(diff, diff[0]):  # no spread: the sign alone decides
+            p = 0.0 if diff[0] > 0 else 1.0
+        else:
+            p = float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue)
+        rmse = (lambda e: float(np.sqrt(e.mean())) if n else float("nan"))
+        return Comparison(task, metric, rmse(err_candidate), rmse(err_champion), n, margin, significance, PAIRED_T, p)
+    raise ValueError(f"task {task!r} has no labels: its candidates are judged by the margin alone")

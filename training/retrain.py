@@ -4,9 +4,11 @@ Recipe: pick what the candidate learns from and what it is judged on (the *strat
 fit the candidate -> score candidate and champion on the held-out rows, both through their ONNX
 graphs (the code path that serves them) -> score both on the fixed guard set
 (``training/guard.py``) -> register the candidate with the gate's figures in its metadata ->
-promote it only if it is better by ``margin`` on the held-out rows AND no worse than
-``guard.max_drop`` on the guard set (otherwise it stays in the registry as rejected, with the
-reason); with ``retraining.shadow`` it becomes the shadow instead, judged later on live labels.
+promote it only if, on the same held-out rows (at least ``min_holdout_rows`` of them, else the
+job waits), it is better by ``margin`` AND significantly so (a one-sided paired test at
+``significance``: :func:`training.evaluate.compare`), AND no worse than ``guard.max_drop`` on the
+guard set (otherwise it stays in the registry as rejected, with the reason); with
+``retraining.shadow`` it becomes the shadow instead, judged later on live labels by the same rule.
 Promotion is the last step, so a job that fails anywhere leaves the champion untouched.
 
 ``fresh`` is every row of the flagged streak in log order: the features, the target (None/NaN
@@ -152,15 +154,24 @@ class GateResult:
     margin_passed: bool
     guard: GuardResult | None  # None: no guard set
     strategy: str
+    # The paired test on the held-out rows (None: an unsupervised task or a weighted gate, judged
+    # by the margin alone).
+    comparison: evaluate.Comparison | None = None
+
+    @property
+    def significant(self) -> bool:
+        return self.comparison is None or self.comparison.significant
 
     @property
     def passed(self) -> bool:
-        return self.margin_passed and (self.guard is None or self.guard.passed)
+        return self.margin_passed and self.significant and (self.guard is None or self.guard.passed)
 
     @property
     def why_not(self) -> list[str]:
         """The tests the candidate failed (empty when it passed)."""
         failed = [] if self.margin_passed else ["not better by the margin"]
+        if not self.significant and self.comparison is not None:
+            failed.append(f"not significantly better ({self.comparison.describe()})")
         if self.guard is not None and not self.guard.passed:
             failed.append(f"worse on the guard set by {self.guard.drop:.4f} (more than {self.guard.max_drop:.4f})")
         return failed
@@ -171,12 +182,15 @@ class GateResult:
                 "champion_version": self.champion_version, "margin": self.margin, "holdout_rows": self.holdout_rows,
                 "holdout_source": self.holdout_source, "weighted": self.weighted, "margin_passed": self.margin_passed,
                 "guard": None if self.guard is None else self.guard.to_dict(), "passed": self.passed,
-                "strategy": self.strategy}
+                "strategy": self.strategy,
+                "test": None if self.comparison is None else self.comparison.to_dict()}
 
     def summary(self, candidate_version: str, holdout_what: str, choice: str) -> str:
         """Both scores, on what, and the margin (and the guard set's figures): for reasons and the audit."""
         text = (f"{self.metric} on {holdout_what}: candidate {candidate_version} {self.candidate:.4f}, champion "
                 f"{self.champion_version} {self.champion:.4f}, margin {self.margin:.4f}")
+        if self.comparison is not None:
+            text += f", {self.comparison.describe()}"
         if self.guard is not None:
             text += (f"; on the guard set ({self.guard.rows} rows): candidate {self.guard.candidate:.4f}, champion "
                      f"{self.guard.champion:.4f}, max drop {self.guard.max_drop:.4f}")
@@ -217,6 +231,10 @@ def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trig
     if plan is None:
         why = why if strategy is None else f"{len(fresh)} live rows to weight by; {LIVE_GATE_ROWS} needed"
         return RetrainOutcome(Outcome.WAITING, why, champion.version)
+    if settings.task in SUPERVISED and len(plan.holdout) < settings.retraining.min_holdout_rows:
+        return RetrainOutcome(Outcome.WAITING, f"{len(plan.holdout)} held-out rows to judge a candidate on; "
+                                               f"{settings.retraining.min_holdout_rows} needed "
+                                               "(retraining.min_holdout_rows)", champion.version)
     fitted = fit_candidate(settings, registry, champion.version, plan)
     gate = judge(settings, fitted.model(), registry.load(champion.version), champion.version, plan)
     training_data = plan.training_data(settings.retraining.strategy, why)
@@ -293,12 +311,21 @@ def judge(settings: Settings, candidate: OnnxModel, champion: OnnxModel, champio
     task, margin = settings.task, settings.retraining.margin
     score: Scorer = partial(score_rows, task, settings.data.target, expected_anomaly_rate(settings.model.params))
     metric, _ = evaluate.primary(task)
+    guard = guard_check(task, settings.retraining.guard, guard_frame(settings), score, candidate, champion)
+    common = dict(champion_version=champion_version, margin=margin, holdout_rows=len(plan.holdout),
+                  holdout_source=plan.holdout_source, weighted=plan.holdout_weight is not None, guard=guard,
+                  strategy=plan.strategy)
+    if task in SUPERVISED and plan.holdout_weight is None:  # the paired test on the same rows
+        labels = plan.holdout[settings.data.target]
+        comparison = evaluate.compare(task, labels, champion.predict_frame(plan.holdout).predictions,
+                                      candidate.predict_frame(plan.holdout).predictions, margin=margin,
+                                      significance=settings.retraining.significance)
+        return GateResult(metric, comparison.candidate, comparison.champion, margin_passed=comparison.margin_passed,
+                          comparison=comparison, **common)
     candidate_score = score(candidate, plan.holdout, plan.holdout_weight)
     champion_score = score(champion, plan.holdout, plan.holdout_weight)
-    guard = guard_check(task, settings.retraining.guard, guard_frame(settings), score, candidate, champion)
-    return GateResult(metric, candidate_score, champion_score, champion_version, margin, len(plan.holdout),
-                      plan.holdout_source, plan.holdout_weight is not None,
-                      evaluate.beats(task, candidate_score, champion_score, margin), guard, plan.strategy)
+    return GateResult(metric, candidate_score, champion_score,
+                      margin_passed=evaluate.beats(task, candidate_score, champion_score, margin), **common)
 
 
 def guard_check(task: str, config: GuardConfig, rows: pd.DataFrame | None, score: Scorer, candidate: OnnxModel,

@@ -27,7 +27,7 @@ from driftloop.vocabulary import Outcome
 from tests.conftest import make_settings
 
 GATE_KEYS = ["metric", "candidate", "champion", "champion_version", "margin", "holdout_rows", "holdout_source",
-             "weighted", "margin_passed", "guard", "passed", "strategy"]
+             "weighted", "margin_passed", "guard", "passed", "strategy", "test"]  # test: the paired test (issue 12)
 GUARD_KEYS = ["rows", "metric", "candidate", "champion", "drop", "max_drop", "passed", "source"]
 
 

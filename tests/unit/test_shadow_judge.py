@@ -108,3 +108,12 @@ def test_rejected_after_max_windows_without_enough_labels(store: PredictionStore
     assert verdict["verdict"] == Outcome.REJECTED and registry.calls[0][0] == "clear"
     (event,) = store.events(EventKind.SHADOW_REJECTED)
     assert event["window"] == 2 and "0 of 4 labelled rows after 2 windows" in event["detail"]["reason"]
+
+
+def test_with_the_paired_test_a_win_on_too_few_discordant_rows_is_rejected(store: PredictionStore) -> None:
+    judged, registry = judge(store, significance=0.05)
+    scored(store, [0, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1])  # better by 0.5 > margin, on 2 discordant rows
+    verdict = judged.judge()
+    assert verdict["verdict"] == Outcome.REJECTED and registry.calls[0][0] == "clear"
+    assert verdict["p_value"] == pytest.approx(0.25) and verdict["test"] == "mcnemar_exact"
+    assert "one-sided p 0.2500" in verdict["reason"]

@@ -158,10 +158,11 @@ class Options:
 
     strategy: str | None = None
     retraining: dict[str, Any] = field(default_factory=dict)
+    driftloop: dict[str, Any] = field(default_factory=dict)  # the driftloop arm's own retraining overrides
 
     def for_arm(self, arm: str) -> dict[str, Any]:
         extra = {"strategy": self.strategy} if arm == "driftloop" and self.strategy else {}
-        return self.retraining | extra
+        return self.retraining | extra | (self.driftloop if arm == "driftloop" else {})
 
 
 # -- running ---------------------------------------------------------------------------------------
@@ -533,9 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", choices=strategies, help="the driftloop arm's retraining.strategy")
     parser.add_argument("--guard-rows", type=int, help="every arm's retraining.guard.rows (0: no guard set)")
     parser.add_argument("--guard-max-drop", type=float, help="every arm's retraining.guard.max_drop")
+    parser.add_argument("--retraining", type=json.loads, default={}, metavar="JSON",
+                        help='the driftloop arm\'s retraining overrides, e.g. \'{"significance": 0.05, '
+                             '"follow_up": {"enabled": true}}\'')
     args = parser.parse_args(argv)
     guard = {k: v for k, v in (("rows", args.guard_rows), ("max_drop", args.guard_max_drop)) if v is not None}
-    options = Options(args.strategy, {"guard": guard} if guard else {})
+    options = Options(args.strategy, {"guard": guard} if guard else {}, args.retraining)
     periodic = f"every-{args.k}"
     arms = ["driftloop", "never", periodic]
     progress = (lambda line: print(line, flush=True)) if args.verbose else (lambda line: None)
@@ -550,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             missed += sum(t["met"] is False for t in result["targets"])
             results.append(result)
             print(render(result, periodic), end="\n\n", flush=True)
-    print(f"driftloop arm: strategy {args.strategy or 'default'}; "
+    print(f"driftloop arm: strategy {args.strategy or 'default'}, retraining {options.driftloop or 'default'}; "
           f"every arm: retraining {options.retraining or 'default'}")
     print(summary(results))
     total = sum(t["met"] is not None for r in results for t in r["targets"])
@@ -559,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"window_rows": WINDOW, "k": args.k, "quick": args.quick,
                                          "strategy": args.strategy, "retraining": options.retraining,
+                                         "driftloop_retraining": options.driftloop,
                                          "scenarios": results}, indent=1))
     return 1 if missed else 0
 

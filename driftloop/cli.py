@@ -11,7 +11,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -266,13 +266,27 @@ def history(config: ConfigOpt = None,
     store = PredictionStore(settings.store.url).create()
     if events:
         for e in store.events():
-            typer.echo(f"{e['created_at']:%Y-%m-%d %H:%M:%S} {e['kind']:<18} window={e['window']} "
-                       f"{json.dumps(e['detail'], default=str)[:160]}")
+            typer.echo(_event_line(e))
         return
     for c in store.checks():
         acc = "-" if c.accuracy is None else f"{c.accuracy:.3f}"
         typer.echo(f"window {c.window:>4} rows={c.rows} drift={c.drift_share:.2f} acc={acc} "
                    f"model={c.model_version} {c.decision} {c.outcome or ''}  {c.reason}")
+
+
+# Shown first, as key=value, when an event has them: what a retrain was and where it belongs
+# (a follow-up's series and step, monitoring/follow_up.py); the rest follows as JSON.
+EVENT_HEADLINE = ("trigger", "series", "step", "labelled", "candidate", "series_ended")
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    """One audit event on one line: time, kind, window, its headline fields, then the rest of its detail."""
+    detail = event["detail"]
+    shown = [k for k in EVENT_HEADLINE if detail.get(k) is not None]
+    head = " ".join(f"{k}={detail[k]}" if k != "series_ended" else f"series ended ({detail[k]})" for k in shown)
+    rest = json.dumps({k: v for k, v in detail.items() if k not in shown}, default=str)[:160]
+    return (f"{event['created_at']:%Y-%m-%d %H:%M:%S} {event['kind']:<20} window={event['window']} "
+            f"{head + ' ' if head else ''}{rest}")
 
 
 @app.command()
@@ -309,7 +323,7 @@ def models_list(config: ConfigOpt = None) -> None:
         mark = "*" if champion and champion.version == v.version else " "
         acc = v.metrics.get("accuracy", v.metrics.get("rmse"))
         typer.echo(f"{mark} {v.version:<6} {v.created_at:%Y-%m-%d %H:%M:%S} {v.metadata.get('kind', ''):<20} "
-                   f"{v.metadata.get('trigger', ''):<8} parent={v.metadata.get('parent') or '-':<6} "
+                   f"{v.metadata.get('trigger', ''):<9} parent={v.metadata.get('parent') or '-':<6} "
                    f"{'' if acc is None else f'{acc:.4f}'}")
 
 

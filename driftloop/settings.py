@@ -234,6 +234,31 @@ class ShadowConfig(_Section):
     max_windows: int = Field(20, ge=1)  # checked windows to wait for them before rejecting it
 
 
+class WatchConfig(_Section):
+    # A watch after every promotion: the previous champion keeps scoring live rows beside the new
+    # one (through the shadow pointer, off the request path). Once min_labels of those rows have
+    # labels, the new champion is rolled back if it is significantly worse than its predecessor on
+    # them (the gate's paired test, roles reversed, at this significance), else the watch ends.
+    # It ends without a verdict after max_windows checked windows. Off by default until the
+    # policy benchmark shows it costs no accuracy (a watch that looks after the world changed
+    # again can roll back a model that was right for the change it answered).
+    enabled: bool = False
+    min_labels: int = Field(300, ge=1)
+    max_windows: int = Field(20, ge=1)
+    significance: float = Field(0.05, gt=0.0, le=1.0)
+
+
+class FollowUpConfig(_Section):
+    # Follow-up retrains: after a change was answered by a promotion, retrain again on the
+    # labelled rows since the change once there are `factor` times as many as the last retrain
+    # learned from (2x, 4x, 8x, ...), up to max_rows, each through the same gate; the first that
+    # does not win ends the series. Off by default until the policy benchmark has long
+    # post-change periods to show what it gains and costs.
+    enabled: bool = False
+    factor: float = Field(2.0, gt=1.0)
+    max_rows: int = Field(20_000, ge=100)
+
+
 class RetrainingConfig(_Section):
     min_rows: int = Field(400, ge=20)  # labelled post-drift rows needed to train a candidate
     holdout_fraction: float = Field(0.25, gt=0.0, lt=0.9)  # newest share kept for the gate
@@ -254,6 +279,8 @@ class RetrainingConfig(_Section):
     guard: GuardConfig = GuardConfig()
     retry: RetryConfig = RetryConfig()
     shadow: ShadowConfig = ShadowConfig()
+    watch: WatchConfig = WatchConfig()
+    follow_up: FollowUpConfig = FollowUpConfig()
 
 
 FEATURE_KIND = Literal["numeric", "categorical", "image", "sequence"]

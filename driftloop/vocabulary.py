@@ -65,6 +65,7 @@ class Trigger(StrEnum):
     DRIFT = "drift"  # the policy, on drift
     DECAY = "decay"  # the policy, on decay (with or without drift)
     SCHEDULE = "schedule"  # a calendar
+    FOLLOW_UP = "follow_up"  # more labelled rows since a change that was already answered
 
 
 class EventKind(StrEnum):
@@ -84,6 +85,10 @@ class EventKind(StrEnum):
     RETRAIN_REQUEST_DONE = "retrain_request_done"
     SHADOW_PROMOTED = "shadow_promoted"
     SHADOW_REJECTED = "shadow_rejected"
+    WATCH_STARTED = "watch_started"  # a promotion: its predecessor scores live rows beside it
+    WATCH_KEPT = "watch_kept"  # the new champion is not significantly worse: the watch ends
+    WATCH_ROLLED_BACK = "watch_rolled_back"  # it is: rolled back to its predecessor
+    WATCH_EXPIRED = "watch_expired"  # max_windows without enough labels: the watch ends
     VERSIONS_DELETED = "versions_deleted"  # registry retention
     SCHEDULER_ACTIVE = "scheduler_active"  # this monitor took the scheduler lease
     JOB_FAILED = "job_failed"  # a scheduler job raised

@@ -9,14 +9,18 @@ atomically (write, fsync, rename) under a file lock, so every serving worker can
 and never reads half a promotion. Every promotion, rollback, import and deletion is appended, with
 who and why, to ``history.jsonl`` beside it.
 
-The shadow pointer, ``shadow.json`` beside it, names at most one candidate that the serving
+The shadow pointer, ``shadow.json`` beside it, names at most one version that the serving
 workers score live traffic with beside the champion (off the request path: the champion still
-answers; see :mod:`service.serving`), until the monitor promotes or rejects it. It is written the
-same way, each change is in the history (``shadow_set``, ``shadow_clear``), it never names the
-champion (a version that becomes champion stops being the shadow, under the same lock), and
-retention keeps its version. Version numbers are never reused: ``last_version``
-there remembers the highest one ever registered, so a pruned ``v7`` is never a different model
-later.
+answers; see :mod:`service.serving`). Its :class:`ShadowRole` says why: a ``candidate`` waits for
+the shadow judge to promote or reject it (:mod:`monitoring.shadow`); a ``watch`` is the previous
+champion, kept scoring after a promotion so that the promotion can be rolled back if the new
+champion proves significantly worse (:mod:`monitoring.watch`). A pointer written before roles
+existed is a candidate. It is written the same way, each change is in the history
+(``shadow_set`` with its role, ``shadow_clear``), it never names the champion (a version that
+becomes champion stops being the shadow, under the same lock), and retention keeps its version.
+The champion pointer records the action that wrote it (``promote`` or ``rollback``). Version
+numbers are never reused: ``last_version`` there remembers the highest one ever registered, so a
+pruned ``v7`` is never a different model later.
 
 Moving a version between registries (one archive file) lives in :mod:`models.archive`.
 """
@@ -34,6 +38,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +88,25 @@ class Champion:
     actor: str
     reason: str
     lineage: tuple[str, ...]  # earlier champions, oldest first (rollback pops the last)
+    action: str = "promote"  # what wrote the pointer: promote or rollback (older pointers: promote)
+
+
+class ShadowRole(StrEnum):
+    """Why a version is scored beside the champion."""
+
+    CANDIDATE = "candidate"  # passed the gate; the shadow judge promotes or rejects it
+    WATCH = "watch"  # the champion's predecessor, after a promotion; the promotion watch may roll back to it
 
 
 @dataclass(frozen=True)
 class Shadow:
-    """The candidate scored beside the champion (``shadow.json``)."""
+    """The version scored beside the champion (``shadow.json``), and why."""
 
     version: str
     set_at: str
     actor: str
     reason: str
+    role: ShadowRole = ShadowRole.CANDIDATE
 
 
 @dataclass(frozen=True)
@@ -330,7 +344,7 @@ class Registry:
         except FileNotFoundError:
             return None
         return Champion(data["version"], data["promoted_at"], data["actor"], data["reason"],
-                        tuple(data.get("lineage", ())))
+                        tuple(data.get("lineage", ())), data.get("action", "promote"))
 
     def pointer_stamp(self) -> tuple[int, int] | None:
         """A cheap change detector for pollers: (mtime_ns, inode) of the pointer file."""
@@ -345,9 +359,17 @@ class Registry:
             lineage = (*current.lineage, current.version) if current else ()
             return self._write_pointer("promote", version, actor, reason, lineage)
 
-    def rollback(self, actor: str, reason: str) -> Champion:
+    def rollback(self, actor: str, reason: str, *, expect: Champion | None = None) -> Champion:
+        """Point back at the champion's predecessor (the last of its lineage). With ``expect``, only
+        if the champion is still that one (the same pointer write): raises :class:`RegistryError`
+        if it moved on meanwhile, so a rollback decided on old evidence never undoes a newer change."""
         with self._lock():
             current = self.champion()
+            if expect is not None and (current is None or (current.version, current.promoted_at)
+                                       != (expect.version, expect.promoted_at)):
+                now = "none" if current is None else f"{current.version} ({current.action} {current.promoted_at})"
+                raise RegistryError(f"the champion moved on: expected {expect.version} "
+                                    f"(promoted {expect.promoted_at}), found {now}; not rolled back")
             if current is None or not current.lineage:
                 raise RegistryError("nothing to roll back to: the champion has no predecessor")
             target = current.lineage[-1]
@@ -356,33 +378,42 @@ class Registry:
 
     # -- the shadow pointer ---------------------------------------------------------------------
     def shadow(self) -> Shadow | None:
-        """The candidate scored beside the champion, or None."""
+        """The version scored beside the champion (a candidate or a watch), or None."""
         try:
             data = json.loads(self.shadow_path.read_text())
         except FileNotFoundError:
             return None
-        return Shadow(data["version"], data["set_at"], data["actor"], data["reason"])
+        return Shadow(data["version"], data["set_at"], data["actor"], data["reason"],
+                      ShadowRole(data.get("role", ShadowRole.CANDIDATE)))
+
+    def candidate(self) -> Shadow | None:
+        """The shadow if it is a candidate waiting for its verdict (not a promotion's watch), else None."""
+        shadow = self.shadow()
+        return shadow if shadow is not None and shadow.role == ShadowRole.CANDIDATE else None
 
     def shadow_stamp(self) -> tuple[int, int] | None:
         """A cheap change detector for pollers: (mtime_ns, inode) of the shadow pointer file."""
         return _stamp(self.shadow_path)
 
-    def set_shadow(self, version: str, actor: str, reason: str) -> Shadow:
-        """Make ``version`` the shadow (replacing any other); its checksums are verified first and
-        the champion is refused. Setting the current shadow again changes nothing."""
+    def set_shadow(self, version: str, actor: str, reason: str, *,
+                   role: ShadowRole = ShadowRole.CANDIDATE) -> Shadow:
+        """Make ``version`` the shadow in ``role`` (replacing any other); its checksums are verified
+        first and the champion is refused. Setting the current shadow again in the same role changes
+        nothing."""
+        role = ShadowRole(role)
         with self._lock():  # verified under the lock, so prune cannot delete it in between
             self.verify(version)  # a broken artifact is never scored
             champion = self.champion()
             if champion is not None and champion.version == version:
                 raise RegistryError(f"{version} is the champion; a shadow is a candidate scored beside it")
             current = self.shadow()
-            if current is not None and current.version == version:
+            if current is not None and (current.version, current.role) == (version, role):
                 return current
-            shadow = Shadow(version, _now(), actor, reason)
+            shadow = Shadow(version, _now(), actor, reason, role)
             _replace_json(self.shadow_path, {"version": version, "set_at": shadow.set_at, "actor": actor,
-                                             "reason": reason})
+                                             "reason": reason, "role": str(role)})
             self._append({"action": "shadow_set", "version": version, "actor": actor, "reason": reason,
-                          "at": shadow.set_at})
+                          "role": str(role), "at": shadow.set_at})
             return shadow
 
     def clear_shadow(self, actor: str, reason: str) -> Shadow | None:
@@ -396,7 +427,7 @@ class Registry:
             return None
         self.shadow_path.unlink()
         self._append({"action": "shadow_clear", "version": current.version, "actor": actor, "reason": reason,
-                      "at": _now()})
+                      "role": str(current.role), "at": _now()})
         return current
 
     # -- retention ------------------------------------------------------------------------------
@@ -469,9 +500,9 @@ class Registry:
                        lineage: tuple[str, ...]) -> Champion:
         """Point at a new champion (under the lock); if it was the shadow, clear that pointer too."""
         shadow = self.shadow()  # read first: an unreadable pointer stops the change before any write
-        champion = Champion(version, _now(), actor, reason, lineage)
+        champion = Champion(version, _now(), actor, reason, lineage, action)
         record = {"version": version, "promoted_at": champion.promoted_at, "actor": actor,
-                  "reason": reason, "lineage": list(lineage)}
+                  "reason": reason, "lineage": list(lineage), "action": action}
         _replace_json(self.pointer_path, record)
         self._append({"action": action} | record)
         if shadow is not None and shadow.version == version:

@@ -16,6 +16,7 @@ from typing import Any
 from driftloop.vocabulary import COUNTED_OUTCOMES, Check, Decision, Signal
 
 CONFIDENCE = "confidence"  # driftloop_estimated_accuracy's method: the champion's calibrated confidence
+ROLLBACK_WATCH = "watch"  # driftloop_rollbacks_total's reason: the promotion watch (monitoring/watch.py)
 
 
 class MonitorMetrics:
@@ -57,6 +58,9 @@ class MonitorMetrics:
         self.retrains = pc.Counter("driftloop_retrains", "Retraining jobs, by outcome.", ["outcome"], registry=r)
         self.retrain_seconds = pc.Histogram("driftloop_retrain_duration_seconds", "Retraining job duration.",
                                             buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 900), registry=r)
+        self.rollbacks = pc.Counter("driftloop_rollbacks", "Champions the monitor rolled back to their predecessor, "
+                                    "by reason (watch: significantly worse than its predecessor on the live rows "
+                                    "both answered).", ["reason"], registry=r)
         self.champion = pc.Gauge("driftloop_champion", "1 for the champion version.", ["model_version"], registry=r)
         self.last_check = pc.Gauge("driftloop_last_check_timestamp_seconds", "When the last window was checked.",
                                    registry=r)
@@ -64,6 +68,7 @@ class MonitorMetrics:
             self.checks.labels(decision)
         for outcome in COUNTED_OUTCOMES:  # shadow: judged later, and counted again as its verdict
             self.retrains.labels(outcome)
+        self.rollbacks.labels(ROLLBACK_WATCH)
         self.set_signals(())
         self._server: Any = None
 

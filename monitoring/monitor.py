@@ -11,6 +11,10 @@ It is the composition of the loop's rooms, each given only the settings it reads
 - :class:`~monitoring.requests.RetrainRequests` (``monitoring.consecutive``): retrains an operator
   asked for (``POST /admin/retrain``).
 - :class:`~monitoring.shadow.ShadowJudge` (``retraining``: ``shadow``, ``margin``): the shadow's verdict.
+- :class:`~monitoring.watch.PromotionWatch` (``retraining.watch``): after a promotion, its predecessor
+  scores beside it; a new champion significantly worse on the same live rows is rolled back.
+- :class:`~monitoring.follow_up.FollowUps` (``retraining.follow_up``): a change answered by a
+  promotion is learnt again as its labelled rows accumulate (2x, 4x, ... up to a cap), each through the gate.
 - :class:`~monitoring.baselines.Baselines` (``monitoring.drift``): what every window is measured
   against, per model version.
 
@@ -33,12 +37,14 @@ import pandas as pd
 from driftloop.models.registry import Registry
 from driftloop.monitoring.baselines import Baselines
 from driftloop.monitoring.check import WindowCheck
+from driftloop.monitoring.follow_up import FollowUps
 from driftloop.monitoring.metrics import MonitorMetrics
 from driftloop.monitoring.policy import PolicyConfig, RetrainPolicy
 from driftloop.monitoring.requests import RetrainRequests
 from driftloop.monitoring.retraining import FreshRows, RetrainRunner
 from driftloop.monitoring.shadow import ShadowJudge
 from driftloop.monitoring.store import PredictionStore
+from driftloop.monitoring.watch import PromotionWatch
 from driftloop.monitoring.workspace import DriftWorkspace
 from driftloop.vocabulary import RETRAINED, Check, Decision, Outcome
 
@@ -85,17 +91,21 @@ class Monitor:
                                         self.metrics, clock=clock)
         self.requests = RetrainRequests(store, job, fresh, self.metrics, windows=settings.monitoring.consecutive)
         self.shadow = ShadowJudge(settings.retraining, settings.task, store, registry, self.policy, self.metrics)
+        self.watch = PromotionWatch(settings.retraining.watch, settings.task, store, registry, self.metrics)
+        self.follow_ups = FollowUps(settings.retraining, store, registry, job, fresh, self.metrics)
         restore(self.policy, self.baselines, store.checks())
 
     def run_once(self) -> list[Check]:
         """Serve queued retrain requests and due retries, check every window that is ready, then
         judge the shadow (if any); returns the checks recorded, oldest first."""
-        self.handle_requests()
-        self.handle_retries()
+        retrained = bool(self.handle_requests()) | bool(self.handle_retries())
         done = []
         while (ready := self.windows.ready()) is not None:
             done.append(self.check_window(*ready))
         self.judge_shadow()
+        self.watch.run()  # after the shadow's verdict: a promotion it made is watched at once
+        # last, and never in a run that retrained already (monitoring/follow_up.py)
+        self.follow_ups.run(retrained=retrained or any(c.decision == Decision.RETRAIN for c in done))
         return done
 
     def check_window(self, index: int, frame: pd.DataFrame) -> Check:

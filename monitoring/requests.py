@@ -42,6 +42,8 @@ class RetrainRequests:
             else:
                 reason = f"requested by {request['detail'].get('actor')}: {request['detail'].get('reason')}"
                 fresh = self.fresh(checks[0].first_id, checks[-1].last_id)
+                detail |= {"first_id": checks[0].first_id, "last_id": checks[-1].last_id,
+                           "labelled": int(self.fresh.learnable(fresh).sum())}  # where a follow-up starts from
                 try:
                     result = self.job(fresh, trigger=Trigger.MANUAL, reason=reason)
                     outcome = Outcome(result.status)

@@ -15,7 +15,8 @@ A job that raises is recorded ``failed`` with when it will be tried again
 runs the newest failed retrain again once its back-off has passed, in this monitor or a restarted
 one (the schedule is in the store). A check still ``running`` when no process holds the retrain
 lease belongs to a process that died inside the job: :meth:`RetrainRunner.recover` records it
-failed, to be retried.
+failed, to be retried. Follow-up retrains (monitoring/follow_up.py, ``trigger: follow_up``) keep
+their own accounts: their events are never retried or recovered here, nor supersede a retry.
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ class FreshRows:
             fresh[self.data.timestamp] = fresh["created_at"]
         return fresh
 
+    @property
+    def supervised(self) -> bool:
+        return self.task in SUPERVISED
+
+    def learnable(self, fresh: pd.DataFrame) -> pd.Series:
+        """Per row of ``fresh``, whether a candidate can learn from it: it has a label (supervised
+        tasks), or any row (the others)."""
+        if self.supervised:
+            return fresh[self.data.target].notna()
+        return pd.Series(True, index=fresh.index)
+
 
 class RetrainRunner:
     """Runs the retrains checks decide (``retraining.retry``: attempts and back-off)."""
@@ -84,7 +96,7 @@ class RetrainRunner:
         """Act on ``check`` (recorded ``running``), which decided retrain: train a candidate on the
         streak's rows, or wait for the shadow. Its outcome (and reason) are written into ``check``
         and the store."""
-        if (shadow := self.registry.shadow()) is not None:
+        if (shadow := self.registry.candidate()) is not None:  # a promotion's watch never blocks one
             check.outcome = Outcome.SHADOW_PENDING  # the streak goes on: a retrain follows the shadow's verdict
             check.reason = f"{decision.reason}; {shadow.version} is in shadow: no new candidate until it is judged"
             self.store.update_check(check.window, outcome=check.outcome, reason=check.reason)
@@ -101,8 +113,8 @@ class RetrainRunner:
         be tried again."""
         fresh = self.fresh(first_id, last_id)
         where = {"first_id": first_id, "last_id": last_id, "trigger": trigger, "reason": reason, "attempt": attempt}
-        started_id = self.store.record_event(EventKind.RETRAIN_STARTED,
-                                             where | {"rows": len(fresh), "episode": episode}, window)
+        started_id = self.store.record_event(EventKind.RETRAIN_STARTED, where | {
+            "rows": len(fresh), "labelled": int(self.fresh.learnable(fresh).sum()), "episode": episode}, window)
         where["episode"] = episode = episode or started_id  # the first try's event: what the retries belong to
         started = time.perf_counter()
         try:
@@ -113,8 +125,8 @@ class RetrainRunner:
             return Outcome.FAILED
         seconds = time.perf_counter() - started
         outcome = Outcome(result.status)
-        self.store.record_event(EventKind.retrain(outcome), result.to_dict() | {"attempt": attempt, "episode": episode},
-                                window, result.candidate)
+        self.store.record_event(EventKind.retrain(outcome), result.to_dict() | {
+            "trigger": trigger, "attempt": attempt, "episode": episode}, window, result.candidate)
         self.metrics.retrains.labels(outcome).inc()
         if outcome != Outcome.WAITING:
             self.metrics.retrain_seconds.observe(seconds)
@@ -125,7 +137,7 @@ class RetrainRunner:
     def retry_due(self) -> list[Outcome]:
         """Run the newest failed retrain again once its back-off has passed, unless a retrain started
         after it (its retry, or a newer one that supersedes it). Returns the outcomes of the retries run."""
-        failed = self.store.events(EventKind.RETRAIN_FAILED)
+        failed = [e for e in self.store.events(EventKind.RETRAIN_FAILED) if not follow_up(e)]
         if not failed:
             return []
         last = failed[-1]
@@ -133,7 +145,7 @@ class RetrainRunner:
         retry_at = detail.get("retry_at")
         if retry_at is None or self.clock() < retry_at:
             return []
-        if any(e["id"] > last["id"] for e in self.store.events(EventKind.RETRAIN_STARTED)):
+        if any(e["id"] > last["id"] for e in self.store.events(EventKind.RETRAIN_STARTED) if not follow_up(e)):
             return []
         log.info("window %s: retrying the retrain (attempt %d)", last["window"], detail["attempt"] + 1)
         return [self.attempt(last["window"], detail["first_id"], detail["last_id"], detail["trigger"],
@@ -145,7 +157,7 @@ class RetrainRunner:
         running = self.store.checks(outcome=Outcome.RUNNING)
         if not running or read_state(self.store, RETRAIN_LEASE).active:
             return
-        starts = {e["window"]: e for e in self.store.events(EventKind.RETRAIN_STARTED)}
+        starts = {e["window"]: e for e in self.store.events(EventKind.RETRAIN_STARTED) if not follow_up(e)}
         for check in running:
             start = starts.get(check.window)
             if start is None:  # died before the retrain started: nothing to retry from
@@ -176,3 +188,9 @@ class RetrainRunner:
                 if earlier.window == since_window:
                     return earlier.first_id
         return check.first_id
+
+
+def follow_up(event: dict[str, Any]) -> bool:
+    """Whether a retrain event belongs to a follow-up retrain (monitoring/follow_up.py): those are
+    neither retried nor recovered here, and never supersede a retrain a check decided."""
+    return event["detail"].get("trigger") == Trigger.FOLLOW_UP

@@ -6,6 +6,9 @@ of the live rows it scored have labels, the judge compares both on them with the
 (:func:`driftloop.training.evaluate.compare`: better by ``retraining.margin`` and significantly so
 at ``retraining.significance``, on the same rows), it is promoted; otherwise cleared. Cleared too if ``max_windows`` windows were checked without enough
 labels.
+
+Only a shadow in the ``candidate`` role is judged; a ``watch`` shadow (a promotion's predecessor)
+belongs to :class:`~monitoring.watch.PromotionWatch`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ log = logging.getLogger("driftloop.monitor")
 
 
 class ShadowJudge:
-    """Judges the registry's shadow (``retraining``: ``shadow`` and ``margin``; ``task``: the metric)."""
+    """Judges the registry's candidate shadow (``retraining``: ``shadow`` and ``margin``; ``task``: the metric)."""
 
     def __init__(self, config: RetrainingConfig, task: str, store: PredictionStore, registry: Registry,
                  policy: RetrainPolicy, metrics: MonitorMetrics) -> None:
@@ -41,7 +44,8 @@ class ShadowJudge:
     def judge(self) -> dict[str, Any] | None:
         """The verdict on the shadow, if one is due: recorded (``shadow_promoted`` or
         ``shadow_rejected``), acted on, and returned (the event's detail and ``verdict``)."""
-        shadow, champion = self.registry.shadow(), self.registry.champion()
+        # a candidate only: a watch shadow (the previous champion, monitoring/watch.py) is not judged here
+        shadow, champion = self.registry.candidate(), self.registry.champion()
         if shadow is None or champion is None:
             return None
         config = self.config.shadow

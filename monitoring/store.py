@@ -281,6 +281,17 @@ class PredictionStore:
         """Predictions with ids in ``[first_id, last_id]`` that have a label, in id order."""
         return self._joined(predictions.c.id.between(first_id, last_id), labelled_only=True)
 
+    def count_rows(self, first_id: int, last_id: int, *, labelled: bool = True) -> tuple[int, int | None]:
+        """How many predictions with ids in ``[first_id, last_id]`` there are (only those with a
+        label, by default), and the highest such id (None: none); one COUNT query."""
+        q = sa.select(sa.func.count(), sa.func.max(predictions.c.id)).where(
+            predictions.c.id.between(first_id, last_id))
+        if labelled:
+            q = q.select_from(predictions.join(feedback, predictions.c.request_id == feedback.c.request_id))
+        with self.engine.connect() as conn:
+            count, last = conn.execute(q).one()
+        return int(count), None if last is None else int(last)
+
     # -- shadow mode ------------------------------------------------------------------------
     def insert_shadow_predictions(self, rows: Sequence[dict[str, Any]]) -> None:
         """Rows of ``request_id, model_version`` (the shadow's), ``prediction, confidence`` and
@@ -386,10 +397,14 @@ class PredictionStore:
                                                     "detail": json.dumps(detail, default=str)})
             return int(result.inserted_primary_key[0])
 
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+    def events(self, kind: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """The audit trail in id order; only events of ``kind`` (one kind, or several) if given."""
         q = sa.select(events).order_by(events.c.id)
-        if kind:
-            q = q.where(events.c.kind == str(kind))
+        if isinstance(kind, str):
+            if kind:
+                q = q.where(events.c.kind == str(kind))
+        elif kind is not None:
+            q = q.where(events.c.kind.in_([str(k) for k in kind]))
         with self.engine.connect() as conn:
             return [dict(r) | {"detail": json.loads(r["detail"])} for r in conn.execute(q).mappings()]
 

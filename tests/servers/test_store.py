@@ -139,6 +139,16 @@ def test_labelled_rows_only_labelled_and_within_range(store: PredictionStore) ->
     assert len(store.labelled_rows(8, 9)) == 0
 
 
+def test_count_rows_labelled_or_all_and_the_highest_id(store: PredictionStore) -> None:
+    assert store.count_rows(1, 100) == (0, None)
+    fill(store, 10)  # ids 1..10
+    store.insert_feedback([(f"req-{i:04d}", i % 2) for i in (0, 2, 3, 6)])  # ids 1, 3, 4, 7
+    assert store.count_rows(2, 10) == (3, 7)
+    assert store.count_rows(2, 6) == (2, 4)
+    assert store.count_rows(8, 10) == (0, None)
+    assert store.count_rows(2, 9, labelled=False) == (8, 9)
+
+
 def test_count_predictions(store: PredictionStore) -> None:
     assert store.count_predictions() == 0
     fill(store, 3)
@@ -190,6 +200,8 @@ def test_events_round_trip_and_kind_filter(store: PredictionStore) -> None:
     drift = store.events(kind="drift")
     assert [e["id"] for e in drift] == [all_events[0]["id"], all_events[2]["id"]]
     assert store.events(kind="rejected") == []
+    assert [e["kind"] for e in store.events(("promoted", "rejected", "drift"))] == ["drift", "promoted", "drift"]
+    assert store.events(()) == [] and len(store.events("")) == 3
 
 
 def test_create_twice_on_the_same_file(tmp_path: Path) -> None:

@@ -97,3 +97,18 @@ def test_monitor_once_with_nothing_to_check(user_project: Path) -> None:
     assert runner.invoke(app, ["train", "-c", str(user_project)]).exit_code == 0
     result = runner.invoke(app, ["monitor", "--once", "-c", str(user_project)])
     assert result.exit_code == 0 and "checked 0 window(s)" in result.output
+
+
+def test_history_events_lead_with_what_a_retrain_was(user_project: Path) -> None:
+    from driftloop.monitoring.store import PredictionStore
+
+    store = PredictionStore(yaml.safe_load(user_project.read_text())["store"]["url"]).create()
+    store.record_event("retrain_promoted", {"status": "promoted", "reason": "accuracy on the newest 300 rows " * 20,
+                                            "candidate": "v3", "trigger": "follow_up", "series": 7, "step": 2,
+                                            "labelled": 1200, "series_ended": None}, 6, "v3")
+    store.close()
+    result = runner.invoke(app, ["history", "--events", "-c", str(user_project)])
+    assert result.exit_code == 0, result.output
+    line = result.output.strip()
+    assert " retrain_promoted     window=6 trigger=follow_up series=7 step=2 labelled=1200 candidate=v3 {" in line
+    assert "series ended" not in line and '"status": "promoted"' in line

@@ -44,7 +44,7 @@ class Registry:
     def __init__(self, shadow: str | None = None) -> None:
         self._shadow = SimpleNamespace(version=shadow) if shadow else None
 
-    def shadow(self) -> Any:
+    def candidate(self) -> Any:
         return self._shadow
 
 

@@ -28,7 +28,7 @@ class Registry:
     def champion(self) -> Any:
         return SimpleNamespace(version="v1")
 
-    def shadow(self) -> Any:
+    def candidate(self) -> Any:
         return self._shadow
 
     def promote(self, version: str, actor: str, reason: str) -> None:

@@ -145,6 +145,6 @@ def test_a_candidate_that_passes_the_gate_goes_to_shadow_not_to_the_champion(sha
     assert registry.shadow().version == event["detail"]["candidate"] and registry.champion().version == "v1"
     serve_with_shadow(shadow_world, rows.iloc[3 * WINDOW:4 * WINDOW])  # the workers score it; 300 labels arrive
     monitor.run_once()
-    assert registry.shadow() is None
+    assert registry.shadow() is None  # retraining.watch is off by default (tests/unit/test_watch.py)
     (verdict,) = store.events("shadow_promoted") + store.events("shadow_rejected")
     assert verdict["model_version"] == event["detail"]["candidate"] and verdict["detail"]["labelled"] >= 300

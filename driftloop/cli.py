@@ -434,7 +434,7 @@ def shadow_show(config: ConfigOpt = None) -> None:
         s = _registry(_settings(config)).shadow()
     except DriftloopError as exc:
         _fail(exc)
-    typer.echo("no shadow" if s is None else f"shadow: {s.version} (set {s.set_at} by {s.actor}: {s.reason})")
+    typer.echo("no shadow" if s is None else f"shadow: {s.version}, {s.role} (set {s.set_at} by {s.actor}: {s.reason})")
 
 
 @shadow_app.command("set")

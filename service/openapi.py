@@ -118,7 +118,8 @@ def info_paths() -> dict[str, Any]:
         "providers": {"type": "array", "items": {"type": "string"}}, "device": {"type": "string"},
         "batching": {"type": "boolean"}, "worker_pid": {"type": "integer"},
         "shadow": {"type": "object", "nullable": True,
-                   "description": "the shadow version and whether this worker scores the prediction log with it"},
+                   "description": "the shadow version, its role (candidate | watch) and whether this worker "
+                                  "scores the prediction log with it"},
     }}
     history = {"type": "object", "description": "one key, the kind asked for",
                "properties": {kind: {"type": "array", "items": {"type": "object"}} for kind in HISTORY_KINDS}}

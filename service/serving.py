@@ -323,17 +323,18 @@ class Serving:
         }
 
     def _shadow_info(self) -> dict[str, Any] | None:
-        """``/model``'s ``shadow``: null without a shadow, else its version and whether this
-        worker scores the prediction log with it (and if not, why)."""
-        shadow = self.shadow
-        if shadow is not None:
-            return {"model_version": shadow.version, "scoring": True}
-        pointer = self.registry.shadow()
+        """``/model``'s ``shadow``: null without a shadow, else its version, its role (``candidate``:
+        judged for promotion; ``watch``: the previous champion, watching the new one) and whether
+        this worker scores the prediction log with it (and if not, why)."""
+        shadow, pointer = self.shadow, self.registry.shadow()
+        if shadow is not None:  # the pointer may have moved on since this worker loaded it
+            role = str(pointer.role) if pointer is not None and pointer.version == shadow.version else None
+            return {"model_version": shadow.version, "role": role, "scoring": True}
         if pointer is None:
             return None
         why = ("serving.prediction_log is false: a shadow scores the logged rows, so none are scored"
                if self.writer is None else self._shadow_refused or "not loaded yet")
-        return {"model_version": pointer.version, "scoring": False, "reason": why}
+        return {"model_version": pointer.version, "role": str(pointer.role), "scoring": False, "reason": why}
 
     # -- admin actions (the HTTP layer checks the token first) ---------------------------------
     def reload(self) -> dict[str, Any]:

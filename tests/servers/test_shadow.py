@@ -199,7 +199,7 @@ def test_the_champion_answers_and_the_shadow_scores_the_log(make_serving: Any, r
     registry.set_shadow("v2", actor="t", reason="trial")
     serving = make_serving()
     assert serving.model.version == "v1" and serving.shadow is not None and serving.shadow.version == "v2"
-    assert serving.model_info()["shadow"] == {"model_version": "v2", "scoring": True}
+    assert serving.model_info()["shadow"] == {"model_version": "v2", "role": "candidate", "scoring": True}
     assert serving_metrics().shadow_model.labels("v2")._value.get() == 1
     before = {o: shadow_count(o) for o in ("scored", "refused", "failed")}
     graph_runs = _histogram_count("driftloop_shadow_graph_seconds")

@@ -193,10 +193,15 @@ def run_demo(workdir: Path = Path("var/demo"), config: Path | None = None,
             _wait_for(lambda: len(checks) >= w, f"the check of window {w - 1}")  # at most one window ahead
         replay.flush_labels()
         _wait_for(lambda: len(checks) >= len(period_of_window), "the last check")
+        scheduler.shutdown(wait=True)  # the run that checked the last window ends (a follow-up may promote)
+        final = registry.champion().version
+        _wait_for(lambda: service.workers_by_version() == {final: settings.serving.workers},
+                  f"every worker serving {final}")
         workers = service.workers_by_version()
     finally:
         replay.close()
-        scheduler.shutdown(wait=True)
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
         service.stop()
     summary = summarize(checks, store, registry, replay.traffic, sizes, workers, time.time() - t0)
     _report(summary, checks, period_of_window, store, workdir)

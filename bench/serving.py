@@ -677,7 +677,7 @@ class ServingBenchmark:
         return format_table(self)
 
     def to_dict(self) -> dict[str, Any]:
-        from driftloop.training.report import jsonable
+        from driftloop.models.files import jsonable
 
         return jsonable(asdict(self))
 

@@ -372,7 +372,7 @@ def models_diff(a: Annotated[str, typer.Argument(metavar="V1")], b: Annotated[st
     except DriftloopError as exc:
         _fail(exc)
     if as_json:
-        from driftloop.training.report import jsonable
+        from driftloop.models.files import jsonable
 
         typer.echo(json.dumps(jsonable(diff), indent=2, default=str, allow_nan=False))
         return

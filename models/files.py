@@ -8,10 +8,15 @@ over the target (``os.replace``: atomic on POSIX and Windows within one filesyst
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def replace_atomically(path: str | Path, write: Callable[[Path], None], *, mode: int = 0o644) -> Path:
@@ -32,6 +37,25 @@ def replace_atomically(path: str | Path, write: Callable[[Path], None], *, mode:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def jsonable(value: Any) -> Any:
+    """JSON-safe values, for every JSON driftloop writes (reports, HTTP answers, the CLI): numpy
+    values as Python ones, times as ISO 8601, NaN and infinities as null (``json`` would write NaN,
+    which is not JSON)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_text_atomically(path: str | Path, text: str) -> Path:

@@ -170,9 +170,9 @@ class FollowUps:
             return None  # none, over, or its candidate awaits the shadow judge (or was cleared by hand)
         if read_state(self.store, RETRAIN_LEASE).active:
             return None
-        last = self.store.last_check()
         if series.started is not None:
             return self._interrupted(series)
+        last = self.store.last_check()
         champion = self.registry.champion()
         if champion is None or champion.version != series.version or self.registry.candidate() is not None:
             return None

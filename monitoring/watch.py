@@ -69,7 +69,10 @@ class PromotionWatch:
         (with its ``kind``), or None if nothing happened."""
         if self.task not in SUPERVISED:
             return None
-        champion, shadow, watch = self.registry.champion(), self.registry.shadow(), self.open_watch()
+        shadow = self.registry.shadow()
+        if not self.config.enabled and (shadow is None or shadow.role != ShadowRole.WATCH):
+            return None  # off, and no watch left open to end: nothing to read
+        champion, watch = self.registry.champion(), self.open_watch()
         ended = None
         if watch is not None:
             why = self._ended(watch["detail"], champion, shadow)

@@ -24,13 +24,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from driftloop.models.errors import DriftloopError, RegistryError, SchemaError, UnknownVersion
+from driftloop.models.files import jsonable
 from driftloop.service.openapi import HISTORY_KINDS, served_spec
 from driftloop.service.serving import NotReady, Serving
 
@@ -116,16 +115,13 @@ class Endpoint:
         request ids, the prediction log and the metrics."""
         serving = self.serving
         with _mapped():
-            model, feeds = serving.prepare(rows)
+            model, feeds = serving.prepare(rows)  # validated once, whichever way the graph runs
             if serving.batched(model):
                 preds, scores = await serving.batcher.run(model, feeds, len(rows))
-            elif len(rows) <= INLINE_ROWS:  # microseconds: a thread hop would cost more than the graph
-                preds, scores = model.predict(feeds)
-                if serving.config.metrics:
-                    serving.metrics.batch_rows.observe(len(rows))
-            else:
-                return await asyncio.get_running_loop().run_in_executor(None, serving.predict, rows)
-            return serving.answer(model, rows, preds, scores)
+                return serving.answer(model, rows, preds, scores)
+            if len(rows) <= INLINE_ROWS:  # microseconds: a thread hop would cost more than the graph
+                return serving.run(model, feeds, rows)
+            return await asyncio.get_running_loop().run_in_executor(None, serving.run, model, feeds, rows)
 
     def feedback(self, labels: list[tuple[str, Any]]) -> dict[str, Any]:
         """Store labels by request id; 404 when none of them could be used (every id unknown)."""
@@ -156,7 +152,7 @@ class Endpoint:
             records = [check.to_dict() for check in store.checks()]  # Checks; events are dicts
         else:
             records = store.events()
-        return {kind: json_safe(records[-int(limit):])}
+        return {kind: jsonable(records[-int(limit):])}
 
     def openapi(self, base: dict[str, Any]) -> dict[str, Any]:
         """``GET /docs.json``: BentoML's document of this service, with the request rows and the
@@ -206,19 +202,6 @@ class EndpointSlot:
 
     def detach(self) -> None:
         self._endpoint = None
-
-
-def json_safe(value: Any) -> Any:
-    """Times as ISO 8601, non-finite numbers (a score Evidently could not compute) as null."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def dumps(body: Any) -> bytes:

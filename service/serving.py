@@ -254,6 +254,10 @@ class Serving:
     def predict(self, rows: Any) -> dict[str, Any]:
         """One request, start to end, in the calling thread (no batching)."""
         model, feeds = self.prepare(rows)
+        return self.run(model, feeds, rows)
+
+    def run(self, model: OnnxModel, feeds: dict[str, np.ndarray], rows: list[Any]) -> dict[str, Any]:
+        """The graph on prepared ``feeds`` in the calling thread, then :meth:`answer`."""
         preds, scores = model.predict(feeds)
         if self.config.metrics:
             self.metrics.batch_rows.observe(len(preds))

@@ -44,7 +44,7 @@ from driftloop.models.errors import ConfigError
 from driftloop.models.families import FAMILIES, fit_model
 from driftloop.models.schema import FeatureSchema
 from driftloop.training import scenarios
-from driftloop.training.report import jsonable
+from driftloop.models.files import jsonable
 from driftloop.training.train import library_versions
 
 ROWS = 3000  # training rows

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from driftloop.models.files import write_text_atomically
+from driftloop.models.files import jsonable, write_text_atomically
 from driftloop.training import evaluate
 
 if TYPE_CHECKING:
@@ -160,21 +160,6 @@ def _format_value(value: Any) -> str:
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     """Strict JSON (NaN and infinity become null), written atomically."""
     write_text_atomically(path, json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
-
-
-def jsonable(value: Any) -> Any:
-    """JSON-safe: numpy values as Python ones, NaN and infinities as null (json would write NaN)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # -- figures -----------------------------------------------------------------------------------

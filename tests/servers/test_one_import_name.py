@@ -6,6 +6,7 @@ them, neither for the CLI nor for ``bentoml serve`` (which puts the working dire
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,8 +24,12 @@ SHADOWS = ("models", "training", "monitoring", "service")
 
 
 def test_the_wheel_holds_one_top_level_name(tmp_path: Path) -> None:
+    # built from a copy: an in-tree build would leave build/ and *.egg-info in the repository
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "var", "build", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache"))
     out = subprocess.run([str(BIN / "pip"), "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
-                          str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300, check=False)
+                          str(tmp_path), str(source)], capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     [wheel] = tmp_path.glob("driftloop-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from driftloop.models.errors import DriftloopError
-from driftloop.vocabulary import Decision, EventKind, Trigger
+from driftloop.vocabulary import Check, Decision, EventKind, Trigger
 
 app = typer.Typer(help="driftloop: train, serve, watch, retrain.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -160,6 +160,7 @@ def _store(config: Path | None, migrate: bool = True):  # noqa: ANN202
 @jobs_app.command("list")
 def jobs_list(config: ConfigOpt = None) -> None:
     """Every job, its schedule and next run; and which monitor is active."""
+    from driftloop.adapters.apscheduler import describe_trigger
     from driftloop.monitoring.lease import SCHEDULER, read_state
     from driftloop.monitoring.scheduler import list_jobs
 
@@ -173,7 +174,7 @@ def jobs_list(config: ConfigOpt = None) -> None:
         typer.echo("no jobs yet: `driftloop monitor` adds them on its first start")
     for job in jobs:
         when = "paused" if job.next_run_time is None else f"next {job.next_run_time:%Y-%m-%d %H:%M:%S %Z}"
-        typer.echo(f"{job.id:<10} {when:<30} {job.trigger}  {job.name}")
+        typer.echo(f"{job.id:<10} {when:<30} {describe_trigger(job.trigger):<28} {job.name}")
     if lease.active:
         typer.echo(f"active monitor: {lease.owner} (lease epoch {lease.epoch}, {lease.expires_in_s:.1f}s left)")
     else:
@@ -269,9 +270,18 @@ def history(config: ConfigOpt = None,
             typer.echo(_event_line(e))
         return
     for c in store.checks():
-        acc = "-" if c.accuracy is None else f"{c.accuracy:.3f}"
-        typer.echo(f"window {c.window:>4} rows={c.rows} drift={c.drift_share:.2f} acc={acc} "
+        typer.echo(f"window {c.window:>4} rows={c.rows} drift={c.drift_share:.2f} {_performance(c, settings.task)} "
                    f"model={c.model_version} {c.decision} {c.outcome or ''}  {c.reason}")
+
+
+def _performance(check: Check, task: str) -> str:
+    """A check's figures on its labelled rows: ``acc=``, or a regressor's ``rmse= mae=`` ("-": no labels)."""
+    def shown(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    if task == "regression":
+        return f"rmse={shown(check.rmse, '.4g')} mae={shown(check.mae, '.4g')}"
+    return f"acc={shown(check.accuracy, '.3f')}"
 
 
 # Shown first, as key=value, when an event has them: what a retrain was and where it belongs

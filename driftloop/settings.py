@@ -189,6 +189,9 @@ class MonitoringConfig(_Section):
     label_wait_s: float = Field(600.0, ge=0.0)  # ...but no longer than this after the window closes
     drift_share: float = Field(0.5, gt=0.0, le=1.0)  # share of drifted features that flags a window
     max_accuracy_drop: float = Field(0.05, gt=0.0, lt=1.0)  # below the champion's holdout accuracy
+    # Regression: a window decays when its error (RMSE, the gate's metric) exceeds the champion's
+    # expected error by more than this share (0.10: 10% above), significantly so (decay_z).
+    max_error_rise: float = Field(0.10, gt=0.0)
     decay_z: float = Field(2.33, ge=0.0)  # and the drop must be significant (one-sided z; 2.33: p < 0.01)
     min_labels: int = Field(100, ge=1)  # labelled rows a window needs before its accuracy counts
     consecutive: int = Field(2, ge=1)  # flagged windows in a row before acting
@@ -236,14 +239,15 @@ class ShadowConfig(_Section):
 
 class WatchConfig(_Section):
     # A watch after every promotion: the previous champion keeps scoring live rows beside the new
-    # one (through the shadow pointer, off the request path). Once min_labels of those rows have
-    # labels, the new champion is rolled back if it is significantly worse than its predecessor on
-    # them (the gate's paired test, roles reversed, at this significance), else the watch ends.
-    # It ends without a verdict after max_windows checked windows. Off by default until the
-    # policy benchmark shows it costs no accuracy (a watch that looks after the world changed
-    # again can roll back a model that was right for the change it answered).
+    # one (through the shadow pointer, off the request path). It looks `looks` times, when
+    # min_labels, 2x, 4x, ... of those rows have labels: at each look the new champion is rolled
+    # back if it is significantly worse than its predecessor on all of them (the gate's paired
+    # test, roles reversed, at significance / looks: the chance of a false rollback over all the
+    # looks stays under `significance`); after the last look it stays. It ends without a verdict
+    # after max_windows checked windows.
     enabled: bool = False
     min_labels: int = Field(300, ge=1)
+    looks: int = Field(4, ge=1, le=10)  # at min_labels * 2**k labelled rows, k = 0 .. looks - 1
     max_windows: int = Field(20, ge=1)
     significance: float = Field(0.05, gt=0.0, le=1.0)
 
@@ -257,6 +261,49 @@ class FollowUpConfig(_Section):
     enabled: bool = False
     factor: float = Field(2.0, gt=1.0)
     max_rows: int = Field(20_000, ge=100)
+
+
+class ScheduleConfig(_Section):
+    # Scheduled retraining: a `retrain` job of the monitor's scheduler (listed, paused and run
+    # with `driftloop jobs`), every interval_s seconds or on a cron expression (five fields, UTC),
+    # through the same data strategy and gate as any retrain (trigger `schedule`). Off by default.
+    enabled: bool = False
+    interval_s: float | None = Field(None, gt=0.0)
+    cron: str | None = None
+    rows: int = Field(5000, ge=20)  # the newest labelled rows it learns from
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> ScheduleConfig:
+        if self.enabled and (self.interval_s is None) == (self.cron is None):
+            raise ValueError("retraining.schedule: set exactly one of interval_s and cron when enabled")
+        if self.cron is not None:  # checked here, not when the monitor first builds the job
+            from driftloop.adapters.apscheduler import crontab
+
+            try:
+                crontab(self.cron)
+            except ValueError as exc:
+                raise ValueError(f"retraining.schedule.cron: {exc}") from None
+        return self
+
+
+class TournamentConfig(_Section):
+    # A retrain trains one candidate per strategy and per model kind listed here, scores them
+    # all on the same held-out rows, and sends only the best to the gate; the gate's paired test
+    # then runs at significance / number of candidates (Bonferroni). kinds empty: model.kind only.
+    enabled: bool = False
+    strategies: list[Literal["window", "window_and_original", "reweighted"]] = Field(
+        default_factory=lambda: ["window", "window_and_original"], min_length=1)
+    kinds: list[str] = Field(default_factory=list)
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        from driftloop.models.families import FAMILIES
+
+        unknown = [k for k in kinds if k not in FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown kinds {unknown}; available: {sorted(FAMILIES)}")
+        return kinds
 
 
 class RetrainingConfig(_Section):
@@ -281,6 +328,8 @@ class RetrainingConfig(_Section):
     shadow: ShadowConfig = ShadowConfig()
     watch: WatchConfig = WatchConfig()
     follow_up: FollowUpConfig = FollowUpConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    tournament: TournamentConfig = TournamentConfig()
 
 
 FEATURE_KIND = Literal["numeric", "categorical", "image", "sequence"]
@@ -332,7 +381,23 @@ class Settings(BaseSettings):
                              f"task {self.task!r} has none")
         if self.data.target is not None and self.data.target in self.features:
             raise ValueError(f"features: the target {self.data.target!r} cannot also be a feature")
+        self._check_tournament(supervised)
         return self
+
+    def _check_tournament(self, supervised: bool) -> None:
+        """A tournament judges candidates on labels, with kinds that can learn the features."""
+        tournament = self.retraining.tournament
+        if not tournament.enabled:
+            return
+        if not supervised:
+            raise ValueError(f"retraining.tournament.enabled: a tournament scores candidates on labels; "
+                             f"task {self.task!r} has none")
+        from driftloop.models.families import unfit
+
+        for kind in tournament.kinds or [self.model.kind]:
+            why = unfit(kind, self.task, dict(self.features))
+            if why:
+                raise ValueError(f"retraining.tournament.kinds: {why}")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

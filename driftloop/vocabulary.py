@@ -86,7 +86,9 @@ class EventKind(StrEnum):
     SHADOW_PROMOTED = "shadow_promoted"
     SHADOW_REJECTED = "shadow_rejected"
     WATCH_STARTED = "watch_started"  # a promotion: its predecessor scores live rows beside it
-    WATCH_KEPT = "watch_kept"  # the new champion is not significantly worse: the watch ends
+    PROMOTION_REFUSED = "promotion_refused"  # an operator's promotion the registry refused (unknown, broken, unloadable)
+    WATCH_LOOKED = "watch_looked"  # a look before the last found it not significantly worse: the watch goes on
+    WATCH_KEPT = "watch_kept"  # the new champion is not significantly worse at the last look: the watch ends
     WATCH_ROLLED_BACK = "watch_rolled_back"  # it is: rolled back to its predecessor
     WATCH_EXPIRED = "watch_expired"  # max_windows without enough labels: the watch ends
     VERSIONS_DELETED = "versions_deleted"  # registry retention
@@ -135,7 +137,7 @@ class Check:
     drifted_features: list[str]
     feature_scores: dict[str, dict[str, Any]]  # feature -> {method, score, threshold, drifted}; "prediction" too
     labelled: int  # rows with a label when checked
-    accuracy: float | None  # on those rows, whoever served them (classification)
+    accuracy: float | None  # on those rows, whoever served them (classification; regression: ``rmse``, ``mae``)
     champion_labelled: int  # labelled rows the champion answered...
     champion_accuracy: float | None  # ...and its accuracy on them: what the decay test looks at
     decision: Decision
@@ -146,6 +148,14 @@ class Check:
     estimated_accuracy: float | None = None  # from the champion's calibrated confidence, without labels
     created_at: datetime | None = None  # set by the store
     id: int | None = None  # set by the store
+    # Regression: the errors of the served predictions on the labelled rows, whoever served them...
+    rmse: float | None = None
+    mae: float | None = None
+    # ...and on the rows the champion answered, with the standard deviation of their squared
+    # errors: what the decay test looks at (a restarted monitor's policy replays them)
+    champion_rmse: float | None = None
+    champion_mae: float | None = None
+    champion_squared_error_std: float | None = None
 
     COLUMNS: ClassVar[tuple[str, ...]] = ()  # filled below: the store's column names, in order
 

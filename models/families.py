@@ -255,3 +255,19 @@ def build_pipeline(schema: FeatureSchema, kind: str, params: dict[str, Any] | No
     except TypeError as exc:  # a parameter this estimator does not take
         raise ConfigError(f"model.params: {kind!r} ({schema.task}) refused them: {exc}") from None
     return Pipeline([("pre", preprocessor(schema, family.scaled)), ("model", model)])
+
+
+def unfit(kind: str, task: str, features: dict[str, str]) -> str | None:
+    """Why model kind ``kind`` cannot learn ``task`` from ``features`` (name -> kind), or None:
+    tabular kinds (the scikit-learn ones, LightGBM, the MLP) take numeric and categorical features;
+    ``cnn`` exactly one image, ``gru``/``lstm`` exactly one sequence. The settings refuse a
+    tournament kind that cannot (driftloop/settings.py); the retrain's tournament asks again."""
+    family = FAMILIES[kind]
+    if task not in family.tasks:
+        return f"{kind} does not learn task {task!r} (only {', '.join(family.tasks)})"
+    media = sorted({k for k in features.values() if k in ("image", "sequence")})
+    if family.inputs == "tabular" and media:
+        return f"{kind} takes numeric and categorical features, not {' or '.join(media)}"
+    if family.inputs != "tabular" and (len(features) != 1 or media != [family.inputs]):
+        return f"{kind} takes exactly one {family.inputs} feature"
+    return None

@@ -1,5 +1,5 @@
-"""What a window is measured against: each model version's record, expected accuracy, confidence
-calibration and drift reference, read from the registry once per version.
+"""What a window is measured against: each model version's record, expected accuracy (or error),
+confidence calibration and drift reference, read from the registry once per version.
 
 The window check, the early warning and a restarted monitor's policy all ask the same questions
 of the champion ("what should it reach live?", "what does its confidence say?"); this is the one
@@ -8,13 +8,14 @@ place that answers them.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from driftloop.models.registry import ModelVersion, Registry
 from driftloop.monitoring.drift import DriftBaseline
-from driftloop.monitoring.policy import WindowStats
+from driftloop.monitoring.policy import Sample, WindowStats, pool
 from driftloop.training.evaluate import estimate_accuracy
 from driftloop.vocabulary import Check
 
@@ -49,6 +50,11 @@ class Baselines:
         """The accuracy ``version`` should reach live (see :func:`expected_accuracy`)."""
         return expected_accuracy(self.version(version).metadata)[0]
 
+    def expected_rmse(self, version: str) -> float | None:
+        """The RMSE a regression ``version`` should show live (see :func:`expected_error`)."""
+        mse, _, _ = expected_error(self.version(version).metadata)
+        return None if mse is None else math.sqrt(mse)
+
     def estimate(self, version: str, frame: pd.DataFrame) -> float | None:
         """Accuracy of ``version``'s rows in ``frame`` estimated from their logged confidence
         (classifiers; calibrated by the version's validation rows when it has them)."""
@@ -59,22 +65,28 @@ class Baselines:
         return estimate_accuracy(mv.metadata.get("confidence_calibration"), rows.to_numpy(dtype=float))
 
     def stats(self, index: int, rows: int, drift_share: float, champion: str, labelled: int,
-              accuracy: float | None, estimated: float | None = None) -> WindowStats:
-        """The policy's view of a window: drift, the accuracy of the rows the champion answered,
-        and the estimate from its confidence (compared with its validation accuracy, the scale
-        its calibration was learnt on)."""
+              accuracy: float | None, estimated: float | None = None, *,
+              errors: Sample | None = None) -> WindowStats:
+        """The policy's view of a window: drift, the accuracy of the rows the champion answered
+        (a regressor: their squared ``errors``, the MSE and its spread), and the estimate from its
+        confidence (compared with its validation accuracy, the scale its calibration was learnt on)."""
         metadata = self.version(champion).metadata
         baseline, baseline_rows = expected_accuracy(metadata)
+        mse, mse_std, error_rows = expected_error(metadata)
         calibrated = metadata.get("confidence_calibration") and metadata.get("metrics", {}).get("accuracy")
         return WindowStats(index, rows, drift_share, labelled, accuracy,
-                           baseline_accuracy=baseline, baseline_rows=baseline_rows, champion=champion,
-                           estimated_accuracy=estimated if calibrated else None,
-                           estimated_baseline=calibrated or None)
+                           baseline_accuracy=baseline, baseline_rows=baseline_rows if mse is None else error_rows,
+                           champion=champion, estimated_accuracy=estimated if calibrated else None,
+                           estimated_baseline=calibrated or None,
+                           mse=None if errors is None else errors.mean, mse_std=None if errors is None else errors.std,
+                           baseline_mse=mse, baseline_mse_std=mse_std)
 
     def stats_of(self, check: Check) -> WindowStats:
         """The policy's view of a recorded check (a restarted monitor replays them)."""
+        errors = None if check.champion_rmse is None else Sample(check.champion_labelled, check.champion_rmse ** 2,
+                                                                 check.champion_squared_error_std)
         return self.stats(check.window, check.rows, check.drift_share, check.reference_version,
-                          check.champion_labelled, check.champion_accuracy, check.estimated_accuracy)
+                          check.champion_labelled, check.champion_accuracy, check.estimated_accuracy, errors=errors)
 
 
 def expected_accuracy(metadata: dict[str, Any]) -> tuple[float | None, int | None]:
@@ -92,3 +104,29 @@ def expected_accuracy(metadata: dict[str, Any]) -> tuple[float | None, int | Non
         total = rows + gate["holdout_rows"]
         return (accuracy * rows + gate["candidate"] * gate["holdout_rows"]) / total, total
     return accuracy, rows
+
+
+def expected_error(metadata: dict[str, Any]) -> tuple[float | None, float | None, int | None]:
+    """The mean squared error a regression version should show live, the standard deviation of
+    the squared errors behind it (None: unknown, a version trained before it was recorded) and
+    how many rows that rests on; (None, None, None) for other tasks.
+
+    Its validation rows' (``metrics.mse``, ``squared_errors.std``), pooled with the gate's
+    held-out RMSE when it was retrained, as :func:`expected_accuracy` does. The gate records no
+    spread: its rows are taken to spread as the validation rows do relative to their mean (the
+    same coefficient of variation: squared errors scale with their mean).
+    """
+    mse = metadata.get("metrics", {}).get("mse")
+    rows = metadata.get("rows", {}).get("validation")
+    std = (metadata.get("squared_errors") or {}).get("std")
+    gate = metadata.get("gate") or {}
+    if mse is None:
+        return None, None, None
+    if not rows:
+        return mse, std, rows
+    if gate.get("metric") == "rmse" and gate.get("holdout_rows"):
+        held = gate["candidate"] ** 2
+        held_std = None if std is None or mse <= 0 else std * held / mse
+        pooled = pool(Sample(rows, mse, std), Sample(gate["holdout_rows"], held, held_std))
+        return pooled.mean, pooled.std, pooled.rows
+    return mse, std, rows

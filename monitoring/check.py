@@ -9,8 +9,9 @@ A ready window's check, in order:
    (monitoring/baselines.py prepares it once per version), and on the champion's served
    predictions against its predictions on that sample (under ``prediction`` in
    ``feature_scores``; not counted in the drift share);
-2. accuracy: served predictions against the labels that arrived (classification), and the
-   accuracy estimated from the champion's calibrated confidence;
+2. accuracy: served predictions against the labels that arrived (classification; regression:
+   RMSE and MAE, and the spread of the squared errors the decay test needs), and the accuracy
+   estimated from the champion's calibrated confidence;
 3. the policy decides (a :class:`~driftloop.vocabulary.Decision`);
 4. a flagged window's Evidently HTML report and its events (``drift_detected``, ...);
 5. the :class:`~driftloop.vocabulary.Check` is recorded, as ``running`` when it decided a retrain
@@ -39,10 +40,10 @@ from driftloop.monitoring.baselines import Baselines
 from driftloop.monitoring.drift import PREDICTION, DriftResult
 from driftloop.monitoring.early_warning import EarlyWarning
 from driftloop.monitoring.metrics import MonitorMetrics
-from driftloop.monitoring.policy import PolicyDecision, RetrainPolicy
+from driftloop.monitoring.policy import PolicyDecision, RetrainPolicy, Sample
 from driftloop.monitoring.store import PredictionStore, as_utc
 from driftloop.monitoring.workspace import DriftWorkspace
-from driftloop.training.evaluate import logged_score
+from driftloop.training.evaluate import errors, logged_score
 from driftloop.vocabulary import Check, Decision, EventKind, Outcome, Signal
 
 if TYPE_CHECKING:
@@ -104,7 +105,8 @@ class WindowCheck:
         if champion is None:
             raise RuntimeError("no champion: train and promote a model before monitoring")
         version = champion.version
-        classifier = self.baselines.version(version).schema.task == "classification"
+        task = self.baselines.version(version).schema.task
+        classifier, regressor = task == "classification", task == "regression"
         served = frame["model_version"].mode().iloc[0]
 
         drift = self.baselines.drift(version).check(frame)
@@ -112,9 +114,13 @@ class WindowCheck:
         by_champion = labelled[labelled["model_version"] == version]
         accuracy = _accuracy(labelled) if classifier else None  # what users got
         champion_accuracy = _accuracy(by_champion) if classifier else None
+        served_errors = _errors(labelled) if regressor else {}  # what users got
+        champion_errors = _errors(by_champion) if regressor else {}
+        squared = (Sample(len(by_champion), champion_errors["mse"], champion_errors["squared_error_std"])
+                   if champion_errors else None)  # the decay test's figure (regression)
         estimated = self.baselines.estimate(version, frame)
         stats = self.baselines.stats(index, len(frame), drift.share, version, len(by_champion),
-                                     champion_accuracy, estimated)
+                                     champion_accuracy, estimated, errors=squared)
         decision = self.policy.update(stats)
 
         report_path = None
@@ -124,7 +130,9 @@ class WindowCheck:
         if decision.action in (Decision.ALERT, Decision.RETRAIN) and decision.signals:
             self.store.record_event(EventKind.detected(decision.signals), {
                 "reason": decision.reason, "since_window": decision.since_window, "report": report_path,
-                "drift_share": drift.share, "drifted": drift.drifted, "accuracy": accuracy}, index, served)
+                "drift_share": drift.share, "drifted": drift.drifted, "accuracy": accuracy}
+                | ({"rmse": served_errors.get("rmse"), "mae": served_errors.get("mae")} if regressor else {}),
+                index, served)
         elif decision.action == Decision.SUSPECT and index != self.early.suspected_window:
             self.store.record_event(EventKind.DECAY_SUSPECTED, {
                 "reason": decision.reason, "estimated_accuracy": estimated, "labelled": len(by_champion)},
@@ -139,7 +147,10 @@ class WindowCheck:
             labelled=len(labelled), accuracy=accuracy, champion_labelled=len(by_champion),
             champion_accuracy=champion_accuracy, estimated_accuracy=estimated, decision=decision.action,
             reason=decision.reason, outcome=Outcome.RUNNING if decision.action == Decision.RETRAIN else None,
-            report_path=report_path, duration_s=round(time.perf_counter() - started, 3))
+            report_path=report_path, duration_s=round(time.perf_counter() - started, 3),
+            rmse=served_errors.get("rmse"), mae=served_errors.get("mae"), champion_rmse=champion_errors.get("rmse"),
+            champion_mae=champion_errors.get("mae"),
+            champion_squared_error_std=champion_errors.get("squared_error_std"))
         self.store.record_check(check)  # before any retrain it decided: see the module docstring
         suspected = (Signal.SUSPECTED,) if self.policy.suspected(stats) else ()
         return Checked(check, decision, decision.signals + suspected)
@@ -150,6 +161,7 @@ class WindowCheck:
         champion = self.registry.champion()
         self.metrics.observe_check(check, checked.signals, threshold=self.config.drift_share,
                                    expected_accuracy=self.baselines.expected_accuracy(check.reference_version),
+                                   expected_rmse=self.baselines.expected_rmse(check.reference_version),
                                    champion=champion.version if champion else None, now=self.clock())
 
     def _snapshot(self, index: int, version: str, drift: DriftResult, frame: pd.DataFrame,
@@ -172,3 +184,9 @@ class WindowCheck:
 def _accuracy(rows: pd.DataFrame) -> float | None:
     """Accuracy of the served predictions of ``rows`` against their labels; None without rows."""
     return None if rows.empty else logged_score("classification", rows["prediction"], rows["label"])
+
+
+def _errors(rows: pd.DataFrame) -> dict[str, float]:
+    """RMSE, MAE and the squared errors' mean and spread of the served predictions of ``rows``
+    against their labels (:func:`~driftloop.training.evaluate.errors`); empty without rows."""
+    return {} if rows.empty else errors(rows["label"], rows["prediction"])

@@ -4,7 +4,8 @@ A full window is checked once its labels are in (``monitoring.min_label_coverage
 ``monitoring.label_wait_s`` to arrive. Until then the champion's calibrated confidence already
 estimates its accuracy; an estimate more than ``max_accuracy_drop`` below the version's validation
 accuracy records ``decay_suspected`` (once per window), which the window's check confirms or clears
-when the labels are in. The estimate is exported either way.
+when the labels are in. The estimate is exported either way. A regressor states no confidence,
+so its windows are not estimated: their decay shows once the labels are in.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ from driftloop.vocabulary import COUNTED_OUTCOMES, Check, Decision, Signal
 
 CONFIDENCE = "confidence"  # driftloop_estimated_accuracy's method: the champion's calibrated confidence
 ROLLBACK_WATCH = "watch"  # driftloop_rollbacks_total's reason: the promotion watch (monitoring/watch.py)
+# driftloop_window_error's and driftloop_expected_error's metrics: a regressor's RMSE (what its decay
+# test and the gate compare) and MAE; a classifier's error rate (1 - accuracy), so that one panel
+# shows every supervised champion's error
+RMSE, MAE, ERROR_RATE = "rmse", "mae", "error_rate"
 
 
 class MonitorMetrics:
@@ -39,11 +43,19 @@ class MonitorMetrics:
                                ["signal"], registry=r)
         self.accuracy = pc.Gauge("driftloop_window_accuracy", "Accuracy on the labelled rows of the last window.",
                                  registry=r)
+        self.error = pc.Gauge("driftloop_window_error", "Error on the labelled rows of the last window, by metric "
+                              "(regression: rmse, mae; classification: error_rate, 1 - accuracy).", ["metric"],
+                              registry=r)
         # Labelled, so that neither appears (as a misleading 0) before it has a value.
         self.expected_accuracy = pc.Gauge("driftloop_expected_accuracy",
                                           "The accuracy the champion should reach live (validation, pooled with "
                                           "the gate's holdout): the baseline decay is measured against.",
                                           ["model_version"], registry=r)
+        self.expected_error = pc.Gauge("driftloop_expected_error",
+                                       "The error the champion should show live, by metric (regression: rmse, its "
+                                       "validation RMSE pooled with the gate's holdout, the baseline decay is "
+                                       "measured against; classification: error_rate, 1 - expected accuracy).",
+                                       ["model_version", "metric"], registry=r)
         self.estimated_accuracy = pc.Gauge("driftloop_estimated_accuracy",
                                            "Accuracy estimated without labels for the newest window (confidence: the "
                                            "champion's top-class probabilities mapped through the calibration learnt "
@@ -92,6 +104,22 @@ class MonitorMetrics:
         if accuracy is not None:
             self.expected_accuracy.labels(version).set(accuracy)
 
+    def set_expected_error(self, version: str, *, rmse: float | None, accuracy: float | None) -> None:
+        """The champion's expected error: its RMSE (regression), else 1 - its expected accuracy."""
+        self.expected_error.clear()
+        if rmse is not None:
+            self.expected_error.labels(version, RMSE).set(rmse)
+        elif accuracy is not None:
+            self.expected_error.labels(version, ERROR_RATE).set(1 - accuracy)
+
+    def set_window_error(self, check: Check) -> None:
+        """The window's error by metric; a window without labels leaves the last one (as accuracy)."""
+        figures = {RMSE: check.rmse, MAE: check.mae,
+                   ERROR_RATE: None if check.accuracy is None else 1 - check.accuracy}
+        for metric, value in figures.items():
+            if value is not None:
+                self.error.labels(metric).set(value)
+
     def set_signals(self, signals: Iterable[str]) -> None:
         raised = set(signals)
         for signal in Signal:  # suspected: decay, from confidence, before labels
@@ -106,9 +134,11 @@ class MonitorMetrics:
             self.feature_drifted.labels(feature).set(1 if col["drifted"] else 0)
 
     def observe_check(self, check: Check, signals: Iterable[str], *, threshold: float,
-                      expected_accuracy: float | None, champion: str | None, now: float) -> None:
-        """A checked window's figures: drift, accuracy, label coverage, the decision, and the
-        champion (read after the window's retrain, if any); ``threshold`` is ``monitoring.drift_share``."""
+                      expected_accuracy: float | None, champion: str | None, now: float,
+                      expected_rmse: float | None = None) -> None:
+        """A checked window's figures: drift, accuracy (or error), label coverage, the decision,
+        and the champion (read after the window's retrain, if any); ``threshold`` is
+        ``monitoring.drift_share``, ``expected_*`` the checked champion's (regression: RMSE)."""
         self.drift_share.set(check.drift_share)
         self.drift_threshold.set(threshold)
         self.set_features(check.feature_scores)
@@ -116,6 +146,8 @@ class MonitorMetrics:
         if check.accuracy is not None:
             self.accuracy.set(check.accuracy)
         self.set_expected_accuracy(check.reference_version, expected_accuracy)
+        self.set_window_error(check)
+        self.set_expected_error(check.reference_version, rmse=expected_rmse, accuracy=expected_accuracy)
         if check.estimated_accuracy is not None:  # classifiers: from the champion's calibrated confidence
             self.estimated_accuracy.labels(CONFIDENCE).set(check.estimated_accuracy)
         self.label_coverage.set(check.labelled / check.rows)

@@ -15,13 +15,16 @@ It is the composition of the loop's rooms, each given only the settings it reads
   scores beside it; a new champion significantly worse on the same live rows is rolled back.
 - :class:`~monitoring.follow_up.FollowUps` (``retraining.follow_up``): a change answered by a
   promotion is learnt again as its labelled rows accumulate (2x, 4x, ... up to a cap), each through the gate.
+- :class:`~monitoring.scheduled.ScheduledRetrain` (``retraining.schedule``): the calendar's retrain
+  (the scheduler's ``retrain`` job), on the newest labelled rows since the champion's promotion.
 - :class:`~monitoring.baselines.Baselines` (``monitoring.drift``): what every window is measured
   against, per model version.
 
 They share one :class:`~monitoring.policy.RetrainPolicy`, rebuilt from the stored checks when a
 monitor starts. :meth:`Monitor.run_once` is the scheduler's job: queued requests and due retries
 first, then every ready window in log order (a check is recorded, as ``running``, before the
-retrain it decided starts), then the shadow.
+retrain it decided starts), then the shadow. :meth:`Monitor.retrain_on_schedule` is the
+``retrain`` job's, when ``retraining.schedule`` is on.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from driftloop.monitoring.metrics import MonitorMetrics
 from driftloop.monitoring.policy import PolicyConfig, RetrainPolicy
 from driftloop.monitoring.requests import RetrainRequests
 from driftloop.monitoring.retraining import FreshRows, RetrainRunner
+from driftloop.monitoring.scheduled import ScheduledRetrain
 from driftloop.monitoring.shadow import ShadowJudge
 from driftloop.monitoring.store import PredictionStore
 from driftloop.monitoring.watch import PromotionWatch
@@ -59,9 +63,10 @@ Retrainer = Callable[..., "RetrainOutcome"]
 
 def policy_config(monitoring: MonitoringConfig) -> PolicyConfig:
     m = monitoring
-    return PolicyConfig(drift_share=m.drift_share, max_accuracy_drop=m.max_accuracy_drop, min_labels=m.min_labels,
-                        consecutive=m.consecutive, cooldown_windows=m.cooldown_windows, dry_run=m.dry_run,
-                        decay_z=m.decay_z, calibration_windows=m.calibration_windows)
+    return PolicyConfig(drift_share=m.drift_share, max_accuracy_drop=m.max_accuracy_drop,
+                        max_error_rise=m.max_error_rise, min_labels=m.min_labels, consecutive=m.consecutive,
+                        cooldown_windows=m.cooldown_windows, dry_run=m.dry_run, decay_z=m.decay_z,
+                        calibration_windows=m.calibration_windows)
 
 
 class Monitor:
@@ -93,6 +98,8 @@ class Monitor:
         self.shadow = ShadowJudge(settings.retraining, settings.task, store, registry, self.policy, self.metrics)
         self.watch = PromotionWatch(settings.retraining.watch, settings.task, store, registry, self.metrics)
         self.follow_ups = FollowUps(settings.retraining, store, registry, job, fresh, self.metrics)
+        self.scheduled = ScheduledRetrain(settings.retraining.schedule, store, registry, job, fresh, self.policy,
+                                          self.metrics)
         restore(self.policy, self.baselines, store.checks())
 
     def run_once(self) -> list[Check]:
@@ -115,9 +122,10 @@ class Monitor:
         if check.decision == Decision.RETRAIN:
             self.retraining.retrain(check, checked.decision)
         self.windows.export(checked)
-        log.info("window %d: rows=%d drift_share=%.2f accuracy=%s decision=%s %s", index, check.rows,
-                 check.drift_share, "-" if check.accuracy is None else f"{check.accuracy:.3f}", check.decision,
-                 check.outcome or "")
+        score = (f"rmse={check.rmse:.4g}" if check.rmse is not None
+                 else f"accuracy={'-' if check.accuracy is None else f'{check.accuracy:.3f}'}")
+        log.info("window %d: rows=%d drift_share=%.2f %s decision=%s %s", index, check.rows, check.drift_share,
+                 score, check.decision, check.outcome or "")
         if self.on_check:
             self.on_check(check)
         return check
@@ -135,6 +143,11 @@ class Monitor:
     def judge_shadow(self) -> dict[str, Any] | None:
         """The shadow's verdict, if one is due (see :class:`~monitoring.shadow.ShadowJudge`)."""
         return self.shadow.judge()
+
+    def retrain_on_schedule(self) -> Outcome:
+        """The scheduler's ``retrain`` job: one scheduled retrain, recorded (see
+        :class:`~monitoring.scheduled.ScheduledRetrain`)."""
+        return self.scheduled.run()
 
 
 def restore(policy: RetrainPolicy, baselines: Baselines, checks: Iterable[Check]) -> None:

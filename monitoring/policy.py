@@ -5,19 +5,25 @@ the returned :class:`PolicyDecision` (its ``action``: a :class:`~driftloop.vocab
 A window is *flagged* for drift when the share of drifted features reaches ``drift_share``, and
 for decay when enough labels show accuracy below the champion's holdout accuracy by more than
 ``max_accuracy_drop`` *and* significantly so (a one-sided z-test on both samples, ``decay_z``).
-The caller measures accuracy on the rows the champion itself answered: an earlier model's decay
-is no reason to replace the new one. ``consecutive`` flagged windows in a row trigger a retrain,
-unless a cool-down is running (after a promotion) or the policy is in dry-run mode (then it only
-alerts). The caller reports what came of a retrain with :meth:`retrained`; a retrain that could
-not start (too few labels) keeps the streak alive.
+A regressor's window decays when its RMSE exceeds the champion's expected RMSE by more than
+``max_error_rise`` (0.10: 10% above) *and* significantly so (a one-sided z-test on the mean
+squared error: the window's squared errors against the baseline's, each with its own spread;
+without the baseline's spread, versions trained before it was recorded, the baseline counts as
+exact). The caller measures accuracy (or the errors) on the rows the champion itself answered:
+an earlier model's decay is no reason to replace the new one. ``consecutive`` flagged windows in
+a row trigger a retrain, unless a cool-down is running (after a promotion) or the policy is in
+dry-run mode (then it only alerts). The caller reports what came of a retrain with
+:meth:`retrained`; a retrain that could not start (too few labels) keeps the streak alive.
 
 The champion's expected accuracy is its holdout figure pooled with the live accuracy of its
 first ``calibration_windows`` quiet windows (no signal), when the caller names the champion
-(``WindowStats.champion``). A validation set of a few hundred rows can be off by a few points,
-and the decay test measures the drop from it: in bench/policy.py a first model validated at
-0.787 served at 0.815, so a concept change to 0.72-0.74 stayed under "0.05 below" for three
-windows (detected 3 windows late; one episode never). Calibration stops after those windows,
-so a slow drift cannot drag the baseline down with it; a new champion starts again.
+(``WindowStats.champion``); a regressor's expected squared error (its mean and spread) is pooled
+the same way with those windows' squared errors (:func:`pool`). A validation set of a few
+hundred rows can be off by a few points, and the decay test measures the drop from it: in
+bench/policy.py a first model validated at 0.787 served at 0.815, so a concept change to
+0.72-0.74 stayed under "0.05 below" for three windows (detected 3 windows late; one episode
+never). Calibration stops after those windows, so a slow drift cannot drag the baseline down
+with it; a new champion starts again.
 
 Before labels land, a classifier's decay can be *suspected* from its calibrated confidence
 (``WindowStats.estimated_accuracy``, confidence-based performance estimation: the mean chance of
@@ -27,12 +33,14 @@ the scale it was learnt on, and a drop of more than ``max_accuracy_drop`` is a s
 decision is ``suspect`` when nothing else fires, and the reason of a later decision says whether
 the labels confirmed it. A suspicion never retrains by itself: covariate shift is what the
 estimate sees, and the drift test sees that too; a change of concept leaves confidence as it was.
+A regressor states no confidence: its decay is seen once labels land, not before.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from driftloop.vocabulary import Decision, Signal
 
@@ -41,6 +49,7 @@ from driftloop.vocabulary import Decision, Signal
 class PolicyConfig:
     drift_share: float = 0.5
     max_accuracy_drop: float = 0.05
+    max_error_rise: float = 0.10  # regression: RMSE above expected * (1 + this) decays (when significant)
     min_labels: int = 100
     consecutive: int = 2
     cooldown_windows: int = 2
@@ -61,6 +70,34 @@ class WindowStats:
     champion: str | None = None  # the version judged: when given, its live accuracy calibrates the baseline
     estimated_accuracy: float | None = None  # from the champion's calibrated confidence, before labels
     estimated_baseline: float | None = None  # the champion's validation accuracy: the estimate's own scale
+    # Regression, on the champion's labelled rows: the mean squared error and the squared errors'
+    # standard deviation; and the champion's expected ones (validation, pooled with the gate's
+    # holdout; the spread None: unknown, the baseline counts as exact). ``baseline_rows`` is theirs.
+    mse: float | None = None
+    mse_std: float | None = None
+    baseline_mse: float | None = None
+    baseline_mse_std: float | None = None
+
+
+class Sample(NamedTuple):
+    """A per-row figure over ``rows`` rows, summarised: its ``mean`` and standard deviation ``std``
+    (None: unknown). Classification's is being right (1 or 0: the mean is the accuracy),
+    regression's the squared error (the mean is the MSE)."""
+
+    rows: int
+    mean: float
+    std: float | None = None
+
+
+def pool(*samples: Sample) -> Sample:
+    """Samples of the same figure as one: the champion's baseline with its live windows, the
+    validation rows with the gate's holdout. Its spread is unknown if any part's is."""
+    rows = sum(s.rows for s in samples)
+    mean = sum(s.rows * s.mean for s in samples) / rows
+    if any(s.std is None for s in samples):
+        return Sample(rows, mean)
+    second = sum(s.rows * (s.std ** 2 + s.mean ** 2) for s in samples) / rows  # type: ignore[operator]
+    return Sample(rows, mean, math.sqrt(max(second - mean ** 2, 0.0)))
 
 
 @dataclass(frozen=True)
@@ -78,34 +115,57 @@ class RetrainPolicy:
     _streak: int = field(default=0, init=False)
     _cooldown_until: int = field(default=-1, init=False)  # last window of the cool-down
     _calibrated: str | None = field(default=None, init=False)  # the champion the live tally is about
-    _live: tuple[int, float, int] = field(default=(0, 0.0, 0), init=False)  # windows, correct, labelled
+    _live: tuple[int, Sample | None] = field(default=(0, None), init=False)  # windows pooled, and their rows
 
     def baseline(self, stats: WindowStats) -> WindowStats:
-        """``stats`` with the champion's baseline pooled with its calibrated live accuracy."""
-        _, correct, labelled = self._live
-        if (stats.champion is None or stats.champion != self._calibrated or not labelled
-                or stats.baseline_accuracy is None or stats.baseline_rows is None):
+        """``stats`` with the champion's baseline pooled with its calibrated live windows."""
+        _, live = self._live
+        if stats.champion is None or stats.champion != self._calibrated or live is None or stats.baseline_rows is None:
             return stats
-        rows = stats.baseline_rows + labelled
-        return replace(stats, baseline_accuracy=(stats.baseline_accuracy * stats.baseline_rows + correct) / rows,
-                       baseline_rows=rows)
+        if stats.baseline_accuracy is not None:
+            pooled = pool(Sample(stats.baseline_rows, stats.baseline_accuracy), live)
+            return replace(stats, baseline_accuracy=pooled.mean, baseline_rows=pooled.rows)
+        if stats.baseline_mse is not None:
+            pooled = pool(Sample(stats.baseline_rows, stats.baseline_mse, stats.baseline_mse_std), live)
+            return replace(stats, baseline_mse=pooled.mean, baseline_mse_std=pooled.std, baseline_rows=pooled.rows)
+        return stats
 
     def _calibrate(self, stats: WindowStats) -> None:
-        windows, correct, labelled = self._live
-        if (stats.champion is not None and stats.accuracy is not None and stats.labelled >= self.config.min_labels
+        windows, live = self._live
+        sample = self._sample(stats)
+        if (stats.champion is not None and sample is not None and stats.labelled >= self.config.min_labels
                 and windows < self.config.calibration_windows):
-            self._live = (windows + 1, correct + stats.accuracy * stats.labelled, labelled + stats.labelled)
+            self._live = (windows + 1, sample if live is None else pool(live, sample))
+
+    @staticmethod
+    def _sample(stats: WindowStats) -> Sample | None:
+        """The window's labelled rows as a sample of the figure its baseline is made of."""
+        if stats.accuracy is not None:
+            return Sample(stats.labelled, stats.accuracy)
+        if stats.mse is not None:
+            return Sample(stats.labelled, stats.mse, stats.mse_std)
+        return None
 
     def signals(self, stats: WindowStats) -> tuple[Signal, ...]:
         found = []
         if stats.drift_share >= self.config.drift_share:
             found.append(Signal.DRIFT)
-        if (stats.accuracy is not None and stats.baseline_accuracy is not None
-                and stats.labelled >= self.config.min_labels
-                and stats.accuracy < stats.baseline_accuracy - self.config.max_accuracy_drop
-                and self.drop_z(stats) >= self.config.decay_z):
+        if self.decayed(stats):
             found.append(Signal.DECAY)
         return tuple(found)
+
+    def decayed(self, stats: WindowStats) -> bool:
+        """Enough labels, and accuracy below (RMSE above) the baseline by more than the allowance,
+        significantly so."""
+        if stats.labelled < self.config.min_labels:
+            return False
+        if stats.accuracy is not None and stats.baseline_accuracy is not None:
+            return (stats.accuracy < stats.baseline_accuracy - self.config.max_accuracy_drop
+                    and self.drop_z(stats) >= self.config.decay_z)
+        if stats.mse is not None and stats.baseline_mse is not None:
+            return (math.sqrt(stats.mse) > math.sqrt(stats.baseline_mse) * (1 + self.config.max_error_rise)
+                    and self.rise_z(stats) >= self.config.decay_z)
+        return False
 
     @staticmethod
     def drop_z(stats: WindowStats) -> float:
@@ -120,6 +180,20 @@ class RetrainPolicy:
         var = a * (1 - a) / max(stats.labelled, 1) + b * (1 - b) / max(stats.baseline_rows, 1)
         return (b - a) / math.sqrt(var) if var > 0 else (math.inf if b > a else 0.0)
 
+    @staticmethod
+    def rise_z(stats: WindowStats) -> float:
+        """How many standard errors the window's mean squared error lies above the baseline's.
+
+        Each mean's standard error is its squared errors' spread over the root of its rows; a
+        baseline whose spread (or rows) is unknown counts as exact, and so does a window's. With
+        ``min_labels`` rows or more the means are near normal, skewed as squared errors are.
+        """
+        gap = (stats.mse or 0.0) - (stats.baseline_mse or 0.0)
+        var = (stats.mse_std or 0.0) ** 2 / max(stats.labelled, 1)
+        if stats.baseline_mse_std is not None and stats.baseline_rows:
+            var += stats.baseline_mse_std ** 2 / stats.baseline_rows
+        return gap / math.sqrt(var) if var > 0 else (math.inf if gap > 0 else 0.0)
+
     def suspected(self, stats: WindowStats) -> bool:
         """Whether the confidence-based estimate lies more than ``max_accuracy_drop`` below its baseline."""
         return (stats.estimated_accuracy is not None and stats.estimated_baseline is not None
@@ -127,7 +201,7 @@ class RetrainPolicy:
 
     def update(self, stats: WindowStats) -> PolicyDecision:
         if stats.champion != self._calibrated:  # a new champion: calibrate it afresh
-            self._calibrated, self._live = stats.champion, (0, 0.0, 0)
+            self._calibrated, self._live = stats.champion, (0, None)
         stats = self.baseline(stats)
         signals = self.signals(stats)
         suspicion = self._suspicion(stats, signals)
@@ -174,7 +248,10 @@ class RetrainPolicy:
         parts = []
         if Signal.DRIFT in signals:
             parts.append(f"drift share {stats.drift_share:.2f} >= {self.config.drift_share:.2f}")
-        if Signal.DECAY in signals:
+        if Signal.DECAY in signals and stats.accuracy is not None:
             parts.append(f"accuracy {stats.accuracy:.3f} < {stats.baseline_accuracy:.3f} - "
                          f"{self.config.max_accuracy_drop:.3f} on {stats.labelled} labels")
+        elif Signal.DECAY in signals:
+            parts.append(f"rmse {math.sqrt(stats.mse or 0.0):.4g} > {math.sqrt(stats.baseline_mse or 0.0):.4g} * "
+                         f"{1 + self.config.max_error_rise:.2f} on {stats.labelled} labels (z {self.rise_z(stats):.1f})")
         return " and ".join(parts)

@@ -191,6 +191,7 @@ class RetrainRunner:
 
 
 def follow_up(event: dict[str, Any]) -> bool:
-    """Whether a retrain event belongs to a follow-up retrain (monitoring/follow_up.py): those are
-    neither retried nor recovered here, and never supersede a retrain a check decided."""
-    return event["detail"].get("trigger") == Trigger.FOLLOW_UP
+    """Whether a retrain event belongs to a follow-up (monitoring/follow_up.py) or a scheduled
+    retrain (monitoring/scheduled.py): those are neither retried nor recovered here, and never
+    supersede a retrain a check decided (each tries again on its own terms)."""
+    return event["detail"].get("trigger") in (Trigger.FOLLOW_UP, Trigger.SCHEDULE)

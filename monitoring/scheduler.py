@@ -1,7 +1,13 @@
 """The monitor's APScheduler: jobs kept in the store's database, one active scheduler at a time.
 
 Jobs. ``check`` runs :meth:`Monitor.run_once` every ``monitoring.interval_s``; ``retention``
-prunes the registry (``registry.keep_*``) every ``registry.retention_interval_s``. They live in
+prunes the registry (``registry.keep_*``) every ``registry.retention_interval_s``; ``retrain``
+(only with ``retraining.schedule.enabled``) runs :meth:`Monitor.retrain_on_schedule` every
+``retraining.schedule.interval_s`` or on its ``cron`` expression (five fields, UTC, weekdays by
+name: :func:`~driftloop.adapters.apscheduler.crontab`). With the schedule off, a ``retrain`` job
+stored earlier is removed when a monitor starts, so ``driftloop jobs list`` never shows a job that
+will not run. It runs beside ``check`` (a long retrain does not hold the checks back) and, like
+every retrain, under the ``retrain`` lease. They live in
 the project database (table ``apscheduler_jobs``), in :class:`~driftloop.adapters.apscheduler.JsonJobStore`:
 APScheduler's interface, each job's state as JSON, nothing ever unpickled. An operator's
 ``driftloop jobs pause|resume|run`` reaches whichever monitor is active and outlives restarts. A
@@ -22,7 +28,9 @@ Settings, on purpose:
   way windows get checked; skipping a late retention run could postpone it by a whole interval.
 - A (re)started scheduler keeps the stored state of a job: paused stays paused, and a stored
   next run earlier than the definition's is kept (so restarts do not keep postponing a daily
-  retention); the interval comes from the settings. ``check`` runs at once on start.
+  retention, and a cron run missed while no monitor ran runs at once); the schedule comes from
+  the settings: when it changed there (another interval or cron expression), the next run is the
+  new schedule's (a pause still stands). ``check`` runs at once on start.
 - An operator's change is never overwritten by the scheduler: after launching a job it writes the
   job's next run only if the stored job is still the one it read (``job_store``), so a ``pause``
   or ``run`` that lands in between stands.
@@ -45,18 +53,23 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from driftloop.models.errors import ConfigError
 from driftloop.monitoring.lease import RETRAIN, SCHEDULER, Heartbeat, Lease, holding
 from driftloop.monitoring.monitor import Monitor
 from driftloop.monitoring.store import PredictionStore, StoreError
 from driftloop.vocabulary import EventKind
 
+if TYPE_CHECKING:
+    from driftloop.settings import ScheduleConfig
+
 log = logging.getLogger("driftloop.scheduler")
 CHECK_JOB = "check"
 RETENTION_JOB = "retention"
+RETRAIN_JOB = "retrain"
 JOB_FUNC = "driftloop.monitoring.scheduler:_unbound_job"
 LEGACY_JOB_FUNC = "monitoring.scheduler:_unbound_job"  # what driftloop wrote before the one import name
 JOB_DEFAULTS = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
@@ -85,6 +98,23 @@ def exclusive_retrainer(retrainer: Callable[..., Any], store: PredictionStore, t
         with holding(store, RETRAIN, ttl_s):
             return retrainer(*args, **kwargs)
     return run
+
+
+def retrain_trigger(schedule: ScheduleConfig) -> Any:
+    """The ``retrain`` job's trigger: every ``interval_s``, or on the ``cron`` expression in UTC;
+    ``ConfigError`` naming the field for an expression APScheduler cannot run."""
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from driftloop.adapters.apscheduler import crontab
+
+    if schedule.cron is not None:
+        try:
+            return crontab(schedule.cron, timezone.utc)
+        except ValueError as exc:
+            raise ConfigError(f"retraining.schedule.cron: {exc}") from None
+    if schedule.interval_s is None:
+        raise ConfigError("retraining.schedule: set interval_s or cron")
+    return IntervalTrigger(seconds=schedule.interval_s, timezone=timezone.utc)
 
 
 def job_store(store: PredictionStore, runners: dict[str, Callable[[str], Any]] | None = None,
@@ -122,21 +152,33 @@ def build_scheduler(monitor: Monitor, interval_s: float, lease: Lease | None = N
         return job
 
     runners = {CHECK_JOB: guarded(CHECK_JOB, monitor.run_once),
-               RETENTION_JOB: guarded(RETENTION_JOB, lambda: run_retention(monitor))}
+               RETENTION_JOB: guarded(RETENTION_JOB, lambda: run_retention(monitor)),
+               RETRAIN_JOB: guarded(RETRAIN_JOB, monitor.retrain_on_schedule)}
 
-    def keep(stored: datetime | None, fresh: datetime) -> datetime | None:
+    def keep(stored: datetime | None, fresh: datetime, same_schedule: bool) -> datetime | None:
         """A stored job's state stands (see the module's docstring): paused stays paused, an
-        earlier stored next run is kept."""
-        return None if stored is None else min(stored, fresh)
+        earlier stored next run is kept unless the schedule changed."""
+        if stored is None:
+            return None
+        return min(stored, fresh) if same_schedule else fresh
 
+    schedule = monitor.settings.retraining.schedule
+    trigger = retrain_trigger(schedule) if schedule.enabled else None  # a bad expression fails before anything runs
+    jobs = job_store(monitor.store, runners, keep_operator_changes=True)
     scheduler = StateKeepingScheduler(keep, timezone=timezone.utc, job_defaults=JOB_DEFAULTS,
-                                 jobstores={"default": job_store(monitor.store, runners, keep_operator_changes=True)})
+                                      jobstores={"default": jobs})
     scheduler.add_job(JOB_FUNC, "interval", seconds=interval_s, args=[CHECK_JOB], id=CHECK_JOB,
                       name="drift and performance checks", next_run_time=datetime.now(timezone.utc),
                       replace_existing=True)
     if monitor.settings.registry.retention_interval_s > 0:
         scheduler.add_job(JOB_FUNC, "interval", seconds=monitor.settings.registry.retention_interval_s,
                           args=[RETENTION_JOB], id=RETENTION_JOB, name="registry retention", replace_existing=True)
+    if trigger is not None:
+        scheduler.add_job(JOB_FUNC, trigger, args=[RETRAIN_JOB], id=RETRAIN_JOB, name="scheduled retrain",
+                          replace_existing=True)
+    elif jobs.lookup_job(RETRAIN_JOB) is not None:  # ours, from when the schedule was on
+        jobs.remove_job(RETRAIN_JOB)
+        log.info("job %s removed: retraining.schedule is off", RETRAIN_JOB)
 
     def on_error(event: Any) -> None:
         log.error("job %s failed: %r", event.job_id, event.exception)
@@ -253,5 +295,6 @@ def _lookup(store: PredictionStore, name: str) -> Any:
     job = _jobs(store).lookup_job(name)
     if job is None:
         known = [j.id for j in list_jobs(store)]
-        raise StoreError(f"no job {name!r}; known: {known or 'none (start `driftloop monitor` once)'}")
+        hint = " (set retraining.schedule to add it)" if name == RETRAIN_JOB else ""
+        raise StoreError(f"no job {name!r}{hint}; known: {known or 'none (start `driftloop monitor` once)'}")
     return job

@@ -4,7 +4,7 @@ SQLite by default; any SQLAlchemy URL (PostgreSQL) works by passing it. Tables:
 
 ``predictions``  one row per predicted row: request id, time, model version, inputs, output
 ``feedback``     the true label of a request id, whenever it arrives (first label wins)
-``checks``       one row per monitoring window: drift and accuracy figures, the decision
+``checks``       one row per monitoring window: drift and accuracy (or error) figures, the decision
                  (read and written as :class:`driftloop.vocabulary.Check`)
 ``events``       the audit trail: drift/decay detected, retrain started/failed, promoted/rejected
 ``shadow_predictions``  the shadow's answer to a logged request the champion answered (shadow mode)
@@ -98,6 +98,13 @@ checks = sa.Table(
     sa.Column("report_path", sa.Text, nullable=True),
     sa.Column("duration_s", sa.Float, nullable=False),
     sa.Column("estimated_accuracy", sa.Float, nullable=True),  # without labels, estimated (revision 0003)
+    # Regression (revision 0004): the errors on the labelled rows, and on the champion's with the
+    # spread of its squared errors (what the decay test looks at)
+    sa.Column("rmse", sa.Float, nullable=True),
+    sa.Column("mae", sa.Float, nullable=True),
+    sa.Column("champion_rmse", sa.Float, nullable=True),
+    sa.Column("champion_mae", sa.Float, nullable=True),
+    sa.Column("champion_squared_error_std", sa.Float, nullable=True),
 )
 
 events = sa.Table(
@@ -355,7 +362,8 @@ class PredictionStore:
     def record_check(self, check: Check) -> None:
         """One window's check (its ``id`` is the store's; ``created_at`` defaults to now). Empty
         fields are left to the column's NULL, so a store one migration behind (without
-        ``estimated_accuracy``) still takes a check that has none."""
+        ``estimated_accuracy``, or a classifier's check without the regression errors) still takes a
+        check that has none."""
         row = {k: v for k, v in check.to_dict().items() if v is not None and k != "id"}
         row["created_at"] = row.get("created_at") or utcnow()
         row["decision"] = str(row["decision"])

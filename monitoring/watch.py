@@ -6,22 +6,32 @@ it actually answered. When the registry's champion pointer names a new promotion
 not ``rollback``) with a predecessor, :class:`PromotionWatch` makes that predecessor the shadow in
 the ``watch`` role (:class:`~models.registry.ShadowRole`): the serving workers score every
 logged request the champion answered with it too, off the request path, as they do a candidate
-(:mod:`service.serving`). Once ``min_labels`` of those rows have labels, it looks once: the gate's
-paired test (:func:`driftloop.training.evaluate.compare`) with the roles reversed, "is the
-predecessor better than the new champion?", margin 0, at ``retraining.watch.significance``.
+(:mod:`service.serving`). It looks ``looks`` times, when ``min_labels``, 2x, 4x, ... of those
+rows have labels: each look is the gate's paired test
+(:func:`driftloop.training.evaluate.compare`) with the roles reversed, "is the predecessor better
+than the new champion on every labelled row both answered so far?", margin 0, at
+``significance / looks``.
 
 - significantly better: the registry rolls back to exactly that predecessor (only if the champion
   is still the watched promotion), the rollback is recorded with its figures
   (``watch_rolled_back``) and counted (``driftloop_rollbacks_total{reason="watch"}``). No cool-down
   starts: the predecessor is no new model to wait for, and the change the rolled-back champion
   failed to answer is still there, so the policy's streak goes on and a retrain answers it again;
-- otherwise the watch ends and the new champion stays (``watch_kept``).
+- otherwise the watch goes on to the next look (``watch_looked``), or, after the last, ends and
+  the new champion stays (``watch_kept``).
 
-One look, not one per run: looking again as labels accumulate would raise the rate of false
-rollbacks above the significance. A watch ends without a verdict (``watch_expired``, the reason
-says why) after ``max_windows`` checked windows without enough labels, when the champion changes
-meanwhile (a newer promotion is watched in its place), or when the shadow pointer stops naming
-the predecessor as a watch (a candidate took it, or an operator cleared it).
+Why several looks, and why on all the rows the champion answered (not only those from the world it
+was trained for): the gate judged the candidate on the newest rows before the promotion; what
+matters is whether it serves the traffic that follows better than the model it replaced. Rows
+that arrive grouped (a stretch of one sub-population, then another) can make a candidate win on
+one stretch and lose on the next; a single look at ``min_labels`` rows would often see only the
+first stretch. If the world changes again during the watch and the predecessor is significantly
+better on it, rolling back serves the better model meanwhile, and the policy answers the change.
+Bonferroni over the looks (each at ``significance / looks``) keeps the chance of rolling back a
+champion that is truly as good under ``significance`` however the looks fall: conservative, but
+needs no assumption about how the rows of successive looks relate. Once a look is recorded it
+is never repeated (a restarted monitor counts the ``watch_looked`` events), and the look schedule,
+minimum and significance are those the watch started with.
 
 The watch's state is the shadow pointer and the audit trail: a ``watch_started`` event names the
 promotion (its pointer's ``promoted_at``) and every watch ends in one of the three events above,
@@ -51,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("driftloop.monitor")
 ACTOR = "monitor"
 ENDS = (EventKind.WATCH_KEPT, EventKind.WATCH_ROLLED_BACK, EventKind.WATCH_EXPIRED)
+# what a watch_started event from before looks were configurable means
+ONE_LOOK = 1
 
 
 class PromotionWatch:
@@ -113,11 +125,12 @@ class PromotionWatch:
         except DriftloopError as exc:  # pruned or corrupt: nothing to compare with (tried again next run)
             log.warning("cannot watch the promotion of %s: predecessor %s: %s", champion.version, predecessor, exc)
             return None
+        at = ", ".join(map(str, schedule(self.config.min_labels, self.config.looks)))
         detail = {"champion": champion.version, "predecessor": predecessor, "promoted_at": champion.promoted_at,
-                  "set_at": watching.set_at, "min_labels": self.config.min_labels,
+                  "set_at": watching.set_at, "min_labels": self.config.min_labels, "looks": self.config.looks,
                   "max_windows": self.config.max_windows, "significance": self.config.significance,
                   "reason": f"{champion.version} promoted ({champion.reason}); {predecessor} scores the rows it "
-                            f"answers until {self.config.min_labels} of them have labels"}
+                            f"answers; it looks at {at} labelled rows"}
         self._record(EventKind.WATCH_STARTED, detail, champion.version)
         log.info("watching the promotion of %s: %s scores beside it", champion.version, predecessor)
         return detail | {"kind": EventKind.WATCH_STARTED}
@@ -137,28 +150,37 @@ class PromotionWatch:
     # -- judging ----------------------------------------------------------------------------------
     def _judge(self, watch: dict[str, Any], champion: Champion, shadow: Shadow) -> dict[str, Any] | None:
         d = watch["detail"]
+        looks, done = d.get("looks", ONE_LOOK), self.looks_of(watch)
         rows = self.store.shadow_rows(shadow.version)
         # the rows this champion answered and the predecessor scored, since this watch began
         rows = rows[(rows["model_version"] == champion.version)
                     & (rows["created_at"].map(as_utc) >= as_utc(shadow.set_at))]
         labelled = rows[rows["label"].notna()]
         counts = {"scored": len(rows), "labelled": len(labelled)}
-        if len(labelled) < self.config.min_labels:
-            since = as_utc(shadow.set_at)
-            waited = [c.window for c in self.store.checks() if as_utc(c.created_at) >= since]
-            if len(waited) < self.config.max_windows:
-                return None
-            why = (f"{len(labelled)} of {self.config.min_labels} labelled rows after {len(waited)} windows "
+        since = as_utc(shadow.set_at)
+        waited = [c.window for c in self.store.checks() if as_utc(c.created_at) >= since]
+        out_of_time = len(waited) >= self.config.max_windows
+        if len(labelled) < d["min_labels"] * 2 ** done and not out_of_time:
+            return None  # the next look is not due
+        if len(labelled) < d["min_labels"]:
+            why = (f"{len(labelled)} of {d['min_labels']} labelled rows after {len(waited)} windows "
                    f"(retraining.watch.max_windows); {champion.version} stays")
             return self._end(watch, EventKind.WATCH_EXPIRED, why, shadow, counts, window=waited[-1])
-        # one look: is the predecessor significantly better on the same rows? (the gate's test, roles reversed)
+        look, last = done + 1, done + 1 >= looks or out_of_time
+        # is the predecessor significantly better on the same rows? (the gate's test, roles reversed)
         c = compare(self.task, labelled["label"], champion=labelled["prediction"],
-                    candidate=labelled["shadow_prediction"], margin=0.0, significance=self.config.significance)
+                    candidate=labelled["shadow_prediction"], margin=0.0, significance=d["significance"] / looks)
         worse = c.significant and c.gain > 0
-        figures = figures_of(c) | counts
-        evidence = (f"{c.metric} on the {len(labelled)} labelled live rows both answered: champion "
-                    f"{d['champion']} {c.champion:.4f}, predecessor {d['predecessor']} {c.candidate:.4f}, "
+        figures = figures_of(c) | counts | {"look": look, "looks": looks}
+        evidence = (f"look {look} of {looks}: {c.metric} on the {len(labelled)} labelled live rows both answered: "
+                    f"champion {d['champion']} {c.champion:.4f}, predecessor {d['predecessor']} {c.candidate:.4f}, "
                     f"{describe(c)}")
+        if not worse and not last:
+            detail = {"champion": d["champion"], "predecessor": d["predecessor"]} | figures | {
+                "started": watch["id"], "reason": f"not significantly worse so far: {evidence}"}
+            self._record(EventKind.WATCH_LOOKED, detail, d["champion"])
+            log.info("watch of %s: %s", d["champion"], detail["reason"])
+            return detail | {"kind": EventKind.WATCH_LOOKED}
         if not worse:
             return self._end(watch, EventKind.WATCH_KEPT, f"not significantly worse: {evidence}", shadow, figures)
         try:  # exactly to the watched predecessor, and only if the champion is still the watched promotion
@@ -174,6 +196,10 @@ class PromotionWatch:
         self.metrics.rollbacks.labels(ROLLBACK_WATCH).inc()
         # the rollback cleared the shadow: the predecessor is the champion again
         return self._end(watch, EventKind.WATCH_ROLLED_BACK, f"significantly worse: {evidence}", None, figures)
+
+    def looks_of(self, watch: dict[str, Any]) -> int:
+        """How many looks the watch ``watch`` (its start event) has taken without a verdict."""
+        return sum(e["detail"].get("started") == watch["id"] for e in self.store.events(EventKind.WATCH_LOOKED))
 
     # -- ending -----------------------------------------------------------------------------------
     def _ended(self, watch: dict[str, Any], champion: Champion | None, shadow: Shadow | None) -> str | None:
@@ -210,6 +236,11 @@ class PromotionWatch:
     def _window(self) -> int | None:
         last = self.store.last_check()
         return last.window if last else None
+
+
+def schedule(min_labels: int, looks: int) -> list[int]:
+    """The labelled rows at which a watch looks: ``min_labels``, twice that, four times, ..."""
+    return [min_labels * 2 ** k for k in range(looks)]
 
 
 def figures_of(c: Comparison) -> dict[str, Any]:

@@ -140,8 +140,8 @@ class Endpoint:
             return self.serving.model_info()
 
     def history(self, kind: str = "checks", limit: str = "100") -> dict[str, Any]:
-        """``GET /history``: the monitor's checks (one per window: drift and accuracy figures,
-        the decision and its reason) or events (the audit trail), the newest ``limit`` (at most
+        """``GET /history``: the monitor's checks (one per window: drift and accuracy figures, a
+        regressor's RMSE and MAE, the decision and its reason) or events (the audit trail), the newest ``limit`` (at most
         1000), oldest first, as JSON-safe values. Reads the store: call it off the event loop."""
         if kind not in HISTORY_KINDS:
             raise HttpError(422, f"kind must be one of {list(HISTORY_KINDS)}, got {kind!r}", "kind")

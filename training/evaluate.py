@@ -147,6 +147,21 @@ def regression_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
             "r2": float(skm.r2_score(y_true, y_pred))}
 
 
+def errors(y_true: Any, y_pred: Any) -> dict[str, float]:
+    """Regression predictions against their labels, as the monitor measures a window: ``rmse``,
+    ``mae``, and the squared errors' mean (``mse``) and standard deviation (``squared_error_std``,
+    population) over ``rows``. The decay test compares a window's squared errors with the
+    champion's validation rows' (their mean and spread go in a version's metadata at training:
+    ``squared_errors``); a mean alone cannot say whether a rise is noise."""
+    e = np.asarray(y_pred, dtype=float) - np.asarray(y_true, dtype=float)
+    if e.size == 0:
+        raise ValueError("errors needs at least one labelled row")
+    squared = e ** 2
+    mse = float(squared.mean())
+    return {"rmse": float(np.sqrt(mse)), "mae": float(np.abs(e).mean()), "mse": mse,
+            "squared_error_std": float(squared.std()), "rows": int(e.size)}
+
+
 def clustering_metrics(distances: np.ndarray) -> dict[str, float]:
     """From each row's distances to every centre (the graph's own output, so comparable between
     versions whatever their scaling): how far rows sit from their centre, and ``separation``,

@@ -263,6 +263,9 @@ def version_metadata(data: LearningData, rows: Split, evaluation: Evaluation, pa
         # classifiers: top-class confidence -> chance of being right, from the validation rows; the
         # monitor estimates live accuracy with it before labels arrive
         "confidence_calibration": _confidence_calibration(data, evaluation),
+        # regressors only: the validation rows' squared errors (mean, spread), the baseline the
+        # monitor's decay test measures a window's against
+        **_squared_errors(data, evaluation),
         "parity": parity.to_dict(),
         "rows": {"train": len(rows.train), "validation": len(rows.valid)},
         "data_fingerprint": fingerprint(data.seen[[*data.schema.names, *([data.target] if data.target else [])]]),
@@ -281,6 +284,15 @@ def _confidence_calibration(data: LearningData, evaluation: Evaluation) -> dict[
     if data.schema.task != "classification" or evaluation.proba is None or len(data.labels) < 2:
         return None
     return evaluate.confidence_calibration(evaluation.y_true, evaluation.proba, data.labels)
+
+
+def _squared_errors(data: LearningData, evaluation: Evaluation) -> dict[str, Any]:
+    """``{"squared_errors": {"mean", "std"}}`` for a regressor with validation rows, else nothing
+    (the key is absent: versions from before it, and other tasks, have no such baseline)."""
+    if data.schema.task != "regression" or evaluation.y_true is None or len(evaluation.y_true) == 0:
+        return {}
+    figures = evaluate.errors(evaluation.y_true, evaluation.y_pred)
+    return {"squared_errors": {"mean": figures["mse"], "std": figures["squared_error_std"]}}
 
 
 # -- registering -------------------------------------------------------------------------------------

@@ -17,9 +17,16 @@ replace_existing=True)`` overwrites it with the fresh job.
      "coalesce": true, "max_instances": 1, "misfire_grace_time": null,
      "next_run_time": "<ISO 8601>" | null}
 
-Only interval triggers, a function named by reference and JSON arguments are kept; the store's
-``resolve(func_ref, args)`` gives the callable (or ``None``: not one of ours, skipped), so no
-module named in the database is ever imported either.
+with a cron trigger ``"trigger": {"type": "cron", "expression": "0 3 * * mon-fri", "timezone":
+"UTC", "start_date": null, "end_date": null, "jitter": null}``: the five crontab fields as
+APScheduler reads them back (``CronTrigger.from_crontab``; a trigger with other fields set, a
+year or seconds, is refused). Build a cron trigger from an operator's expression with
+:func:`crontab`, which refuses weekday numbers: APScheduler 3 counts weekdays from Monday = 0,
+crontab from Sunday = 0, so ``0 3 * * 0`` would run on the wrong day; names mean the same in both.
+
+Only interval and cron triggers, a function named by reference and JSON arguments are kept; the
+store's ``resolve(func_ref, args)`` gives the callable (or ``None``: not one of ours, skipped), so
+no module named in the database is ever imported either.
 
 Private names touched (pinned: apscheduler >=3.11,<4, pyproject.toml):
 
@@ -30,9 +37,11 @@ Private names touched (pinned: apscheduler >=3.11,<4, pyproject.toml):
 - ``BaseScheduler._real_add_job``, ``BaseScheduler._lookup_jobstore`` and ``Job._modify``
   (:class:`StateKeepingScheduler`): ``add_job(replace_existing=True)`` is the only hook between
   "a job is defined" and "it is written over the stored one".
+- ``CronTrigger.fields`` (each field's ``name`` and ``str``): the only way back from a cron trigger
+  to its expression.
 
 Contract tests: tests/unit/test_adapters.py::test_apscheduler_job_rebuilt_like_setstate,
-::test_apscheduler_store_hooks_called_as_expected.
+::test_apscheduler_store_hooks_called_as_expected, ::test_apscheduler_cron_trigger_round_trip.
 """
 
 from __future__ import annotations
@@ -48,9 +57,11 @@ import sqlalchemy as sa
 from apscheduler.job import Job
 from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError, JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-__all__ = ["FORMAT", "JsonJobStore", "StateKeepingScheduler", "decode_job_state", "encode_job_state"]
+__all__ = ["FORMAT", "JsonJobStore", "StateKeepingScheduler", "crontab", "decode_job_state", "describe_trigger",
+           "encode_job_state", "same_schedule"]
 
 log = logging.getLogger("driftloop.scheduler")
 FORMAT = 1  # the "driftloop_job" key of a stored job_state
@@ -61,6 +72,8 @@ JOB_FIELDS = ("id", "func_ref", "func", "trigger", "executor", "args", "kwargs",
 KEYS = {"id", "name", "func", "args", "kwargs", "executor", "trigger", "coalesce", "max_instances",
         "misfire_grace_time", "next_run_time"}
 Resolver = Callable[[str, list[Any]], Callable[..., Any] | None]
+CRONTAB_FIELDS = ("minute", "hour", "day", "month", "day_of_week")  # a crontab line's five, in its order
+TRIGGERS = ("interval", "cron")  # the "type" of a stored trigger
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -75,19 +88,72 @@ def _tz_name(tz: tzinfo) -> str:
     raise ValueError(f"time zone {tz!r} has no name to store (use UTC or an IANA zone)")
 
 
+def crontab(expression: str, tz: tzinfo = timezone.utc) -> CronTrigger:
+    """A cron trigger from a five-field crontab line (minute hour day month weekday), in ``tz``;
+    ``ValueError`` saying what is wrong. Weekdays must be names (``mon-fri``, ``sun``): APScheduler 3
+    numbers them from Monday = 0, crontab from Sunday = 0, so a number would run on the wrong day."""
+    fields = expression.split()
+    if len(fields) != len(CRONTAB_FIELDS):
+        raise ValueError(f"five fields (minute hour day month weekday), got {expression!r}")
+    if any(c.isdigit() for c in fields[4]):
+        raise ValueError(f"weekday {fields[4]!r}: give weekdays by name (mon-fri, sat,sun, or *): APScheduler 3 "
+                         "counts them from Monday = 0, crontab from Sunday = 0, so a number would run on the wrong day")
+    return CronTrigger.from_crontab(expression, timezone=tz)
+
+
+def _trigger_state(trigger: Any) -> dict[str, Any]:
+    """A trigger as the JSON of a stored job; ``ValueError`` for one this store cannot keep."""
+    if isinstance(trigger, IntervalTrigger):
+        spec: dict[str, Any] = {"type": "interval", "interval_s": trigger.interval.total_seconds()}
+    elif isinstance(trigger, CronTrigger):
+        fields = {f.name: str(f) for f in trigger.fields}
+        if fields["year"] != "*" or fields["week"] != "*" or fields["second"] != "0":
+            raise ValueError(f"only crontab-like cron triggers (minute hour day month weekday) are stored, "
+                             f"not {trigger}")
+        spec = {"type": "cron", "expression": " ".join(fields[name] for name in CRONTAB_FIELDS)}
+    else:
+        raise ValueError(f"only interval and cron triggers are stored, not {trigger}")
+    return spec | {"start_date": _iso(trigger.start_date), "end_date": _iso(trigger.end_date),
+                   "timezone": _tz_name(trigger.timezone), "jitter": trigger.jitter}
+
+
+def same_schedule(a: Any, b: Any) -> bool:
+    """Whether two triggers fire on the same schedule (an interval trigger's start date, the moment
+    it was defined, aside); a trigger this store cannot keep is never the same."""
+    def schedule(trigger: Any) -> dict[str, Any]:
+        state = _trigger_state(trigger)
+        if state["type"] == "interval":
+            del state["start_date"]
+        return state
+
+    try:
+        return schedule(a) == schedule(b)
+    except ValueError:
+        return False
+
+
+def describe_trigger(trigger: Any) -> str:
+    """A trigger as an operator reads it: ``every 3600s``, ``cron '0 3 * * mon' UTC``."""
+    try:
+        spec = _trigger_state(trigger)
+    except ValueError:
+        return str(trigger)
+    if spec["type"] == "interval":
+        return f"every {spec['interval_s']:g}s"
+    return f"cron '{spec['expression']}' {spec['timezone']}"
+
+
 def encode_job_state(job: Any) -> bytes:
     """A job's state as JSON bytes; ``ValueError`` for a job this store cannot keep."""
-    trigger = job.trigger
-    if not isinstance(trigger, IntervalTrigger):
-        raise ValueError(f"job {job.id!r}: only interval triggers are stored, not {trigger}")
+    try:
+        trigger = _trigger_state(job.trigger)
+    except ValueError as exc:
+        raise ValueError(f"job {job.id!r}: {exc}") from None
     if not isinstance(job.func_ref, str) or not job.func_ref:
         raise ValueError(f"job {job.id!r}: the function must be given by reference ('module:function')")
     state = {
         "driftloop_job": FORMAT, "id": job.id, "name": job.name, "func": job.func_ref,
-        "args": list(job.args), "kwargs": dict(job.kwargs), "executor": job.executor,
-        "trigger": {"type": "interval", "interval_s": trigger.interval.total_seconds(),
-                    "start_date": _iso(trigger.start_date), "end_date": _iso(trigger.end_date),
-                    "timezone": _tz_name(trigger.timezone), "jitter": trigger.jitter},
+        "args": list(job.args), "kwargs": dict(job.kwargs), "executor": job.executor, "trigger": trigger,
         "coalesce": job.coalesce, "max_instances": job.max_instances,
         "misfire_grace_time": job.misfire_grace_time, "next_run_time": _iso(job.next_run_time),
     }
@@ -108,19 +174,25 @@ def decode_job_state(raw: bytes | None) -> dict[str, Any] | None:
     if not isinstance(state, dict) or state.get("driftloop_job") != FORMAT or not KEYS <= state.keys():
         return None
     trigger = state.get("trigger")
-    if not isinstance(trigger, dict) or trigger.get("type") != "interval" or not isinstance(state["kwargs"], dict):
+    if not isinstance(trigger, dict) or trigger.get("type") not in TRIGGERS or not isinstance(state["kwargs"], dict):
         return None
     if not isinstance(state.get("func"), str) or not isinstance(state.get("args"), list):
         return None
     return state
 
 
-def _trigger(state: dict[str, Any]) -> IntervalTrigger:
+def _trigger(state: dict[str, Any]) -> IntervalTrigger | CronTrigger:
     def when(value: str | None) -> datetime | None:
         return None if value is None else datetime.fromisoformat(value)
 
-    return IntervalTrigger(seconds=state["interval_s"], start_date=when(state["start_date"]),
-                           end_date=when(state["end_date"]), timezone=state["timezone"], jitter=state["jitter"])
+    dates = {"start_date": when(state["start_date"]), "end_date": when(state["end_date"]),
+             "timezone": state["timezone"], "jitter": state["jitter"]}
+    if state["type"] == "cron":  # what CronTrigger.from_crontab builds, with the stored dates
+        fields = state["expression"].split()
+        if len(fields) != len(CRONTAB_FIELDS):
+            raise ValueError(f"a stored cron expression has five fields, not {state['expression']!r}")
+        return CronTrigger(**dict(zip(CRONTAB_FIELDS, fields)), **dates)
+    return IntervalTrigger(seconds=state["interval_s"], **dates)
 
 
 class JsonJobStore(BaseJobStore):
@@ -151,7 +223,7 @@ class JsonJobStore(BaseJobStore):
         func = None if state is None else self.resolve(state["func"], state["args"])
         try:
             trigger = None if func is None else _trigger(state["trigger"])  # type: ignore[index]
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             trigger = None
         if state is None or trigger is None or state.get("id") != job_id:
             if job_id not in self._skipped:
@@ -254,10 +326,11 @@ class JsonJobStore(BaseJobStore):
 
 class StateKeepingScheduler(BackgroundScheduler):
     """A BackgroundScheduler whose ``add_job`` never loses a stored job's state: when a job of the
-    same id is stored (and readable), the new job's next run becomes ``keep(stored, fresh)``
-    (``stored`` ``None`` = paused), and the stored job is replaced."""
+    same id is stored (and readable), the new job's next run becomes ``keep(stored, fresh,
+    same_schedule)`` (``stored`` ``None`` = paused; ``same_schedule``: the stored trigger fires on the
+    new one's schedule, :func:`same_schedule`), and the stored job is replaced."""
 
-    def __init__(self, keep: Callable[[datetime | None, datetime], datetime | None], **options: Any) -> None:
+    def __init__(self, keep: Callable[[datetime | None, datetime, bool], datetime | None], **options: Any) -> None:
         self._keep = keep
         super().__init__(**options)
 
@@ -266,5 +339,6 @@ class StateKeepingScheduler(BackgroundScheduler):
         if stored is not None:
             fresh = getattr(job, "next_run_time", None) or job.trigger.get_next_fire_time(
                 None, datetime.now(self.timezone))
-            job._modify(next_run_time=self._keep(stored.next_run_time, fresh))
+            same = same_schedule(stored.trigger, job.trigger)
+            job._modify(next_run_time=self._keep(stored.next_run_time, fresh, same))
         super()._real_add_job(job, jobstore_alias, True)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from driftloop.models.errors import ConfigError
 from driftloop.monitoring import scheduler as sched
 from driftloop.monitoring.lease import RETRAIN, SCHEDULER, Lease, LeaseBusy, holding, read_state
 from driftloop.monitoring.store import PredictionStore, StoreError
@@ -71,16 +72,21 @@ def test_a_retrain_holds_its_own_lease(store: PredictionStore) -> None:
 
 # -- jobs in the database --------------------------------------------------------------------------
 class FakeMonitor:
-    """What the scheduler needs of a Monitor: run_once, the store, the settings."""
+    """What the scheduler needs of a Monitor: run_once, retrain_on_schedule, the store, the settings."""
 
     def __init__(self, store: PredictionStore, settings: Any) -> None:
         self.store = store
         self.settings = settings
         self.runs = 0
+        self.scheduled = 0
 
     def run_once(self) -> list:
         self.runs += 1
         return []
+
+    def retrain_on_schedule(self) -> str:
+        self.scheduled += 1
+        return "promoted"
 
 
 @pytest.fixture
@@ -181,8 +187,75 @@ def test_cli_jobs_and_db_commands(monitor: FakeMonitor, tmp_path: Path) -> None:
         ["check", "check", "retention"]
     bad = runner.invoke(app, ["jobs", "pause", "nope", "--config", str(config)])
     assert bad.exit_code == 2 and "no job 'nope'" in bad.output
-    assert "revision 0003 (newest: 0003)" in cli("db", "current")
-    assert "store at revision 0003" in cli("db", "upgrade")
+    from driftloop.monitoring import migrations
+
+    newest = max(p.name[:4] for p in (Path(migrations.__file__).parent / "versions").glob("[0-9]*.py"))
+    assert f"revision {newest} (newest: {newest})" in cli("db", "current")
+    assert f"store at revision {newest}" in cli("db", "upgrade")
+
+
+def next_utc(now: datetime, hour: int, minute: int, weekday: int | None = None) -> datetime:
+    """The first ``hour:minute`` UTC after ``now`` (on ``weekday``, Monday = 0, if given)."""
+    when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    while when <= now or (weekday is not None and when.weekday() != weekday):
+        when += timedelta(days=1)
+    return when
+
+
+def test_a_scheduled_retrain_job_on_a_cron_schedule(store: PredictionStore, tmp_path: Path) -> None:
+    """``retraining.schedule`` adds the ``retrain`` job: listed with its cron schedule, paused,
+    resumed and run now through the real scheduler with ``driftloop jobs``; a changed schedule
+    applies (a pause stands); with the schedule off, the stored job is removed on start."""
+    from driftloop.adapters.apscheduler import describe_trigger
+    from driftloop.cli import app
+    from driftloop.launch import write_config
+
+    def monitor(**schedule: Any) -> FakeMonitor:
+        return FakeMonitor(store, make_settings(tmp_path, store={"url": store.url},
+                                                retraining={"schedule": schedule}))
+
+    daily, weekly = {"enabled": True, "cron": "30 4 * * *"}, {"enabled": True, "cron": "0 3 * * sun"}
+    config = write_config(monitor(**daily).settings, tmp_path / "driftloop.yaml")
+    runner = CliRunner()
+
+    def cli(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, [*args, "--config", str(config)])
+        assert result.exit_code == code, result.output
+        return result.output
+
+    seed_jobs(monitor(**daily), 3600)
+    assert stored(store)["retrain"].next_run_time == next_utc(datetime.now(timezone.utc), 4, 30)
+    line = next(line for line in cli("jobs", "list").splitlines() if line.startswith("retrain"))
+    assert "cron '30 4 * * *' UTC" in line and "04:30:00 UTC" in line and "scheduled retrain" in line
+    seed_jobs(monitor(**weekly), 3600)  # the schedule changed in the config: the new one applies
+    assert stored(store)["retrain"].next_run_time == next_utc(datetime.now(timezone.utc), 3, 0, weekday=6)
+
+    assert "retrain: paused" in cli("jobs", "pause", "retrain")
+    seed_jobs(monitor(**daily), 3600)  # changed again while paused: the operator's pause stands
+    job = stored(store)["retrain"]
+    assert job.next_run_time is None and describe_trigger(job.trigger) == "cron '30 4 * * *' UTC"
+    assert "04:30:00 UTC" in cli("jobs", "resume", "retrain")  # on the new schedule
+    fake = monitor(**daily)
+    scheduler = sched.build_scheduler(fake, 3600)
+    scheduler.start()
+    try:
+        cli("jobs", "run", "retrain")
+        scheduler.wakeup()  # what each lease renewal does
+        wait_until(lambda: fake.scheduled >= 1, what="the scheduled retrain run now")
+        wait_until(lambda: stored(store)["retrain"].next_run_time > datetime.now(timezone.utc),
+                   what="the retrain job back on its schedule")
+    finally:
+        scheduler.shutdown(wait=True)
+    assert fake.scheduled == 1
+    assert stored(store)["retrain"].next_run_time == next_utc(datetime.now(timezone.utc), 4, 30)
+
+    seed_jobs(monitor(enabled=False), 3600)  # switched off: removed on the monitor's start
+    assert set(stored(store)) == {"check", "retention"}
+    assert "retrain" not in cli("jobs", "list")
+    out = cli("jobs", "run", "retrain", code=2)
+    assert "no job 'retrain' (set retraining.schedule to add it); known: ['check', 'retention']" in out
+    with pytest.raises(ConfigError, match="retraining.schedule.cron: weekday '0'"):
+        sched.build_scheduler(monitor(enabled=True, cron="0 3 * * 0"), 3600)  # 0: Sunday to cron, Monday here
 
 
 def test_one_active_scheduler_and_a_clean_handover(store: PredictionStore, tmp_path: Path) -> None:

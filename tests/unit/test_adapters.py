@@ -4,7 +4,7 @@ the named test here, not the loop."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ def test_apscheduler_job_rebuilt_like_setstate(tmp_path: Path) -> None:
     assert set(Job.__slots__) - {"__weakref__"} == set(JOB_FIELDS) | {"_scheduler", "_jobstore_alias"}
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
     store = JsonJobStore(engine, _resolve_all([]))
-    scheduler = StateKeepingScheduler(lambda stored, fresh: stored, timezone=timezone.utc,
+    scheduler = StateKeepingScheduler(lambda stored, fresh, same: stored, timezone=timezone.utc,
                                       jobstores={"default": store})
     scheduler.start(paused=True)
     try:
@@ -110,8 +110,8 @@ def test_apscheduler_store_hooks_called_as_expected(tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
     kept: list[Any] = []
 
-    def keep(stored: datetime | None, fresh: datetime) -> datetime | None:
-        kept.append((stored, fresh))
+    def keep(stored: datetime | None, fresh: datetime, same: bool) -> datetime | None:
+        kept.append((stored, fresh, same))
         return stored
 
     def make() -> Any:
@@ -128,7 +128,7 @@ def test_apscheduler_store_hooks_called_as_expected(tmp_path: Path) -> None:
     second.add_job("tests.unit.test_adapters:_job", "interval", seconds=0.1, args=["x"], id="x",
                    next_run_time=datetime.now(timezone.utc), replace_existing=True)
     second.start(paused=True)  # pending jobs are added at start
-    assert [stored for stored, _ in kept] == [None]  # the keep hook saw the stored (paused) job
+    assert [(stored, same) for stored, _, same in kept] == [(None, True)]  # it saw the stored (paused) job
     second.resume_job("x")
     calls.clear()
     second.resume()
@@ -139,6 +139,74 @@ def test_apscheduler_store_hooks_called_as_expected(tmp_path: Path) -> None:
         engine.dispose()
     assert ran[:2] == ["x", "x"]
     assert {"get_due_jobs", "update_job", "get_next_run_time"} <= set(calls)
+
+
+def test_apscheduler_cron_trigger_round_trip(tmp_path: Path) -> None:
+    """A crontab-like cron trigger is stored as its expression and time zone (plain JSON) and read
+    back firing at the same times; the keep hook is told when a stored job's schedule changed;
+    what the JSON cannot say is refused when written, not lost."""
+    import json
+
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from driftloop.adapters.apscheduler import (
+        JsonJobStore,
+        StateKeepingScheduler,
+        crontab,
+        describe_trigger,
+        same_schedule,
+    )
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    kept: list[bool] = []
+
+    def keep(stored: datetime | None, fresh: datetime, same: bool) -> datetime | None:
+        kept.append(same)
+        return stored if same else fresh
+
+    store = JsonJobStore(engine, _resolve_all([]))
+    scheduler = StateKeepingScheduler(keep, timezone=timezone.utc, jobstores={"default": store})
+    scheduler.start(paused=True)
+    try:
+        for expression in ("0 3 * * mon-fri", "*/15 1,13 1-7 jan-jun sun", "30 4 last * *"):
+            made = scheduler.add_job("tests.unit.test_adapters:_job", crontab(expression), args=["c"], id="c",
+                                     replace_existing=True)
+            with engine.begin() as conn:
+                raw = conn.execute(sa.text("SELECT job_state FROM apscheduler_jobs WHERE id = 'c'")).scalar_one()
+            assert json.loads(raw)["trigger"] == {"type": "cron", "expression": expression, "timezone": "UTC",
+                                                  "start_date": None, "end_date": None, "jitter": None}
+            back = store.lookup_job("c")
+            assert isinstance(back.trigger, CronTrigger)
+            assert back.trigger.__getstate__() == made.trigger.__getstate__()
+            assert back.next_run_time == made.next_run_time
+            assert same_schedule(back.trigger, made.trigger)
+            assert describe_trigger(back.trigger) == f"cron '{expression}' UTC"
+            now = datetime(2026, 2, 27, 12, 34, tzinfo=timezone.utc)  # a Friday
+            for _ in range(5):  # the same firing times, one after another
+                nxt = back.trigger.get_next_fire_time(None, now)
+                assert nxt == made.trigger.get_next_fire_time(None, now)
+                now = nxt + timedelta(seconds=1)
+        assert kept == [False, False]  # each new expression replaced a different schedule
+        assert back.trigger.get_next_fire_time(None, datetime(2026, 2, 1, tzinfo=timezone.utc)) == \
+            datetime(2026, 2, 28, 4, 30, tzinfo=timezone.utc)  # the last day of February
+        hourly = IntervalTrigger(hours=1, timezone=timezone.utc)
+        assert same_schedule(hourly, IntervalTrigger(hours=1, timezone=timezone.utc))  # defined at another moment
+        assert not same_schedule(hourly, IntervalTrigger(hours=2, timezone=timezone.utc))
+        assert not same_schedule(hourly, crontab("0 * * * *"))
+        for trigger in (CronTrigger(second="*/5", timezone="UTC"), CronTrigger(year=2030, timezone="UTC")):
+            with pytest.raises(ValueError, match="crontab-like"):  # seconds or a year: not a crontab line
+                scheduler.add_job("tests.unit.test_adapters:_job", trigger, args=["d"], id="d")
+        assert store.lookup_job("d") is None
+    finally:
+        scheduler.shutdown()
+        engine.dispose()
+    assert crontab("0 3 * * sun").get_next_fire_time(None, datetime(2026, 3, 2, tzinfo=timezone.utc)) == \
+        datetime(2026, 3, 8, 3, tzinfo=timezone.utc)  # a Sunday, as crontab means it
+    with pytest.raises(ValueError, match="weekday '0'.*by name"):  # APScheduler 3 would read 0 as Monday
+        crontab("0 3 * * 0")
+    with pytest.raises(ValueError, match="five fields"):
+        crontab("0 3 * *")
 
 
 # -- Evidently ------------------------------------------------------------------------------------

@@ -112,3 +112,35 @@ def test_history_events_lead_with_what_a_retrain_was(user_project: Path) -> None
     line = result.output.strip()
     assert " retrain_promoted     window=6 trigger=follow_up series=7 step=2 labelled=1200 candidate=v3 {" in line
     assert "series ended" not in line and '"status": "promoted"' in line
+
+
+def test_history_shows_a_regressor_s_errors_where_a_classifier_s_accuracy_goes(tmp_path: Path,
+                                                                                 user_project: Path) -> None:
+    from driftloop.monitoring.store import PredictionStore
+    from driftloop.vocabulary import Check, Decision
+
+    def check(window: int, **figures: float | None) -> Check:
+        return Check(window=window, first_id=1, last_id=500, rows=500, model_version="v1", reference_version="v1",
+                     drift_share=0.0, drifted_features=[], feature_scores={}, labelled=420, accuracy=None,
+                     champion_labelled=420, champion_accuracy=None, decision=Decision.WATCH,
+                     reason="rmse 912.3 > 830 * 1.10 on 420 labels", **figures)
+
+    config = yaml.safe_load(user_project.read_text()) | {"task": "regression"}
+    config["store"] = {"url": f"sqlite:///{tmp_path / 'regression.sqlite'}"}
+    regression = tmp_path / "regression.yaml"
+    regression.write_text(yaml.safe_dump(config, sort_keys=False))
+    store = PredictionStore(config["store"]["url"]).create()
+    store.record_check(check(0, rmse=912.34, mae=700.06, champion_rmse=912.34))
+    store.record_check(check(1))  # no labels yet
+    store.close()
+    result = runner.invoke(app, ["history", "-c", str(regression)])
+    assert result.exit_code == 0, result.output
+    first, second = result.output.strip().splitlines()
+    assert first.startswith("window    0 rows=500 drift=0.00 rmse=912.3 mae=700.1 model=v1 watch")
+    assert first.endswith("rmse 912.3 > 830 * 1.10 on 420 labels") and "acc=" not in first
+    assert "rmse=- mae=- model=v1" in second
+    classifier = PredictionStore(yaml.safe_load(user_project.read_text())["store"]["url"]).create()
+    classifier.record_check(Check(**(check(0).to_dict() | {"accuracy": 0.75})))  # a classifier's project
+    classifier.close()
+    shown = runner.invoke(app, ["history", "-c", str(user_project)]).output
+    assert "drift=0.00 acc=0.750 model=v1" in shown and "rmse=" not in shown

@@ -69,3 +69,30 @@ def test_dashboard_provider_points_where_compose_mounts_the_dashboards() -> None
     mounts = compose["services"]["grafana"]["volumes"]
     assert f"./grafana/dashboards:{provider['options']['path']}:ro" in mounts
     assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
+
+
+@pytest.mark.parametrize(("figures", "expected", "shown"), [
+    ({"rmse": 912.0, "mae": 700.0}, {"expected_rmse": 830.0, "expected_accuracy": None},
+     {("rmse", "realized"): 912.0, ("mae", "realized"): 700.0, ("rmse", "expected"): 830.0}),
+    ({"accuracy": 0.75}, {"expected_rmse": None, "expected_accuracy": 0.8},
+     {("error_rate", "realized"): 0.25, ("error_rate", "expected"): pytest.approx(0.2)}),
+], ids=["regression", "classification"])
+def test_the_error_panel_shows_what_a_monitor_exports(figures: dict[str, float], expected: dict[str, Any],
+                                                      shown: dict[tuple[str, str], float]) -> None:
+    """tests/servers/test_observability.py runs the panel's queries against a classifier's monitor;
+    here a regressor's gauges (and a classifier's) are read by the very names the panel queries."""
+    from driftloop.monitoring.metrics import MonitorMetrics
+    from driftloop.vocabulary import Check, Decision
+
+    (panel,) = [p for p in json.loads(DASHBOARDS["model-health"].read_text())["panels"] if p["title"].startswith("Error")]
+    realized, expected_expr = (t["expr"] for t in panel["targets"])
+    metrics = MonitorMetrics()
+    metrics.observe_check(Check(window=0, first_id=1, last_id=500, rows=500, model_version="v1", reference_version="v1",
+                                drift_share=0.0, drifted_features=[], feature_scores={}, labelled=420,
+                                champion_labelled=420, champion_accuracy=None, decision=Decision.NONE, reason="",
+                                **({"accuracy": None} | figures)),
+                          (), threshold=0.5, champion="v1", now=0.0, **expected)
+    got = {(s.labels["metric"], "realized" if family.name == realized else "expected"): s.value
+           for family in metrics.registry.collect() if family.name in (realized, expected_expr)
+           for s in family.samples}
+    assert got == shown

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from driftloop.monitoring.policy import PolicyConfig, PolicyDecision, RetrainPolicy, WindowStats
@@ -240,3 +242,99 @@ def test_too_few_labels_leave_a_suspicion_open() -> None:
     decision = RetrainPolicy(PolicyConfig(min_labels=100)).update(estimated(0, 0.70, labelled=60, accuracy=0.6))
     assert decision.action == Decision.SUSPECT
     assert "60 of 100 labels" in decision.reason
+
+
+# -- regression: RMSE against the champion's expected RMSE, a z-test on the mean squared error --------
+def regressed(window: int, rmse: float, labelled: int = 400, *, baseline_rmse: float = 100.0,
+              baseline_rows: int | None = 600, gaussian_spread: bool = True, **kw) -> WindowStats:
+    """A regressor's window: squared errors with mean ``rmse ** 2``; their spread, and the
+    baseline's, as Gaussian residuals give (std of a squared error = sqrt(2) * its mean), unless
+    given (``mse_std``, ``baseline_mse_std``; ``gaussian_spread=False``: the baseline's unknown)."""
+    kw.setdefault("drift_share", 0.0)
+    kw.setdefault("mse_std", math.sqrt(2) * rmse ** 2)
+    kw.setdefault("baseline_mse_std", math.sqrt(2) * baseline_rmse ** 2 if gaussian_spread else None)
+    return WindowStats(window=window, rows=500, labelled=labelled, mse=rmse ** 2, baseline_mse=baseline_rmse ** 2,
+                       baseline_rows=baseline_rows, **kw)
+
+
+def test_regression_decays_on_a_real_rise_in_rmse() -> None:
+    decision = RetrainPolicy(PolicyConfig(consecutive=1)).update(regressed(0, 130.0))
+    assert decision.action == Decision.RETRAIN and decision.signals == (Signal.DECAY,)
+    assert "rmse 130 > 100 * 1.10 on 400 labels" in decision.reason
+    assert RetrainPolicy.rise_z(regressed(0, 130.0)) > 5
+
+
+def test_a_rise_within_max_error_rise_is_no_decay_however_significant() -> None:
+    policy = RetrainPolicy(PolicyConfig(max_error_rise=0.10))
+    small = regressed(0, 108.0, labelled=100_000, baseline_rows=100_000)
+    assert RetrainPolicy.rise_z(small) > 10 and policy.signals(small) == ()
+    assert RetrainPolicy(PolicyConfig(max_error_rise=0.05)).signals(small) == (Signal.DECAY,)
+
+
+@pytest.mark.parametrize(("rmse", "is_decay"), [(109.9, False), (110.1, True)])
+def test_the_allowance_is_on_rmse(rmse: float, is_decay: bool) -> None:
+    exact = regressed(0, rmse, labelled=100_000, baseline_rows=None)  # significance aside
+    assert RetrainPolicy(PolicyConfig(max_error_rise=0.10)).signals(exact) == ((Signal.DECAY,) if is_decay else ())
+
+
+def test_an_insignificant_rise_is_no_decay_and_an_unknown_baseline_spread_counts_as_exact() -> None:
+    """25% above on 100 labels against a 150-row baseline is within the noise of both samples;
+    without the baseline's spread (versions from before it was recorded) only the window's counts."""
+    policy = RetrainPolicy(PolicyConfig(decay_z=2.33))
+    noisy = regressed(0, 125.0, labelled=100, baseline_rows=150)
+    assert 1.5 < RetrainPolicy.rise_z(noisy) < 2.33 and policy.signals(noisy) == ()
+    exact = regressed(0, 125.0, labelled=100, baseline_rows=150, gaussian_spread=False)
+    assert RetrainPolicy.rise_z(exact) > 2.33 and policy.signals(exact) == (Signal.DECAY,)
+    assert policy.signals(regressed(0, 125.0, labelled=1000, baseline_rows=150)) == (Signal.DECAY,)
+
+
+@pytest.mark.parametrize(("labelled", "is_decay"), [(99, False), (100, True)])
+def test_regression_decay_needs_min_labels(labelled: int, is_decay: bool) -> None:
+    stats = regressed(0, 200.0, labelled=labelled)
+    assert RetrainPolicy(PolicyConfig(min_labels=100)).signals(stats) == ((Signal.DECAY,) if is_decay else ())
+
+
+def test_regression_decay_needs_an_error_and_a_baseline() -> None:
+    policy = RetrainPolicy()
+    assert policy.signals(replace(regressed(0, 200.0), mse=None)) == ()
+    assert policy.signals(replace(regressed(0, 200.0), baseline_mse=None)) == ()
+
+
+def test_a_regressor_s_quiet_windows_pool_their_squared_errors_into_its_baseline() -> None:
+    """The calibrated baseline is what the validation rows and the windows' rows say together:
+    the mean and spread of all their squared errors, as if pooled row by row."""
+    rng = np.random.default_rng(3)
+    validation = rng.normal(0, 100, 600) ** 2
+    live = [rng.normal(0, 90, 450) ** 2 for _ in range(5)]
+    policy = RetrainPolicy(PolicyConfig(calibration_windows=4))
+
+    def window(w: int, squared: np.ndarray) -> WindowStats:
+        return WindowStats(window=w, rows=500, drift_share=0.0, labelled=len(squared), mse=float(squared.mean()),
+                           mse_std=float(squared.std()), baseline_mse=float(validation.mean()),
+                           baseline_mse_std=float(validation.std()), baseline_rows=600, champion="v1")
+
+    feed(policy, [window(w, s) for w, s in enumerate(live)])  # quiet; the fifth is past calibration
+    pooled = np.concatenate([validation, *live[:4]])
+    got = policy.baseline(window(5, live[4]))
+    assert got.baseline_rows == 600 + 4 * 450
+    assert got.baseline_mse == pytest.approx(pooled.mean()) and got.baseline_mse_std == pytest.approx(pooled.std())
+
+
+def test_calibration_catches_a_rise_the_validation_figure_hides() -> None:
+    """Validated at RMSE 100, serving at 90: a concept change to 108 is under 100 * 1.10, but well
+    above what the champion really served."""
+    uncalibrated, calibrated = RetrainPolicy(), RetrainPolicy()
+    feed(uncalibrated, [regressed(w, 90.0, 450, champion=None) for w in range(4)])
+    feed(calibrated, [regressed(w, 90.0, 450, champion="v1") for w in range(4)])
+    assert uncalibrated.update(regressed(4, 108.0, 450, champion=None)).signals == ()
+    decision = calibrated.update(regressed(4, 108.0, 450, champion="v1"))
+    assert decision.signals == (Signal.DECAY,)
+    pooled = math.sqrt((600 * 100.0 ** 2 + 1800 * 90.0 ** 2) / 2400)
+    assert f"rmse 108 > {pooled:.4g} * 1.10 on 450 labels" in decision.reason
+
+
+def test_policy_config_carries_max_error_rise() -> None:
+    from driftloop.monitoring.monitor import policy_config
+    from driftloop.settings import MonitoringConfig
+
+    assert policy_config(MonitoringConfig(max_error_rise=0.2)).max_error_rise == 0.2

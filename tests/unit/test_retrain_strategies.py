@@ -146,6 +146,8 @@ def test_window_strategies_train_on_what_they_claim(root: Path, strategy: str) -
     meta = registry.get(outcome.candidate).metadata
     data = meta["training_data"]
     assert data == outcome.training_data and data["strategy"] == strategy and data["weights"] is None
+    assert outcome.tournament is None and "tournament" not in meta  # off by default: one candidate
+    assert meta["gate"]["test"]["significance"] == settings.retraining.significance  # not divided
     assert data["rows"] == ({"window": n_window} | ({"original": original} if original else {}))
     assert data["holdout"] == {"source": "window", "rows": n_hold, "weighted": False}
     # the fit validates on the newest window rows; the original ones are all trained on

@@ -151,3 +151,25 @@ def test_settings_are_frozen() -> None:
     s = load_settings()
     with pytest.raises(ValidationError, match="frozen"):
         s.seed = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("cron", "says"), [("0 3 * *", "five fields"), ("0 3 * * 0", "weekdays by name"),
+                                             ("61 3 * * sun", "retraining.schedule.cron")])
+def test_a_bad_retraining_schedule_is_refused_when_the_config_loads(cron: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        load_settings(None, retraining={"schedule": {"enabled": True, "cron": cron}})
+    with pytest.raises(ConfigError, match="exactly one of interval_s and cron"):
+        load_settings(None, retraining={"schedule": {"enabled": True}})
+    assert load_settings(None, retraining={"schedule": {"enabled": True, "cron": "0 3 * * sun"}}).retraining.schedule.cron
+
+
+def test_a_tournament_that_cannot_run_is_refused_when_the_config_loads() -> None:
+    with pytest.raises(ConfigError, match="retraining.tournament.kinds: cnn takes exactly one image feature"):
+        load_settings(None, retraining={"tournament": {"enabled": True, "kinds": ["gradient_boosting", "cnn"]}})
+    with pytest.raises(ConfigError, match="retraining.tournament.enabled: a tournament scores candidates on labels"):
+        load_settings(None, task="clustering", model={"kind": "kmeans"}, data={"target": None},
+                      retraining={"tournament": {"enabled": True}})
+    with pytest.raises(ConfigError, match="retraining.tournament.kinds: unknown kinds"):
+        load_settings(None, retraining={"tournament": {"enabled": True, "kinds": ["nope"]}})
+    ok = load_settings(None, retraining={"tournament": {"enabled": True, "kinds": ["gradient_boosting", "mlp"]}})
+    assert ok.retraining.tournament.kinds == ["gradient_boosting", "mlp"]

@@ -1,6 +1,7 @@
 """The promotion watch (monitoring/watch.py) on a real SQLite store and a real registry: after a
 promotion the predecessor scores beside the new champion (the shadow pointer in the ``watch``
-role), and one look at ``min_labels`` labelled rows keeps or rolls back the promotion.
+role), and looks at ``min_labels``, 2x, 4x, ... labelled rows keep or roll back the promotion
+(most tests here take one look, ``looks=1``; the multi-look tests say so).
 
 What the serving workers would score is written directly, as in tests/unit/test_shadow_judge.py
 (tests/servers/test_shadow.py checks that a worker scores with whatever the shadow pointer names).
@@ -8,6 +9,7 @@ What the serving workers would score is written directly, as in tests/unit/test_
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -57,7 +59,7 @@ class World:
     def __init__(self, store: PredictionStore, registry: Registry, **config: Any) -> None:
         self.store, self.registry = store, registry
         self.policy, self.metrics = RetrainPolicy(PolicyConfig(cooldown_windows=2)), MonitorMetrics()
-        self.config = WatchConfig(**({"enabled": True, "min_labels": MIN_LABELS, "max_windows": 3} | config))
+        self.config = WatchConfig(**({"enabled": True, "min_labels": MIN_LABELS, "looks": 1, "max_windows": 3} | config))
         self.watch = self.restarted()
         self.windows = 0
 
@@ -351,3 +353,71 @@ def test_a_rollback_that_cannot_be_done_ends_the_watch_loudly(world: World) -> N
     assert ended["kind"] == EventKind.WATCH_EXPIRED and "significantly worse, but the rollback to v1 failed" in \
         ended["reason"] and "checksum mismatch" in ended["reason"]
     assert world.registry.champion().version == "v2" and world.registry.shadow() is None and world.rollbacks() == 0
+
+
+# -- several looks ---------------------------------------------------------------------------------
+def test_a_promotion_worse_on_later_rows_is_rolled_back_at_a_later_look(store: PredictionStore,
+                                                                         registry: Registry) -> None:
+    """Grouped arrival: the new champion wins on the stretch it was trained for, loses on the next."""
+    world = World(store, registry, looks=3, max_windows=10)
+    world.registry.promote("v2", actor="test", reason="better")
+    started = world.watch.run()
+    assert started["looks"] == 3 and "looks at 20, 40, 80 labelled rows" in started["reason"]
+    world.served([1] * 20, [1] * 16 + [0] * 4, [1] * 20)  # first stretch: v2 slightly better
+    looked = world.watch.run()
+    assert looked["kind"] == EventKind.WATCH_LOOKED and (looked["look"], looked["looks"]) == (1, 3)
+    assert looked["significance"] == pytest.approx(0.05 / 3) and looked["labelled"] == 20
+    assert world.registry.champion().version == "v2" and world.registry.shadow().role == ShadowRole.WATCH
+    world.served([0] * 10, [1] * 10, [1] * 10)  # 30 labelled: the second look (40) is not due
+    assert world.watch.run() is None and world.restarted().run() is None
+    world.served([0] * 10, [1] * 10, [1] * 10)  # the next stretch: v1 right where v2 is wrong
+    ended = world.restarted().run()  # a restarted monitor counts the recorded look: this is look 2
+    assert ended["kind"] == EventKind.WATCH_ROLLED_BACK and (ended["look"], ended["labelled"]) == (2, 40)
+    assert ended["predecessor_only"] == 20 and ended["champion_only"] == 4
+    assert "look 2 of 3" in ended["reason"] and world.registry.champion().version == "v1"
+    assert world.kinds() == [EventKind.WATCH_STARTED, EventKind.WATCH_LOOKED, EventKind.WATCH_ROLLED_BACK]
+    assert world.rollbacks() == 1
+
+
+def test_a_champion_as_good_at_every_look_is_kept_after_the_last(store: PredictionStore,
+                                                                  registry: Registry) -> None:
+    world = World(store, registry, looks=2, max_windows=10)
+    world.registry.promote("v2", actor="test", reason="better")
+    world.watch.run()
+    # worse on 3 rows, better on 2 of every 20: never significant
+    for _ in range(2):
+        world.served([0, 0, 0, 1, 1] + [1] * 15, [1, 1, 1, 0, 0] + [1] * 15, [1] * 20)
+    ended = world.watch.run()  # 40 labelled rows: both looks are due, one look is taken per run
+    assert ended["kind"] == EventKind.WATCH_LOOKED and ended["labelled"] == 40
+    ended = world.watch.run()
+    assert ended["kind"] == EventKind.WATCH_KEPT and ended["look"] == 2 and "look 2 of 2" in ended["reason"]
+    assert world.registry.champion().version == "v2" and world.registry.shadow() is None
+    assert world.watch.run() is None
+
+
+def test_at_max_windows_the_last_look_uses_the_rows_there_are(store: PredictionStore, registry: Registry) -> None:
+    world = World(store, registry, looks=4, max_windows=2)
+    world.registry.promote("v2", actor="test", reason="better")
+    world.watch.run()
+    world.served([1] * 20, [1] * 20, [1] * 20)
+    assert world.watch.run()["kind"] == EventKind.WATCH_LOOKED
+    world.served([0] * 12 + [1] * 3, [1] * 15, [1] * 15)  # 35 labelled: look 2 (40) not due yet
+    assert world.watch.run() is None
+    world.checked(2)  # max_windows: the last look, on the 35 rows there are
+    ended = world.watch.run()
+    assert ended["kind"] == EventKind.WATCH_ROLLED_BACK and (ended["look"], ended["looks"]) == (2, 4)
+    assert ended["labelled"] == 35 and ended["significance"] == pytest.approx(0.05 / 4)
+
+
+def test_a_watch_started_before_looks_existed_takes_one_look(world: World) -> None:
+    world.registry.promote("v2", actor="test", reason="better")
+    started = world.watch.run()
+    (event,) = world.store.events(EventKind.WATCH_STARTED)
+    detail = {k: v for k, v in event["detail"].items() if k != "looks"}  # as an earlier driftloop wrote it
+    with world.store.engine.begin() as conn:
+        from driftloop.monitoring.store import events
+        conn.execute(events.update().where(events.c.id == event["id"]).values(detail=json.dumps(detail)))
+    world.config = WatchConfig(enabled=True, min_labels=MIN_LABELS, looks=4, max_windows=3)
+    world.served([0, 0, 0, 1] + [1] * 16, [1, 1, 1, 0] + [1] * 16, [1] * 20)
+    ended = world.restarted().run()
+    assert started["looks"] == 1 and ended["kind"] == EventKind.WATCH_KEPT and ended["looks"] == 1

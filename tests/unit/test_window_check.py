@@ -9,9 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
-from driftloop.monitoring.baselines import Baselines, expected_accuracy
+from driftloop.monitoring.baselines import Baselines, expected_accuracy, expected_error
 from driftloop.monitoring.check import WindowCheck
 from driftloop.monitoring.metrics import MonitorMetrics
 from driftloop.monitoring.monitor import policy_config, restore
@@ -52,8 +53,8 @@ class Drift:
 
 
 class FakeBaselines(Baselines):
-    def __init__(self) -> None:
-        super().__init__(Registry(), None)  # type: ignore[arg-type]
+    def __init__(self, registry: Any = None) -> None:
+        super().__init__(registry or Registry(), None)  # type: ignore[arg-type]
         self.fake = Drift()
 
     def drift(self, version: str) -> Any:
@@ -175,3 +176,104 @@ def test_expected_accuracy_pools_the_gates_holdout() -> None:
     assert expected_accuracy({"metrics": {"accuracy": 0.8}, "rows": {"validation": 100}, "gate": gate}) == \
         (pytest.approx(0.875), 400)
     assert expected_accuracy({}) == (None, None)
+
+
+# -- a regressor's windows: RMSE and MAE against the labels ------------------------------------------
+# Validated at RMSE 2 (squared errors: mean 4, std 5 over 1000 rows).
+REGRESSION_METADATA = {"metrics": {"mse": 4.0, "rmse": 2.0, "mae": 1.5, "r2": 0.9}, "rows": {"validation": 1000},
+                       "squared_errors": {"mean": 4.0, "std": 5.0}, "kind": "fake", "confidence_calibration": None}
+
+
+class RegressionRegistry(Registry):
+    def get(self, version: str) -> Any:
+        return SimpleNamespace(version=version, metadata=REGRESSION_METADATA, schema=SimpleNamespace(task="regression"))
+
+
+@pytest.fixture
+def regression(tmp_path: Path) -> dict[str, Any]:
+    store = PredictionStore(f"sqlite:///{tmp_path / 'store.db'}").create()
+    config = MonitoringConfig(window_rows=ROWS, min_labels=5, label_wait_s=0.0, reports_dir=tmp_path / "reports")
+    baselines, policy, metrics = FakeBaselines(RegressionRegistry()), RetrainPolicy(policy_config(config)), MonitorMetrics()
+    windows = WindowCheck(config, "regression", store, RegressionRegistry(), baselines, policy, metrics,
+                          clock=lambda: 4e9)
+    yield {"store": store, "windows": windows, "metrics": metrics, "policy": policy, "baselines": baselines}
+    store.close()
+
+
+def log_values(store: PredictionStore, predictions: list[float], labels: list[float | None],
+               version: str = "v1") -> None:
+    """Rows predicted ``predictions`` by ``version``, labelled ``labels`` (None: no label)."""
+    start = store.count_predictions()
+    ids = [f"r{start + i}" for i in range(len(predictions))]
+    store.insert_predictions([{"request_id": rid, "created_at": T0 + timedelta(seconds=start + i),
+                               "model_version": version, "features": {"x": 1.0}, "prediction": p, "confidence": None}
+                              for i, (rid, p) in enumerate(zip(ids, predictions))])
+    store.insert_feedback([(rid, y) for rid, y in zip(ids, labels) if y is not None])
+
+
+def test_a_regressor_s_window_records_rmse_and_mae(regression: dict[str, Any]) -> None:
+    store, windows, metrics = regression["store"], regression["windows"], regression["metrics"]
+    rng = np.random.default_rng(0)
+    labels = rng.normal(50, 10, ROWS)
+    predictions = labels + rng.normal(0, 1.5, ROWS)  # about the validation error
+    predictions[:2] = labels[:2] + 9.0  # two rows answered by v0 (before v1's promotion), badly
+    log_values(store, predictions[:2].tolist(), labels[:2].tolist(), version="v0")
+    log_values(store, predictions[2:].tolist(), [*labels[2:-1].tolist(), None])
+    checked = windows.run(*windows.ready())
+    check = checked.check
+    every, mine = slice(0, ROWS - 1), slice(2, ROWS - 1)  # labelled rows; those v1 answered
+    error = predictions - labels
+    assert check.labelled == ROWS - 1 and check.champion_labelled == ROWS - 3
+    assert check.rmse == pytest.approx(np.sqrt(np.mean(error[every] ** 2)))
+    assert check.mae == pytest.approx(np.mean(np.abs(error[every])))
+    assert check.champion_rmse == pytest.approx(np.sqrt(np.mean(error[mine] ** 2)))
+    assert check.champion_mae == pytest.approx(np.mean(np.abs(error[mine])))
+    assert check.champion_squared_error_std == pytest.approx(np.std(error[mine] ** 2))
+    assert check.accuracy is None and check.champion_accuracy is None and check.estimated_accuracy is None
+    assert check.decision == Decision.NONE  # v1's own rows are as good as validated
+    stored = store.last_check()
+    assert (stored.rmse, stored.mae, stored.champion_rmse, stored.champion_mae, stored.champion_squared_error_std) \
+        == pytest.approx((check.rmse, check.mae, check.champion_rmse, check.champion_mae,
+                          check.champion_squared_error_std))
+    windows.export(checked)
+    assert gauge(metrics, "driftloop_window_error", metric="rmse") == pytest.approx(check.rmse)
+    assert gauge(metrics, "driftloop_window_error", metric="mae") == pytest.approx(check.mae)
+    assert gauge(metrics, "driftloop_expected_error", model_version="v1", metric="rmse") == pytest.approx(2.0)
+    assert gauge(metrics, "driftloop_window_error", metric="error_rate") is None
+    assert gauge(metrics, "driftloop_expected_accuracy", model_version="v1") is None
+
+
+def test_a_regressor_s_decay_is_decided_recorded_and_replayed(regression: dict[str, Any]) -> None:
+    store, windows, metrics = regression["store"], regression["windows"], regression["metrics"]
+    rng = np.random.default_rng(1)
+    for _ in range(2):  # the concept moved: errors of about 6 against a validated 2
+        labels = rng.normal(50, 10, ROWS)
+        log_values(store, (labels + rng.choice([-6.0, 6.0], ROWS) + rng.normal(0, 0.5, ROWS)).tolist(),
+                   labels.tolist())
+    first, second = (windows.run(*windows.ready()) for _ in range(2))
+    assert (first.check.decision, second.check.decision) == (Decision.WATCH, Decision.RETRAIN)
+    assert second.check.outcome == Outcome.RUNNING and second.decision.signals == ("decay",)
+    assert f"rmse {second.check.champion_rmse:.4g} > 2 * 1.10 on {ROWS} labels" in second.check.reason
+    (event,) = store.events(EventKind.DECAY_DETECTED)
+    assert event["detail"]["rmse"] == pytest.approx(second.check.rmse) and event["detail"]["accuracy"] is None
+    windows.export(second)
+    assert gauge(metrics, "driftloop_window_signal", signal="decay") == 1
+
+    # A restarted monitor's policy makes the same decisions from the stored checks alone.
+    policy = RetrainPolicy(regression["policy"].config)
+    replayed = [policy.update(regression["baselines"].stats_of(c)) for c in store.checks()]
+    assert [(d.action, d.reason) for d in replayed] == [(c.decision, c.reason) for c in store.checks()]
+
+
+def test_expected_error_pools_the_gates_holdout() -> None:
+    validation = {"metrics": {"mse": 4.0}, "rows": {"validation": 100}, "squared_errors": {"mean": 4.0, "std": 6.0}}
+    assert expected_error(validation) == (4.0, 6.0, 100)
+    gate = {"metric": "rmse", "holdout_rows": 300, "candidate": 3.0}  # MSE 9 on the gate's rows
+    mse, std, rows = expected_error(validation | {"gate": gate})
+    assert (mse, rows) == (pytest.approx((4.0 * 100 + 9.0 * 300) / 400), 400)
+    # the holdout's squared errors spread as the validation's do relative to their mean (std 13.5)
+    second = (100 * (6.0 ** 2 + 4.0 ** 2) + 300 * (13.5 ** 2 + 9.0 ** 2)) / 400
+    assert std == pytest.approx(np.sqrt(second - mse ** 2))
+    older = {"metrics": {"mse": 4.0}, "rows": {"validation": 100}}  # trained before the spread was recorded
+    assert expected_error(older | {"gate": gate})[1] is None
+    assert expected_error(METADATA) == (None, None, None)  # a classifier

@@ -55,7 +55,7 @@ MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.parquet"
 TRIGGERS = tuple(t.value for t in Trigger)  # a version's metadata ``trigger``
 DIFF_FIELDS = ("kind", "params", "trigger", "parent", "data_fingerprint", "time_range")
-_VERSION = re.compile(r"^v(\d+)$")
+_VERSION = re.compile(r"^v([1-9][0-9]*)$")  # exactly: v1, v2, ... (no v01, no V1)
 
 
 @dataclass(frozen=True)
@@ -225,10 +225,15 @@ class Registry:
             items = store_api.list_models(self._store, self.project)
         except Exception:  # the project has no models yet
             return []
-        out = [self._version_of(m) for m in items if _VERSION.match(m.tag.version or "")]
+        out = [self._version_of(m) for m in items if _VERSION.fullmatch(m.tag.version or "")]
         return sorted(out, key=lambda v: int(v.version[1:]))
 
     def get(self, version: str) -> ModelVersion:
+        """The registered ``version`` (exactly ``v<number>``: BentoML's store matches tags without
+        regard to case, so ``V1`` would find v1 while a pointer naming ``V1`` names no version)."""
+        if not isinstance(version, str) or not _VERSION.fullmatch(version):
+            raise UnknownVersion(f"unknown version {version!r} of {self.project!r}: versions are named v1, v2, ...; "
+                                 f"known: {[v.version for v in self.versions()]}")
         try:
             return self._version_of(store_api.get_model(self._store, f"{self.project}:{version}"))
         except Exception:
@@ -351,8 +356,8 @@ class Registry:
         return _stamp(self.pointer_path)
 
     def promote(self, version: str, actor: str, reason: str) -> Champion:
-        with self._lock():  # verified under the lock, so prune cannot delete it in between
-            self.verify(version)  # a broken artifact never becomes champion
+        with self._lock():  # checked under the lock, so prune cannot delete it in between
+            self.load(version)  # a canary load: checksums, external data, onnxruntime session, a warm-up run
             current = self.champion()
             if current and current.version == version:
                 return current
@@ -373,7 +378,7 @@ class Registry:
             if current is None or not current.lineage:
                 raise RegistryError("nothing to roll back to: the champion has no predecessor")
             target = current.lineage[-1]
-            self.verify(target)
+            self.load(target)  # the predecessor must still load, or the rollback would serve nothing
             return self._write_pointer("rollback", target, actor, reason, current.lineage[:-1])
 
     # -- the shadow pointer ---------------------------------------------------------------------
@@ -401,8 +406,8 @@ class Registry:
         first and the champion is refused. Setting the current shadow again in the same role changes
         nothing."""
         role = ShadowRole(role)
-        with self._lock():  # verified under the lock, so prune cannot delete it in between
-            self.verify(version)  # a broken artifact is never scored
+        with self._lock():  # checked under the lock, so prune cannot delete it in between
+            self.load(version)  # a canary load: an artifact that cannot run is never scored
             champion = self.champion()
             if champion is not None and champion.version == version:
                 raise RegistryError(f"{version} is the champion; a shadow is a candidate scored beside it")
@@ -447,6 +452,10 @@ class Registry:
             raise RegistryError(f"{self.project!r} has no champion; refusing to prune")
         shadow = self.shadow()
         versions = [mv.version for mv in self.versions()]  # oldest first
+        named = {champion.version, *([shadow.version] if shadow else [])}
+        if named - set(versions):  # a pointer edited by hand, or written by an older driftloop
+            raise RegistryError(f"the pointers name {sorted(named - set(versions))}, which are not registered "
+                                f"versions of {self.project!r} ({versions}); refusing to prune")
         ancestors = set(champion.lineage[-keep_ancestors:]) if keep_ancestors else set()
         special = {champion.version, *champion.lineage, *([shadow.version] if shadow else [])}
         candidates = [v for v in versions if v not in special]

@@ -24,7 +24,7 @@ from typing import Any
 class ServingMetrics:
     predictions: Any  # Counter{model_version, predicted_class}: predicted rows
     feedback: Any  # Counter{outcome}: labels accepted, duplicate, unknown
-    swaps: Any  # Counter{outcome}: model swaps done or refused, per worker
+    swaps: Any  # Counter{outcome}: champion swaps done, refused, or fallback (an ancestor serves), per worker
     model_workers: Any  # Gauge{model_version, device}: workers serving each version
     log_rows: Any  # Counter{outcome}: prediction-log rows written or dropped
     log_queue: Any  # Gauge: rows waiting in the prediction-log buffers

@@ -100,8 +100,10 @@ class PointerWatcher:
                  on_refused: Callable[[str, Exception], None], interval_s: float,
                  providers: list[str] | None = None, *,
                  on_shadow: Callable[[OnnxModel | None], None] | None = None,
-                 on_shadow_refused: Callable[[str, Exception], None] = lambda version, exc: None) -> None:
+                 on_shadow_refused: Callable[[str, Exception], None] = lambda version, exc: None,
+                 on_fallback: Callable[[str, str], None] | None = None) -> None:
         self._registry = registry
+        self._on_fallback = on_fallback
         self._interval = interval_s
         self._providers = providers
         self._pointers = [_Pointer("champion", registry.pointer_stamp, lambda: _named(registry.champion()),
@@ -152,9 +154,33 @@ class PointerWatcher:
             pointer.on_refused(version, exc)
             if pointer.optional:
                 self._drop(pointer)
+            elif pointer.current is None:  # nothing served yet (a worker starting): an ancestor serves
+                self._fall_back(pointer, version)
             return
         pointer.current = version
         pointer.on_swap(model)
+
+    def _fall_back(self, pointer: _Pointer, refused: str) -> None:
+        """A worker with no model whose champion cannot load serves the newest loadable version of
+        the champion's lineage instead, and says so (log, ``driftloop_model_swaps_total{outcome=
+        "fallback"}``, the ``DriftloopServingFallback`` alert). The pointer is left as it is: an
+        operator decides; a new pointer write is tried as usual."""
+        champion = self._registry.champion()
+        for version in reversed(champion.lineage if champion else ()):
+            try:
+                model = self._registry.load(version, providers=self._providers)
+            except Exception as exc:
+                log.error("fallback: %s cannot load either: %s", version, exc)
+                continue
+            log.critical("the champion %s cannot be loaded: serving its predecessor %s instead until the "
+                         "pointer changes (`driftloop models promote` or `rollback`)", refused, version)
+            pointer.current = version
+            pointer.on_swap(model)
+            if self._on_fallback is not None:
+                self._on_fallback(refused, version)
+            return
+        log.critical("the champion %s cannot be loaded and no version of its lineage can: nothing is served",
+                     refused)
 
     @staticmethod
     def _drop(pointer: _Pointer) -> None:
@@ -196,12 +222,13 @@ class Serving:
         # No prediction log, nothing for a shadow to score: it is not even loaded.
         self.watcher = PointerWatcher(registry, self._swap, self._refused, config.poll_interval_s, providers,
                                        on_shadow=self._swap_shadow if self.writer is not None else None,
-                                       on_shadow_refused=self._refused_shadow)
+                                       on_shadow_refused=self._refused_shadow,
+                                       on_fallback=lambda refused, served: metrics.swaps.labels("fallback").inc())
         # Every outcome exported at 0 from the start: an alert on the increase of a counter needs
         # the series to exist before the first event.
         for child in (metrics.shed.labels("overloaded"), metrics.shed.labels("draining"),
                       metrics.log_rows.labels("written"), metrics.log_rows.labels("dropped"),
-                      metrics.swaps.labels("done"), metrics.swaps.labels("refused"),
+                      metrics.swaps.labels("done"), metrics.swaps.labels("refused"), metrics.swaps.labels("fallback"),
                       metrics.shadow_swaps.labels("done"), metrics.shadow_swaps.labels("refused"),
                       *(metrics.shadow_rows.labels(outcome) for outcome in ("scored", "refused", "failed"))):
             child.inc(0)
@@ -348,7 +375,13 @@ class Serving:
         return {"model_version": self.model.version if self.model else None, "worker_pid": os.getpid()}
 
     def promote(self, version: str, reason: str, actor: str) -> dict[str, Any]:
-        champion = self.registry.promote(version, actor=actor, reason=reason)
+        try:
+            champion = self.registry.promote(version, actor=actor, reason=reason)
+        except DriftloopError as exc:  # unknown, broken or unloadable: the pointer did not move
+            self.metrics.swaps.labels("refused").inc()
+            self.store.record_event(EventKind.PROMOTION_REFUSED, {"version": version, "actor": actor,
+                                                                  "reason": reason, "error": str(exc)})
+            raise
         self.watcher.check()
         return {"champion": champion.version, "promoted_at": champion.promoted_at}
 

@@ -176,17 +176,36 @@ def test_history(service: dict[str, Any]) -> None:
         assert (bad.status_code, bad.json()["field"]) == (422, field), bad.text
 
 
+def refused_swaps() -> float:
+    """This process's driftloop_model_swaps_total{outcome="refused"} (the worker's default registry)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("driftloop_model_swaps_total", {"outcome": "refused"}) or 0.0
+
+
 def test_admin_routes(service: dict[str, Any]) -> None:
     client, registry = service["client"], service["registry"]
     for headers in ({}, {"Authorization": "Bearer not-the-token-not-the-token"}):
         denied = client.post("/admin/promote", json={"version": "v1"}, headers=headers)
         assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer", denied.text
+    refusals = refused_swaps()
     unknown = client.post("/admin/promote", json={"version": "v99"}, headers=AUTH)
     assert unknown.status_code == 404 and "unknown version 'v99'" in unknown.json()["error"]
+    other_case = client.post("/admin/promote", json={"version": "V1"}, headers=AUTH)
+    assert other_case.status_code == 404 and "versions are named v1, v2" in other_case.json()["error"]
+    v1 = registry.get("v1")
+    broken = registry.register(b"\x08\x07garbage", v1.schema, registry.reference("v1"), dict(v1.metadata),
+                               trigger="manual", parent="v1").version  # its checksums match: only a load tells
+    refused = client.post("/admin/promote", json={"version": broken}, headers=AUTH)
+    assert refused.status_code == 422 and "not a readable ONNX graph" in refused.json()["error"], refused.text
+    assert registry.champion().version == "v1"
+    events = service["store"].events("promotion_refused")
+    assert [(e["detail"]["version"], e["detail"]["actor"]) for e in events] == [
+        ("v99", "http:testclient"), ("V1", "http:testclient"), (broken, "http:testclient")]
+    assert refused_swaps() == refusals + 3  # driftloop_model_swaps_total{outcome="refused"}
     nothing_before = client.post("/admin/rollback", json={}, headers=AUTH)
     assert nothing_before.status_code == 409 and "nothing to roll back to" in nothing_before.json()["error"]
 
-    v1 = registry.get("v1")
     v2 = registry.register((v1.path / MODEL_FILE).read_bytes(), v1.schema, registry.reference("v1"),
                            dict(v1.metadata), trigger="manual", parent="v1").version
     promoted = client.post("/admin/promote", json={"version": v2, "reason": "in-process test"}, headers=AUTH)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from driftloop.models.errors import IntegrityError, RegistryError
+from driftloop.models.errors import IntegrityError, RegistryError, UnknownVersion
 from driftloop.models.registry import MODEL_FILE, REFERENCE_FILE, Registry
 
 
@@ -98,6 +99,43 @@ def test_a_graph_that_cannot_run_is_refused(registry: Registry) -> None:
     registry.register(b"\x08\x07garbage", v1.schema, registry.reference("v1"), {}, trigger="manual", parent="v1")
     with pytest.raises(Exception, match="onnxruntime refused|warm-up|not a readable ONNX graph"):
         registry.load("v2")
+
+
+def test_a_version_that_cannot_load_is_never_promoted_nor_shadowed(registry: Registry) -> None:
+    """Promotion is a canary load: matching checksums are not enough (issue 13: a graph whose
+    checksum was re-recorded was promoted, and every restarted worker answered 503)."""
+    v1 = registry.get("v1")
+    registry.register(b"\x08\x07garbage", v1.schema, registry.reference("v1"), {}, trigger="manual", parent="v1")
+    registry.verify("v2")  # its checksums match
+    with pytest.raises(Exception, match="onnxruntime refused|warm-up|not a readable ONNX graph"):
+        registry.promote("v2", actor="test", reason="looks fine")
+    with pytest.raises(Exception, match="onnxruntime refused|warm-up|not a readable ONNX graph"):
+        registry.set_shadow("v2", actor="test", reason="looks fine")
+    assert registry.champion().version == "v1" and registry.shadow() is None
+    assert [h["action"] for h in registry.history()] == ["promote"]
+
+
+@pytest.mark.parametrize("name", ["V1", "v01", " v1", "v1 ", "v1\n", "1", "v1/../v1", "latest"])
+def test_version_names_are_matched_exactly(registry: Registry, name: str) -> None:
+    """BentoML's store finds ``V1`` as v1; a pointer naming ``V1`` would name no version (issue 13:
+    retention then deleted every version, the one being served included)."""
+    with pytest.raises(UnknownVersion, match="versions are named v1, v2"):
+        registry.get(name)
+    with pytest.raises(UnknownVersion):
+        registry.promote(name, actor="test", reason="case")
+    assert registry.champion().version == "v1"
+
+
+def test_retention_refuses_when_a_pointer_names_no_registered_version(registry: Registry) -> None:
+    v1 = registry.get("v1")
+    for _ in range(3):
+        registry.register((v1.path / MODEL_FILE).read_bytes(), v1.schema, registry.reference("v1"), {},
+                          trigger="manual", parent="v1")
+    pointer = json.loads(registry.pointer_path.read_text())
+    registry.pointer_path.write_text(json.dumps(pointer | {"version": "V1"}))  # as an older driftloop let it
+    with pytest.raises(RegistryError, match="not registered versions.*refusing to prune"):
+        registry.prune(0, 0)
+    assert [v.version for v in registry.versions()] == ["v1", "v2", "v3", "v4"]
 
 
 def _graph_with_external_weight(location: str) -> bytes:

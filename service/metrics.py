@@ -26,6 +26,7 @@ class ServingMetrics:
     feedback: Any  # Counter{outcome}: labels accepted, duplicate, unknown
     swaps: Any  # Counter{outcome}: champion swaps done, refused, or fallback (an ancestor serves), per worker
     model_workers: Any  # Gauge{model_version, device}: workers serving each version
+    fallback_workers: Any  # Gauge: workers serving an ancestor because the champion cannot load
     log_rows: Any  # Counter{outcome}: prediction-log rows written or dropped
     log_queue: Any  # Gauge: rows waiting in the prediction-log buffers
     batch_rows: Any  # Histogram: rows per graph run (one request, or a batch of several)
@@ -49,6 +50,9 @@ def serving_metrics() -> ServingMetrics:
                          ["outcome"]),
         model_workers=pc.Gauge("driftloop_model_workers", "Service workers serving each model version, by device.",
                                ["model_version", "device"], multiprocess_mode="livesum"),
+        fallback_workers=pc.Gauge("driftloop_fallback_workers", "Service workers serving an earlier version "
+                                  "because the champion the pointer names cannot be loaded.",
+                                  multiprocess_mode="livesum"),
         log_rows=pc.Counter("driftloop_prediction_log_rows", "Prediction-log rows, by outcome (written, dropped).",
                             ["outcome"]),
         log_queue=pc.Gauge("driftloop_prediction_log_queue_rows", "Prediction-log rows waiting to be written.",

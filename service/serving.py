@@ -223,7 +223,7 @@ class Serving:
         self.watcher = PointerWatcher(registry, self._swap, self._refused, config.poll_interval_s, providers,
                                        on_shadow=self._swap_shadow if self.writer is not None else None,
                                        on_shadow_refused=self._refused_shadow,
-                                       on_fallback=lambda refused, served: metrics.swaps.labels("fallback").inc())
+                                       on_fallback=self._fell_back)
         # Every outcome exported at 0 from the start: an alert on the increase of a counter needs
         # the series to exist before the first event.
         for child in (metrics.shed.labels("overloaded"), metrics.shed.labels("draining"),
@@ -400,10 +400,17 @@ class Serving:
         old = self.model
         self.model = model  # atomic: in-flight requests keep the model they already read
         self.metrics.swaps.labels("done").inc()
+        self.metrics.fallback_workers.set(0)  # a fallback sets it again right after this swap
         self.metrics.model_workers.labels(model.version, self.device).set(1)
         if old is not None and old.version != model.version:
             self.metrics.model_workers.labels(old.version, self.device).set(0)
         log.info("worker %d now serves %s (was %s)", os.getpid(), model.version, old.version if old else None)
+
+    def _fell_back(self, refused: str, served: str) -> None:
+        """The champion ``refused`` cannot load and this worker serves ``served`` from its lineage
+        (:meth:`PointerWatcher._fall_back`): counted, and shown until a champion loads again."""
+        self.metrics.swaps.labels("fallback").inc()
+        self.metrics.fallback_workers.set(1)
 
     def _swap_shadow(self, model: OnnxModel | None) -> None:
         old = self.shadow

@@ -80,3 +80,33 @@ def test_a_serving_worker_keeps_its_model_when_the_new_champion_cannot_load(regi
     point_at(registry, broken, ["v1"])
     worker.watcher.check()
     assert worker.served == ["v1"] and worker.refused == [broken] and worker.fallbacks == []
+
+
+def test_a_serving_worker_shows_its_fallback_until_a_champion_loads(registry: Registry, tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    from driftloop.monitoring.store import PredictionStore
+    from driftloop.service.metrics import serving_metrics
+    from driftloop.service.serving import Serving
+
+    from tests.conftest import make_settings
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    broken = register(registry, GARBAGE)
+    point_at(registry, broken, ["v1"])
+    settings = make_settings(tmp_path)
+    fallbacks = sample("driftloop_model_swaps_total", {"outcome": "fallback"})
+    serving = Serving(registry, PredictionStore(settings.store.url).create(), serving_metrics(), settings.serving)
+    try:
+        serving.start()
+        assert serving.ready() and serving.model.version == "v1"
+        assert sample("driftloop_fallback_workers") == 1
+        assert sample("driftloop_model_swaps_total", {"outcome": "fallback"}) == fallbacks + 1
+        good = register(registry)
+        registry.promote(good, actor="operator", reason="a version that loads")
+        serving.reload()
+        assert serving.model.version == good and sample("driftloop_fallback_workers") == 0
+    finally:
+        serving.shutdown()

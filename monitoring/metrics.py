@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from driftloop.vocabulary import COUNTED_OUTCOMES, Check, Decision, Signal
+from driftloop.vocabulary import COUNTED_OUTCOMES, Check, Decision, Signal, Trigger
 
 CONFIDENCE = "confidence"  # driftloop_estimated_accuracy's method: the champion's calibrated confidence
 ROLLBACK_WATCH = "watch"  # driftloop_rollbacks_total's reason: the promotion watch (monitoring/watch.py)
@@ -68,6 +68,9 @@ class MonitorMetrics:
         self.check_seconds = pc.Histogram("driftloop_check_duration_seconds", "Time to check one window.",
                                           buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
         self.retrains = pc.Counter("driftloop_retrains", "Retraining jobs, by outcome.", ["outcome"], registry=r)
+        self.retrain_jobs = pc.Counter("driftloop_retrain_jobs", "Retraining jobs run, by what triggered them "
+                                       "(drift, decay, manual, follow_up, schedule) and their outcome.",
+                                       ["trigger", "outcome"], registry=r)
         self.retrain_seconds = pc.Histogram("driftloop_retrain_duration_seconds", "Retraining job duration.",
                                             buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 900), registry=r)
         self.rollbacks = pc.Counter("driftloop_rollbacks", "Champions the monitor rolled back to their predecessor, "
@@ -80,6 +83,9 @@ class MonitorMetrics:
             self.checks.labels(decision)
         for outcome in COUNTED_OUTCOMES:  # shadow: judged later, and counted again as its verdict
             self.retrains.labels(outcome)
+            for trigger in Trigger:
+                if trigger != Trigger.INITIAL:  # the first training is no monitor's job
+                    self.retrain_jobs.labels(trigger, outcome)
         self.rollbacks.labels(ROLLBACK_WATCH)
         self.set_signals(())
         self._server: Any = None

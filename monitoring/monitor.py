@@ -41,6 +41,7 @@ from driftloop.models.registry import Registry
 from driftloop.monitoring.baselines import Baselines
 from driftloop.monitoring.check import WindowCheck
 from driftloop.monitoring.follow_up import FollowUps
+from driftloop.monitoring.lease import LeaseBusy
 from driftloop.monitoring.metrics import MonitorMetrics
 from driftloop.monitoring.policy import PolicyConfig, RetrainPolicy
 from driftloop.monitoring.requests import RetrainRequests
@@ -88,7 +89,7 @@ class Monitor:
         self.on_check = on_check
         self.policy = policy or RetrainPolicy(policy_config(settings.monitoring))
         self.baselines = Baselines(registry, settings.monitoring.drift)
-        job = partial(retrainer, settings, registry)
+        job = counted(partial(retrainer, settings, registry), self.metrics)
         fresh = FreshRows(store, settings.task, settings.data)
         self.windows = WindowCheck(settings.monitoring, settings.task, store, registry, self.baselines, self.policy,
                                    self.metrics, workspace=DriftWorkspace.from_settings(settings), clock=clock)
@@ -148,6 +149,25 @@ class Monitor:
         """The scheduler's ``retrain`` job: one scheduled retrain, recorded (see
         :class:`~monitoring.scheduled.ScheduledRetrain`)."""
         return self.scheduled.run()
+
+
+def counted(job: Retrainer, metrics: MonitorMetrics) -> Retrainer:
+    """``job`` counting every run in ``driftloop_retrain_jobs_total{trigger, outcome}``: the one
+    place every source of retrains (a check's decision, a retry, an operator's request, a follow-up,
+    the schedule) goes through. A run that raised counts as ``failed``; one that never started
+    because another process holds the retrain lease is not a run."""
+    def run(*args: Any, trigger: Any, **kwargs: Any) -> RetrainOutcome:
+        try:
+            result = job(*args, trigger=trigger, **kwargs)
+        except LeaseBusy:
+            raise
+        except Exception:
+            metrics.retrain_jobs.labels(str(trigger), Outcome.FAILED).inc()
+            raise
+        metrics.retrain_jobs.labels(str(trigger), result.status).inc()
+        return result
+
+    return run
 
 
 def restore(policy: RetrainPolicy, baselines: Baselines, checks: Iterable[Check]) -> None:

@@ -163,3 +163,40 @@ def test_retention_keeps_the_champion_and_its_lineage(world: dict[str, Any]) -> 
     assert world["store"].events("versions_deleted")[-1]["detail"]["versions"] == ["v2", "v4"]
     scheduler = build_scheduler(monitor, 60)
     assert {job.id for job in scheduler.get_jobs()} == {"check", "retention"}
+
+
+def test_every_retrain_job_is_counted_by_trigger_and_outcome() -> None:
+    """driftloop_retrain_jobs_total{trigger, outcome}: every source of retrains goes through one
+    counted job; a run that raised is failed, one the retrain lease kept from starting is no run."""
+    from types import SimpleNamespace
+
+    from driftloop.monitoring.lease import LeaseBusy
+    from driftloop.monitoring.metrics import MonitorMetrics
+    from driftloop.monitoring.monitor import counted
+
+    metrics = MonitorMetrics()
+    outcomes = iter([SimpleNamespace(status="promoted"), SimpleNamespace(status="rejected"),
+                     RuntimeError("out of memory"),
+                     LeaseBusy("retrain", SimpleNamespace(owner="another process", expires_in_s=10.0))])
+
+    def job(fresh: Any, *, trigger: str, reason: str) -> Any:
+        result = next(outcomes)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    run = counted(job, metrics)
+    assert run(None, trigger="follow_up", reason="2x").status == "promoted"
+    assert run(None, trigger="schedule", reason="sunday").status == "rejected"
+    with pytest.raises(RuntimeError):
+        run(None, trigger="drift", reason="flagged")
+    with pytest.raises(LeaseBusy):
+        run(None, trigger="drift", reason="flagged")
+
+    def jobs(trigger: str, outcome: str) -> float:
+        return metrics.registry.get_sample_value("driftloop_retrain_jobs_total",
+                                                 {"trigger": trigger, "outcome": outcome})
+
+    assert (jobs("follow_up", "promoted"), jobs("schedule", "rejected"), jobs("drift", "failed")) == (1, 1, 1)
+    assert jobs("drift", "promoted") == 0 and jobs("manual", "waiting") == 0  # exported at 0 from the start
+    assert jobs("initial", "promoted") is None

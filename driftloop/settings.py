@@ -199,6 +199,12 @@ class MonitoringConfig(_Section):
     # A new champion's first quiet windows whose live accuracy joins its validation accuracy as
     # the baseline for decay (a 600-row validation estimate alone missed real drops; bench.policy)
     calibration_windows: int = Field(4, ge=0)
+    # Windows that do not mistake arrival order for drift (monitoring/policy.py): a drop in accuracy
+    # that the champion's calibrated confidence predicts for the window's rows is no decay; a window
+    # whose inputs drifted but whose min_labels labels show no decay is `held` (no retrain).
+    explain_by_confidence: bool = True
+    max_unfamiliar: float = Field(0.02, ge=0.0, le=1.0)  # ...only where at most this share is outside training ranges
+    labels_overrule_drift: bool = True
     dry_run: bool = False  # alert, never retrain
     metrics_port: int = Field(9464, ge=0, le=65535)  # 0: no monitor /metrics endpoint
     metrics_host: str = "127.0.0.1"  # where it listens; 0.0.0.0 in a container, for Prometheus
@@ -261,6 +267,11 @@ class FollowUpConfig(_Section):
     enabled: bool = False
     factor: float = Field(2.0, gt=1.0)
     max_rows: int = Field(20_000, ge=100)
+    # A follow-up learns more rows of the world its champion learnt: it is promoted when it scores
+    # at least as well on the held-out rows and is not worse by this much (accuracy points, or a
+    # share of the champion's MSE), significantly (a non-inferiority test at retraining.significance).
+    # 0: the same gate as any retrain (better by the margin, significantly).
+    tolerance: float = Field(0.01, ge=0.0, lt=1.0)
 
 
 class ScheduleConfig(_Section):

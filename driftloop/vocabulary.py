@@ -23,6 +23,7 @@ class Decision(StrEnum):
 
     NONE = "none"  # no drift, no decay
     SUSPECT = "suspect"  # decay suspected from confidence, before enough labels; never retrains
+    HELD = "held"  # inputs drifted, but enough labels show the champion holds on them: no retrain
     WATCH = "watch"  # flagged, but fewer than ``consecutive`` windows in a row
     COOLDOWN = "cooldown"  # flagged while a new champion cools down
     ALERT = "alert"  # would retrain, but the policy is in dry-run mode
@@ -156,6 +157,7 @@ class Check:
     champion_rmse: float | None = None
     champion_mae: float | None = None
     champion_squared_error_std: float | None = None
+    unfamiliar_share: float | None = None  # of the champion's rows: outside its training ranges or categories
 
     COLUMNS: ClassVar[tuple[str, ...]] = ()  # filled below: the store's column names, in order
 

@@ -131,6 +131,24 @@ class FeatureSchema:
                 features.append(Feature(name, "categorical", categories=cats))
         return cls(tuple(features), task=task, target=target, labels=tuple(labels))  # type: ignore[arg-type]
 
+    def outside_training(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Per numeric or categorical feature in ``frame``: which rows lie outside what training saw
+        (a number below its minimum or above its maximum, a category it never saw; missing values
+        are not counted). Where a window's rows are unfamiliar, the model extrapolates, and its
+        confidence says less about how right it is (monitoring/policy.py)."""
+        out: dict[str, np.ndarray] = {}
+        for f in self.features:
+            if f.name not in frame.columns:
+                continue
+            if f.kind == "numeric" and f.min is not None and f.max is not None:
+                values = pd.to_numeric(frame[f.name], errors="coerce").to_numpy(dtype=float)
+                with np.errstate(invalid="ignore"):
+                    out[f.name] = (values < f.min) | (values > f.max)
+            elif f.kind == "categorical" and f.categories:
+                column = frame[f.name]
+                out[f.name] = (column.notna() & ~column.astype(str).isin(f.categories)).to_numpy()
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": self.task,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from driftloop.models.registry import ModelVersion, Registry
@@ -64,9 +65,18 @@ class Baselines:
         rows = frame.loc[frame["model_version"] == version, "confidence"].dropna()
         return estimate_accuracy(mv.metadata.get("confidence_calibration"), rows.to_numpy(dtype=float))
 
+    def unfamiliar(self, version: str, frame: pd.DataFrame) -> float | None:
+        """Share of ``version``'s rows in ``frame`` with a value outside its training ranges or an
+        unseen category (:meth:`FeatureSchema.outside_training`); None: no such row to judge."""
+        mine = frame[frame["model_version"] == version] if "model_version" in frame else frame
+        outside = self.version(version).schema.outside_training(mine)
+        if mine.empty or not outside:
+            return None
+        return float(np.logical_or.reduce(list(outside.values())).mean())
+
     def stats(self, index: int, rows: int, drift_share: float, champion: str, labelled: int,
               accuracy: float | None, estimated: float | None = None, *,
-              errors: Sample | None = None) -> WindowStats:
+              errors: Sample | None = None, unfamiliar: float | None = None) -> WindowStats:
         """The policy's view of a window: drift, the accuracy of the rows the champion answered
         (a regressor: their squared ``errors``, the MSE and its spread), and the estimate from its
         confidence (compared with its validation accuracy, the scale its calibration was learnt on)."""
@@ -79,14 +89,15 @@ class Baselines:
                            champion=champion, estimated_accuracy=estimated if calibrated else None,
                            estimated_baseline=calibrated or None,
                            mse=None if errors is None else errors.mean, mse_std=None if errors is None else errors.std,
-                           baseline_mse=mse, baseline_mse_std=mse_std)
+                           baseline_mse=mse, baseline_mse_std=mse_std, unfamiliar=unfamiliar)
 
     def stats_of(self, check: Check) -> WindowStats:
         """The policy's view of a recorded check (a restarted monitor replays them)."""
         errors = None if check.champion_rmse is None else Sample(check.champion_labelled, check.champion_rmse ** 2,
                                                                  check.champion_squared_error_std)
         return self.stats(check.window, check.rows, check.drift_share, check.reference_version,
-                          check.champion_labelled, check.champion_accuracy, check.estimated_accuracy, errors=errors)
+                          check.champion_labelled, check.champion_accuracy, check.estimated_accuracy, errors=errors,
+                          unfamiliar=check.unfamiliar_share)
 
 
 def expected_accuracy(metadata: dict[str, Any]) -> tuple[float | None, int | None]:

@@ -119,8 +119,9 @@ class WindowCheck:
         squared = (Sample(len(by_champion), champion_errors["mse"], champion_errors["squared_error_std"])
                    if champion_errors else None)  # the decay test's figure (regression)
         estimated = self.baselines.estimate(version, frame)
+        unfamiliar = self.baselines.unfamiliar(version, frame)
         stats = self.baselines.stats(index, len(frame), drift.share, version, len(by_champion),
-                                     champion_accuracy, estimated, errors=squared)
+                                     champion_accuracy, estimated, errors=squared, unfamiliar=unfamiliar)
         decision = self.policy.update(stats)
 
         report_path = None
@@ -150,7 +151,7 @@ class WindowCheck:
             report_path=report_path, duration_s=round(time.perf_counter() - started, 3),
             rmse=served_errors.get("rmse"), mae=served_errors.get("mae"), champion_rmse=champion_errors.get("rmse"),
             champion_mae=champion_errors.get("mae"),
-            champion_squared_error_std=champion_errors.get("squared_error_std"))
+            champion_squared_error_std=champion_errors.get("squared_error_std"), unfamiliar_share=unfamiliar)
         self.store.record_check(check)  # before any retrain it decided: see the module docstring
         suspected = (Signal.SUSPECTED,) if self.policy.suspected(stats) else ()
         return Checked(check, decision, decision.signals + suspected)

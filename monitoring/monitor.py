@@ -30,6 +30,7 @@ retrain it decided starts), then the shadow. :meth:`Monitor.retrain_on_schedule`
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -51,7 +52,7 @@ from driftloop.monitoring.shadow import ShadowJudge
 from driftloop.monitoring.store import PredictionStore
 from driftloop.monitoring.watch import PromotionWatch
 from driftloop.monitoring.workspace import DriftWorkspace
-from driftloop.vocabulary import RETRAINED, Check, Decision, Outcome
+from driftloop.vocabulary import RETRAINED, Check, Decision, EventKind, Outcome, Trigger
 
 if TYPE_CHECKING:
     from driftloop.settings import MonitoringConfig, Settings
@@ -67,7 +68,9 @@ def policy_config(monitoring: MonitoringConfig) -> PolicyConfig:
     return PolicyConfig(drift_share=m.drift_share, max_accuracy_drop=m.max_accuracy_drop,
                         max_error_rise=m.max_error_rise, min_labels=m.min_labels, consecutive=m.consecutive,
                         cooldown_windows=m.cooldown_windows, dry_run=m.dry_run, decay_z=m.decay_z,
-                        calibration_windows=m.calibration_windows)
+                        calibration_windows=m.calibration_windows, explain_by_confidence=m.explain_by_confidence,
+                        max_unfamiliar=m.max_unfamiliar,
+                        labels_overrule_drift=m.labels_overrule_drift)
 
 
 class Monitor:
@@ -101,11 +104,16 @@ class Monitor:
         self.follow_ups = FollowUps(settings.retraining, store, registry, job, fresh, self.metrics)
         self.scheduled = ScheduledRetrain(settings.retraining.schedule, store, registry, job, fresh, self.policy,
                                           self.metrics)
-        restore(self.policy, self.baselines, store.checks())
+        self._lock = threading.Lock()  # one run at a time: the check job and the scheduled retrain
+        restore(self.policy, self.baselines, store.checks(), scheduled_promotions(store))
 
     def run_once(self) -> list[Check]:
         """Serve queued retrain requests and due retries, check every window that is ready, then
         judge the shadow (if any); returns the checks recorded, oldest first."""
+        with self._lock:
+            return self._run_once()
+
+    def _run_once(self) -> list[Check]:
         retrained = bool(self.handle_requests()) | bool(self.handle_retries())
         done = []
         while (ready := self.windows.ready()) is not None:
@@ -148,7 +156,8 @@ class Monitor:
     def retrain_on_schedule(self) -> Outcome:
         """The scheduler's ``retrain`` job: one scheduled retrain, recorded (see
         :class:`~monitoring.scheduled.ScheduledRetrain`)."""
-        return self.scheduled.run()
+        with self._lock:  # the check job's thread shares the policy: never both at once
+            return self.scheduled.run()
 
 
 def counted(job: Retrainer, metrics: MonitorMetrics) -> Retrainer:
@@ -170,9 +179,19 @@ def counted(job: Retrainer, metrics: MonitorMetrics) -> Retrainer:
     return run
 
 
-def restore(policy: RetrainPolicy, baselines: Baselines, checks: Iterable[Check]) -> None:
-    """Rebuild the policy's streak, calibration and cool-down from the stored checks (a restarted monitor)."""
+def restore(policy: RetrainPolicy, baselines: Baselines, checks: Iterable[Check],
+            promoted_after: Iterable[int] = ()) -> None:
+    """Rebuild the policy's streak, calibration and cool-down from the stored checks (a restarted
+    monitor); ``promoted_after``: windows after whose check a promotion with no check of its own
+    (a scheduled retrain's) started a cool-down."""
+    promoted = set(promoted_after)
     for check in checks:
         policy.update(baselines.stats_of(check))
-        if check.decision == Decision.RETRAIN and check.outcome in RETRAINED:
+        if (check.decision == Decision.RETRAIN and check.outcome in RETRAINED) or check.window in promoted:
             policy.retrained(check.window)
+
+
+def scheduled_promotions(store: PredictionStore) -> list[int]:
+    """The windows after which scheduled retrains promoted (monitoring/scheduled.py records them)."""
+    return [e["window"] for e in store.events(EventKind.RETRAIN_PROMOTED)
+            if e["detail"].get("trigger") == Trigger.SCHEDULE and e["window"] is not None]

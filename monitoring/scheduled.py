@@ -109,11 +109,13 @@ class ScheduledRetrain:
             self.metrics.retrains.labels(Outcome.FAILED).inc()
             return Outcome.FAILED
         outcome = Outcome(result.status)
-        self.store.record_event(EventKind.retrain(outcome), result.to_dict() | where, None, result.candidate)
+        last = self.store.last_check()  # its window: where a promotion's cool-down starts (also on restart)
+        self.store.record_event(EventKind.retrain(outcome), result.to_dict() | where,
+                                last.window if last else None, result.candidate)
         self.metrics.retrains.labels(outcome).inc()
         if outcome != Outcome.WAITING:
             self.metrics.retrain_seconds.observe(time.perf_counter() - clock)
-        if outcome == Outcome.PROMOTED and (last := self.store.last_check()) is not None:
+        if outcome == Outcome.PROMOTED and last is not None:
             self.policy.retrained(last.window)  # the new champion's cool-down starts now
         log.info("scheduled retrain %s: %s", outcome, result.reason)
         return outcome

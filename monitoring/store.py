@@ -105,6 +105,8 @@ checks = sa.Table(
     sa.Column("champion_rmse", sa.Float, nullable=True),
     sa.Column("champion_mae", sa.Float, nullable=True),
     sa.Column("champion_squared_error_std", sa.Float, nullable=True),
+    # Share of the champion's rows in the window outside its training ranges or categories
+    sa.Column("unfamiliar_share", sa.Float, nullable=True),
 )
 
 events = sa.Table(

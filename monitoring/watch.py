@@ -151,6 +151,7 @@ class PromotionWatch:
     def _judge(self, watch: dict[str, Any], champion: Champion, shadow: Shadow) -> dict[str, Any] | None:
         d = watch["detail"]
         looks, done = d.get("looks", ONE_LOOK), self.looks_of(watch)
+        points = schedule(d["min_labels"], looks)
         rows = self.store.shadow_rows(shadow.version)
         # the rows this champion answered and the predecessor scored, since this watch began
         rows = rows[(rows["model_version"] == champion.version)
@@ -160,13 +161,17 @@ class PromotionWatch:
         since = as_utc(shadow.set_at)
         waited = [c.window for c in self.store.checks() if as_utc(c.created_at) >= since]
         out_of_time = len(waited) >= self.config.max_windows
-        if len(labelled) < d["min_labels"] * 2 ** done and not out_of_time:
+        reached = sum(len(labelled) >= n for n in points)  # schedule points passed (a burst of labels: several)
+        if reached <= done and not out_of_time:
             return None  # the next look is not due
         if len(labelled) < d["min_labels"]:
             why = (f"{len(labelled)} of {d['min_labels']} labelled rows after {len(waited)} windows "
                    f"(retraining.watch.max_windows); {champion.version} stays")
             return self._end(watch, EventKind.WATCH_EXPIRED, why, shadow, counts, window=waited[-1])
-        look, last = done + 1, done + 1 >= looks or out_of_time
+        # the look at the furthest point reached (points passed over in a burst are skipped, not
+        # repeated on the same rows: each would spend significance / looks for no new evidence)
+        look = max(reached, done + 1)
+        last = look >= looks or out_of_time
         # is the predecessor significantly better on the same rows? (the gate's test, roles reversed)
         c = compare(self.task, labelled["label"], champion=labelled["prediction"],
                     candidate=labelled["shadow_prediction"], margin=0.0, significance=d["significance"] / looks)
@@ -198,8 +203,9 @@ class PromotionWatch:
         return self._end(watch, EventKind.WATCH_ROLLED_BACK, f"significantly worse: {evidence}", None, figures)
 
     def looks_of(self, watch: dict[str, Any]) -> int:
-        """How many looks the watch ``watch`` (its start event) has taken without a verdict."""
-        return sum(e["detail"].get("started") == watch["id"] for e in self.store.events(EventKind.WATCH_LOOKED))
+        """The last look the watch ``watch`` (its start event) took without a verdict (0: none)."""
+        return max((e["detail"].get("look", 0) for e in self.store.events(EventKind.WATCH_LOOKED)
+                    if e["detail"].get("started") == watch["id"]), default=0)
 
     # -- ending -----------------------------------------------------------------------------------
     def _ended(self, watch: dict[str, Any], champion: Champion | None, shadow: Shadow | None) -> str | None:

@@ -90,6 +90,7 @@ class _Pointer:
     optional: bool  # the shadow: nothing named, or a refused version, means no model at all
     seen: tuple[int, int] | None = None
     current: str | None = None
+    fallback: bool = False  # current is an ancestor served because the named version could not load
 
 
 class PointerWatcher:
@@ -145,8 +146,8 @@ class PointerWatcher:
             if pointer.optional:
                 self._drop(pointer)
             return
-        if version == pointer.current and not force:
-            return
+        if version == pointer.current and not force and not pointer.fallback:
+            return  # (after a fallback, a pointer naming the served ancestor is a swap: it ends the fallback)
         try:
             model = self._registry.load(version, providers=self._providers)
         except Exception as exc:  # IntegrityError, ExportError, I/O: refuse (the old champion serves on)
@@ -157,7 +158,7 @@ class PointerWatcher:
             elif pointer.current is None:  # nothing served yet (a worker starting): an ancestor serves
                 self._fall_back(pointer, version)
             return
-        pointer.current = version
+        pointer.current, pointer.fallback = version, False
         pointer.on_swap(model)
 
     def _fall_back(self, pointer: _Pointer, refused: str) -> None:
@@ -174,7 +175,7 @@ class PointerWatcher:
                 continue
             log.critical("the champion %s cannot be loaded: serving its predecessor %s instead until the "
                          "pointer changes (`driftloop models promote` or `rollback`)", refused, version)
-            pointer.current = version
+            pointer.current, pointer.fallback = version, True
             pointer.on_swap(model)
             if self._on_fallback is not None:
                 self._on_fallback(refused, version)

@@ -258,6 +258,7 @@ class Comparison:
     p_value: float
     candidate_only: int | None = None  # classification: rows only the candidate got right
     champion_only: int | None = None  # ...and only the champion
+    tolerance: float = 0.0  # > 0: a non-inferiority test, "the candidate is not worse by this much"
 
     @property
     def gain(self) -> float:
@@ -278,22 +279,33 @@ class Comparison:
     def describe(self) -> str:
         """The test's figures, for reasons and the audit trail."""
         rows = (f"{self.candidate_only} rows only the candidate got right, {self.champion_only} only the champion"
-                if self.test == MCNEMAR else f"{self.rows} rows")
-        return f"one-sided p {self.p_value:.4f} (significance {self.significance:g}; {self.test}: {rows})"
+                if self.candidate_only is not None else f"{self.rows} rows")
+        what = f"not worse by {self.tolerance:g}: " if self.tolerance else ""
+        return f"{what}one-sided p {self.p_value:.4f} (significance {self.significance:g}; {self.test}: {rows})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"test": self.test, "p_value": self.p_value, "significance": self.significance,
                 "significant": self.significant, "candidate_only": self.candidate_only,
-                "champion_only": self.champion_only}
+                "champion_only": self.champion_only, "tolerance": self.tolerance}
 
 
 MCNEMAR, PAIRED_T = "mcnemar_exact", "paired_t_squared_error"
+NONINFERIOR_MCNEMAR, NONINFERIOR_T = "paired_proportions_noninferiority", "paired_t_squared_error_noninferiority"
 
 
 def compare(task: str, labels: Any, champion: Any, candidate: Any, *, margin: float,
-            significance: float) -> Comparison:
+            significance: float, tolerance: float = 0.0) -> Comparison:
     """Candidate and champion predictions on the same rows against their labels: the promotion
-    rule of the retrain gate and the shadow judge (see :class:`Comparison`)."""
+    rule of the retrain gate and the shadow judge (see :class:`Comparison`).
+
+    ``tolerance`` > 0 asks another question: not "is the candidate better?" but "is it not worse
+    by ``tolerance`` or more?" (non-inferiority; accuracy points, or a share of the champion's
+    MSE). That is the question for a follow-up retrain (monitoring/follow_up.py): it learns a
+    superset of its champion's rows from the same world, so more data is expected to help, and a
+    gain of a point cannot be shown on a few hundred held-out rows; what the gate must stop is
+    a follow-up that is worse. Classification: the paired difference of proportions with its
+    standard error from the discordant rows (normal approximation); regression: a paired t-test
+    on the squared errors' difference plus ``tolerance`` times the champion's MSE."""
     from scipy import stats
 
     metric, _ = primary(task)
@@ -305,15 +317,22 @@ def compare(task: str, labels: Any, champion: Any, candidate: Any, *, margin: fl
         only_candidate = int(np.sum(right_candidate & ~right_champion))
         only_champion = int(np.sum(right_champion & ~right_candidate))
         discordant = only_candidate + only_champion
-        p = float(stats.binom.sf(only_candidate - 1, discordant, 0.5)) if discordant else 1.0
+        if tolerance > 0:
+            d = (only_candidate - only_champion) / n if n else 0.0
+            var = (discordant / n - d ** 2) / n if n else 0.0
+            p = (float(stats.norm.sf((d + tolerance) / np.sqrt(var))) if var > 0
+                 else (0.0 if n and d + tolerance > 0 else 1.0))
+        else:
+            p = float(stats.binom.sf(only_candidate - 1, discordant, 0.5)) if discordant else 1.0
         return Comparison(task, metric, float(right_candidate.mean()) if n else float("nan"),
-                          float(right_champion.mean()) if n else float("nan"), n, margin, significance, MCNEMAR,
-                          p, only_candidate, only_champion)
+                          float(right_champion.mean()) if n else float("nan"), n, margin, significance,
+                          NONINFERIOR_MCNEMAR if tolerance > 0 else MCNEMAR, p, only_candidate, only_champion,
+                          tolerance)
     if task == "regression":
         y = np.asarray(labels, dtype=float)
         err_champion = (np.asarray(champion, dtype=float) - y) ** 2
         err_candidate = (np.asarray(candidate, dtype=float) - y) ** 2
-        diff = err_champion - err_candidate
+        diff = err_champion - err_candidate + (tolerance * float(err_champion.mean()) if n else 0.0)
         if n < 2 or not np.any(diff):
             p = 1.0
         elif np.allclose(diff, diff[0]):  # no spread: the sign alone decides
@@ -321,5 +340,6 @@ def compare(task: str, labels: Any, champion: Any, candidate: Any, *, margin: fl
         else:
             p = float(stats.ttest_1samp(diff, 0.0, alternative="greater").pvalue)
         rmse = (lambda e: float(np.sqrt(e.mean())) if n else float("nan"))
-        return Comparison(task, metric, rmse(err_candidate), rmse(err_champion), n, margin, significance, PAIRED_T, p)
+        return Comparison(task, metric, rmse(err_candidate), rmse(err_champion), n, margin, significance,
+                          NONINFERIOR_T if tolerance > 0 else PAIRED_T, p, tolerance=tolerance)
     raise ValueError(f"task {task!r} has no labels: its candidates are judged by the margin alone")

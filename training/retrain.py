@@ -183,7 +183,8 @@ class GateResult:
         """The tests the candidate failed (empty when it passed)."""
         failed = [] if self.margin_passed else ["not better by the margin"]
         if not self.significant and self.comparison is not None:
-            failed.append(f"not significantly better ({self.comparison.describe()})")
+            failed.append(f"not shown to be no worse ({self.comparison.describe()})" if self.comparison.tolerance
+                          else f"not significantly better ({self.comparison.describe()})")
         if self.guard is not None and not self.guard.passed:
             failed.append(f"worse on the guard set by {self.guard.drop:.4f} (more than {self.guard.max_drop:.4f})")
         return failed
@@ -338,7 +339,8 @@ def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trig
         return RetrainOutcome(Outcome.WAITING, entrant, champion.version)
     plan, contest = entrant.plan, entrant.tournament
     gate = judge(settings, entrant.fitted.model(), registry.load(champion.version), champion.version, plan,
-                 significance=None if contest is None else contest.significance)
+                 significance=None if contest is None else contest.significance,
+                 follow_up=trigger == Trigger.FOLLOW_UP)
     choice = entrant.why if contest is None else f"tournament: {contest.best.name} of {contest.comparisons}"
     training_data = plan.training_data(settings.retraining.strategy, choice)
     extra = {"gate": gate.to_metadata(), "retrain_reason": reason, "training_data": training_data}
@@ -533,11 +535,18 @@ def fit_candidate(settings: Settings, registry: Registry, champion: str, plan: P
 
 
 def judge(settings: Settings, candidate: OnnxModel, champion: OnnxModel, champion_version: str,
-          plan: Plan, *, significance: float | None = None) -> GateResult:
+          plan: Plan, *, significance: float | None = None, follow_up: bool = False) -> GateResult:
     """Both models through their ONNX graphs on the plan's held-out rows, then on the guard set.
     ``significance``: the paired test's level (default ``retraining.significance``; a tournament's
-    winner is judged at that divided by the candidates, :class:`Tournament`)."""
+    winner is judged at that divided by the candidates, :class:`Tournament`). A ``follow_up``
+    (more rows of the world its champion learnt) must not be worse by
+    ``retraining.follow_up.tolerance`` (a non-inferiority test) and score at least as well (margin
+    0), where a retrain that answers a change must be better by the margin, significantly
+    (:func:`~driftloop.training.evaluate.compare`)."""
     task, margin = settings.task, settings.retraining.margin
+    tolerance = settings.retraining.follow_up.tolerance if follow_up else 0.0
+    if follow_up and tolerance > 0:
+        margin = 0.0
     score: Scorer = partial(score_rows, task, settings.data.target, expected_anomaly_rate(settings.model.params))
     metric, _ = evaluate.primary(task)
     guard = guard_check(task, settings.retraining.guard, guard_frame(settings), score, candidate, champion)
@@ -549,7 +558,7 @@ def judge(settings: Settings, candidate: OnnxModel, champion: OnnxModel, champio
         comparison = evaluate.compare(task, labels, champion.predict_frame(plan.holdout).predictions,
                                       candidate.predict_frame(plan.holdout).predictions, margin=margin,
                                       significance=settings.retraining.significance
-                                      if significance is None else significance)
+                                      if significance is None else significance, tolerance=tolerance)
         return GateResult(metric, comparison.candidate, comparison.champion, margin_passed=comparison.margin_passed,
                           comparison=comparison, **common)
     candidate_score = score(candidate, plan.holdout, plan.holdout_weight)

@@ -95,6 +95,9 @@ def crontab(expression: str, tz: tzinfo = timezone.utc) -> CronTrigger:
     fields = expression.split()
     if len(fields) != len(CRONTAB_FIELDS):
         raise ValueError(f"five fields (minute hour day month weekday), got {expression!r}")
+    if fields[2] != "*" and fields[4] != "*":
+        raise ValueError(f"{expression!r} restricts both the day of the month and the weekday: crontab runs when "
+                         "either matches, APScheduler 3 only when both do; restrict one of them")
     if any(c.isdigit() for c in fields[4]):
         raise ValueError(f"weekday {fields[4]!r}: give weekdays by name (mon-fri, sat,sun, or *): APScheduler 3 "
                          "counts them from Monday = 0, crontab from Sunday = 0, so a number would run on the wrong day")

@@ -29,7 +29,7 @@ BASELINE = "0001"  # the schema metadata.create_all used to make
 LEGACY_TABLES = ("predictions", "feedback", "checks", "events")
 # Columns of LEGACY_TABLES added by later revisions (0003, 0004)
 ADDED_AFTER_BASELINE = {"checks": {"estimated_accuracy", "rmse", "mae", "champion_rmse", "champion_mae",
-                                   "champion_squared_error_std"}}
+                                   "champion_squared_error_std", "unfamiliar_share"}}
 
 
 def config() -> Any:

@@ -429,14 +429,14 @@ def test_upgrade_from_0002_keeps_the_rows_and_downgrade_too(store: PredictionSto
     # as the 0002 code wrote a check (record_check now writes every column of a Check)
     row = check(0).to_dict() | {"created_at": T0, "decision": "watch"}
     for added in ("id", "estimated_accuracy", "rmse", "mae", "champion_rmse", "champion_mae",
-                  "champion_squared_error_std"):  # columns this old schema did not have
+                  "champion_squared_error_std", "unfamiliar_share"):  # columns this old schema did not have
         del row[added]
     row |= {k: json.dumps(row[k]) for k in ("drifted_features", "feature_scores")}
     with store.engine.begin() as conn:
         conn.execute(sa.table("checks", *map(sa.column, row)).insert(), row)
     store.record_event("start", {"n": 1})
 
-    assert migrations.upgrade(store) == migrations.head() == "0004"
+    assert migrations.upgrade(store) == migrations.head() == "0005"
     assert store.count_predictions() == 3 and [e["kind"] for e in store.events()] == ["start"]
     (old,) = store.checks()
     assert old.estimated_accuracy is None and old.feature_scores == check(0).feature_scores

@@ -227,7 +227,7 @@ def test_a_fresh_database_is_migrated_to_the_newest_revision(store: PredictionSt
 
     from driftloop.monitoring import migrations
 
-    assert migrations.current(store) == migrations.head() == "0004"
+    assert migrations.current(store) == migrations.head() == "0005"
     assert {"predictions", "feedback", "checks", "events", "leases", "apscheduler_jobs",
             "shadow_predictions"} <= set(sa.inspect(store.engine).get_table_names())
 
@@ -293,7 +293,7 @@ def test_downgrade_to_the_baseline_and_upgrade_again(store: PredictionStore) -> 
     migrations.downgrade(store, "0001")
     assert migrations.current(store) == "0001"
     assert "leases" not in sa.inspect(store.engine).get_table_names()
-    assert migrations.upgrade(store) == migrations.head() == "0004"
+    assert migrations.upgrade(store) == migrations.head() == "0005"
     assert "leases" in sa.inspect(store.engine).get_table_names() and store.count_predictions() == 2
 
 

@@ -99,3 +99,31 @@ def test_a_retrain_waits_for_min_holdout_rows(champion_home, loans, tmp_path) ->
     assert result.status == Outcome.WAITING and result.candidate is None
     assert result.reason == "120 held-out rows to judge a candidate on; 150 needed (retraining.min_holdout_rows)"
     assert registry.champion().version == "v1" and [v.version for v in registry.versions()] == ["v1"]
+
+
+def test_a_follow_up_is_judged_by_non_inferiority() -> None:
+    """A follow-up must not be worse by the tolerance (significantly); a first retrain must be better."""
+    from driftloop.training.evaluate import NONINFERIOR_MCNEMAR, NONINFERIOR_T, compare
+
+    labels = [1] * 1000
+    champion = [1] * 800 + [0] * 200
+    # the candidate gets 30 rows the champion missed and misses 20 it got: +1 point, 50 discordant
+    candidate = [1] * 780 + [0] * 20 + [1] * 30 + [0] * 170
+    superiority = compare("classification", labels, champion, candidate, margin=0.0, significance=0.05)
+    assert superiority.p_value > 0.05 and not superiority.passed  # a point on 1,000 rows: not shown better
+    follow_up = compare("classification", labels, champion, candidate, margin=0.0, significance=0.05, tolerance=0.01)
+    assert follow_up.test == NONINFERIOR_MCNEMAR and follow_up.tolerance == 0.01
+    # d = 0.01, se = sqrt((50/1000 - 0.0001) / 1000) = 0.00707: z = (0.01 + 0.01) / se = 2.83
+    assert follow_up.p_value == pytest.approx(0.00234, abs=2e-4) and follow_up.passed
+    assert "not worse by 0.01: one-sided p" in follow_up.describe()
+    # a candidate a point worse is not shown to be no worse than 1 point worse
+    worse = [1] * 780 + [0] * 20 + [1] * 10 + [0] * 190
+    judged = compare("classification", labels, champion, worse, margin=0.0, significance=0.05, tolerance=0.01)
+    assert judged.p_value == pytest.approx(0.5, abs=1e-9) and not judged.passed
+    # regression: the tolerance is a share of the champion's MSE
+    y = np.zeros(200)
+    rng = np.random.default_rng(3)
+    base = rng.normal(0, 1, 200)
+    same = compare("regression", y, base, base * 0.999, margin=0.0, significance=0.05, tolerance=0.05)
+    assert same.test == NONINFERIOR_T and same.passed
+    assert not compare("regression", y, base, base * 1.3, margin=0.0, significance=0.05, tolerance=0.05).passed

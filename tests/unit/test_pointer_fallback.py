@@ -104,6 +104,11 @@ def test_a_serving_worker_shows_its_fallback_until_a_champion_loads(registry: Re
         assert serving.ready() and serving.model.version == "v1"
         assert sample("driftloop_fallback_workers") == 1
         assert sample("driftloop_model_swaps_total", {"outcome": "fallback"}) == fallbacks + 1
+        serving.watcher.check()  # the pointer did not change: still a fallback
+        assert sample("driftloop_fallback_workers") == 1
+        registry.rollback(actor="operator", reason="back to the version served")  # names the fallback itself
+        serving.watcher.check()
+        assert serving.model.version == "v1" and sample("driftloop_fallback_workers") == 0
         good = register(registry)
         registry.promote(good, actor="operator", reason="a version that loads")
         serving.reload()

@@ -338,3 +338,56 @@ def test_policy_config_carries_max_error_rise() -> None:
     from driftloop.settings import MonitoringConfig
 
     assert policy_config(MonitoringConfig(max_error_rise=0.2)).max_error_rise == 0.2
+
+
+# -- windows that do not mistake arrival order for drift -------------------------------------------
+def grouped(window: int, accuracy: float, estimated: float, unfamiliar: float | None = 0.0, **kw) -> WindowStats:
+    """A drifted window of 500 labelled rows of a champion validated at 0.80 on 1,000 rows."""
+    return drifted(window, labelled=500, accuracy=accuracy, baseline_accuracy=BASELINE, baseline_rows=1000,
+                   estimated_accuracy=estimated, estimated_baseline=BASELINE, unfamiliar=unfamiliar, **kw)
+
+
+def test_drifted_inputs_whose_labels_show_no_decay_are_held_and_never_retrain() -> None:
+    policy = RetrainPolicy()
+    decisions = feed(policy, [grouped(w, accuracy=0.79, estimated=0.80) for w in range(4)])
+    assert [d.action for d in decisions] == [Decision.HELD] * 4
+    assert decisions[0].signals == (Signal.DRIFT,) and decisions[0].since_window is None
+    assert "drift share 1.00 >= 0.50, but the champion's 500 labels show no decay (accuracy 0.790, expected " \
+           "0.800): no retrain" == decisions[0].reason
+    # without enough labels, drift alone counts as before
+    assert [d.action for d in feed(policy, [drifted(4, labelled=50, accuracy=0.79), drifted(5)])] == \
+        [Decision.WATCH, Decision.RETRAIN]
+    off = RetrainPolicy(PolicyConfig(labels_overrule_drift=False))
+    assert [d.action for d in feed(off, [grouped(0, 0.79, 0.80), grouped(1, 0.79, 0.80)])] == \
+        [Decision.WATCH, Decision.RETRAIN]
+
+
+def test_a_drop_the_champions_confidence_predicts_on_familiar_rows_is_no_decay() -> None:
+    """A harder sub-population it learnt: confidence 0.08 lower, accuracy 0.08 lower."""
+    policy = RetrainPolicy()
+    harder = feed(policy, [grouped(0, accuracy=0.72, estimated=0.72), grouped(1, accuracy=0.71, estimated=0.72)])
+    assert [d.action for d in harder] == [Decision.HELD, Decision.HELD]
+    assert "expected 0.720, 0.080 lower for these rows by its confidence" in harder[0].reason
+    # the same drop with confidence where it was (a change of concept): decay
+    changed = feed(RetrainPolicy(), [grouped(0, accuracy=0.72, estimated=0.80), grouped(1, accuracy=0.71,
+                                                                                         estimated=0.80)])
+    assert [d.action for d in changed] == [Decision.WATCH, Decision.RETRAIN]
+    assert Signal.DECAY in changed[1].signals and "accuracy 0.710 < 0.800 - 0.050" in changed[1].reason
+    # a drop beyond what confidence predicts still decays (here 0.62 where 0.72 was predicted)
+    beyond = RetrainPolicy().update(grouped(0, accuracy=0.62, estimated=0.72))
+    assert beyond.action == Decision.WATCH and "accuracy 0.620 < 0.720 - 0.050" in beyond.reason
+    # easier rows never raise the bar
+    assert RetrainPolicy().update(grouped(0, accuracy=0.79, estimated=0.90)).action == Decision.HELD
+
+
+@pytest.mark.parametrize("unfamiliar", [0.05, None])
+def test_on_rows_outside_the_training_ranges_confidence_explains_nothing(unfamiliar: float | None) -> None:
+    """A segment the champion never saw: it extrapolates, its confidence was never calibrated there."""
+    policy = RetrainPolicy()
+    decisions = feed(policy, [grouped(w, accuracy=0.70, estimated=0.72, unfamiliar=unfamiliar) for w in range(2)])
+    assert [d.action for d in decisions] == [Decision.WATCH, Decision.RETRAIN]
+    assert Signal.DECAY in decisions[1].signals
+    allowed = RetrainPolicy(PolicyConfig(max_unfamiliar=0.10))
+    assert allowed.update(grouped(0, accuracy=0.70, estimated=0.72, unfamiliar=0.05)).action == Decision.HELD
+    no_explaining = RetrainPolicy(PolicyConfig(explain_by_confidence=False))
+    assert no_explaining.update(grouped(0, accuracy=0.70, estimated=0.72)).action == Decision.WATCH

@@ -171,3 +171,20 @@ def test_a_schema_saved_before_medians_imputes_the_middle_of_the_range() -> None
         {"name": "x", "kind": "numeric", "min": 2.0, "max": 6.0}]})
     assert old.features[0].median is None and old.features[0].fill == 4.0
     assert old.validate_rows([{"x": None}], missing_values="impute")["x"].tolist() == [[4.0]]
+
+
+def test_rows_outside_what_training_saw_are_found_per_feature() -> None:
+    import pandas as pd
+
+    from driftloop.models.schema import Feature, FeatureSchema
+
+    schema = FeatureSchema((Feature("age", "numeric", min=26.0, max=66.0), Feature("region", "categorical",
+                                                                                    categories=("east", "north")),
+                            Feature("income", "numeric")), task="classification", target="y")
+    frame = pd.DataFrame({"age": [26.0, 18.5, 70.0, None, 40.0], "region": ["east", "west", "north", "north", None],
+                          "income": [1.0, 2.0, 3.0, 4.0, 5.0]})
+    outside = schema.outside_training(frame)
+    assert set(outside) == {"age", "region"}  # income: no recorded range, nothing to say
+    assert outside["age"].tolist() == [False, True, True, False, False]  # the bounds are inside; missing is not
+    assert outside["region"].tolist() == [False, True, False, False, False]
+    assert schema.outside_training(frame.drop(columns=["age", "region"])) == {}

@@ -154,7 +154,8 @@ def test_settings_are_frozen() -> None:
 
 
 @pytest.mark.parametrize(("cron", "says"), [("0 3 * *", "five fields"), ("0 3 * * 0", "weekdays by name"),
-                                             ("61 3 * * sun", "retraining.schedule.cron")])
+                                             ("61 3 * * sun", "retraining.schedule.cron"),
+                                             ("0 3 1 * mon", "either matches")])
 def test_a_bad_retraining_schedule_is_refused_when_the_config_loads(cron: str, says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         load_settings(None, retraining={"schedule": {"enabled": True, "cron": cron}})

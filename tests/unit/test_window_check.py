@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from driftloop.models.schema import Feature, FeatureSchema
 from driftloop.monitoring.baselines import Baselines, expected_accuracy, expected_error
 from driftloop.monitoring.check import WindowCheck
 from driftloop.monitoring.metrics import MonitorMetrics
-from driftloop.monitoring.monitor import policy_config, restore
+from driftloop.monitoring.monitor import policy_config, restore, scheduled_promotions
 from driftloop.monitoring.policy import RetrainPolicy
 from driftloop.monitoring.store import PredictionStore
 from driftloop.settings import MonitoringConfig
@@ -27,12 +28,17 @@ METADATA = {"metrics": {"accuracy": 0.9}, "rows": {"validation": 1000}, "kind": 
             "confidence_calibration": {"x": [0.0, 1.0], "y": [0.0, 1.0]}}
 
 
+def schema(task: str) -> FeatureSchema:
+    """One numeric feature ``x``, seen in training between 0 and 2 (the rows below log x = 1.0)."""
+    return FeatureSchema((Feature("x", "numeric", min=0.0, max=2.0),), task=task, target="y")  # type: ignore[arg-type]
+
+
 class Registry:
     def champion(self) -> Any:
         return SimpleNamespace(version="v1")
 
     def get(self, version: str) -> Any:
-        return SimpleNamespace(version=version, metadata=METADATA, schema=SimpleNamespace(task="classification"))
+        return SimpleNamespace(version=version, metadata=METADATA, schema=schema("classification"))
 
 
 class Drift:
@@ -120,14 +126,15 @@ def test_a_check_is_measured_decided_and_recorded_running_before_any_retrain(wor
     drift.share = 1.0
     checked = []
     for _ in range(2):
-        log(store, ROWS, labels=[1.0] * 5 + [0] * 3 + [None] * 2)  # 1.0: pandas' float labels; same class as 1
+        # 1.0: pandas' float labels; same class as 1. 4 labels: fewer than min_labels, so drift counts
+        log(store, ROWS, labels=[1.0] * 3 + [0] + [None] * 6)
         checked.append(windows.run(*windows.ready()))
     first, second = (c.check for c in checked)
     assert first.decision == Decision.WATCH and first.outcome is None
     assert second.decision == Decision.RETRAIN and second.outcome == Outcome.RUNNING
     stored = store.last_check()  # recorded as it was returned, before anything acted on it
     assert stored.window == 1 and stored.outcome == Outcome.RUNNING and stored.reason == second.reason
-    assert (second.labelled, second.accuracy, second.champion_accuracy) == (8, 5 / 8, 5 / 8)
+    assert (second.labelled, second.accuracy, second.champion_accuracy) == (4, 3 / 4, 3 / 4)
     assert second.estimated_accuracy == pytest.approx(0.9)
     assert Path(second.report_path).is_file() and second.reference_version == "v1"
     assert [e["kind"] for e in store.events()] == [EventKind.DRIFT_DETECTED]
@@ -135,8 +142,8 @@ def test_a_check_is_measured_decided_and_recorded_running_before_any_retrain(wor
     metrics = world["metrics"]
     assert gauge(metrics, "driftloop_checks_total", decision="retrain") == 1
     assert gauge(metrics, "driftloop_window_signal", signal="drift") == 1
-    assert gauge(metrics, "driftloop_window_accuracy") == 5 / 8
-    assert gauge(metrics, "driftloop_label_coverage") == 0.8
+    assert gauge(metrics, "driftloop_window_accuracy") == 3 / 4
+    assert gauge(metrics, "driftloop_label_coverage") == 0.4
     assert gauge(metrics, "driftloop_champion", model_version="v1") == 1
     assert gauge(metrics, "driftloop_expected_accuracy", model_version="v1") == 0.9
 
@@ -161,12 +168,12 @@ def test_restore_replays_the_stored_checks_into_the_policy(world: dict[str, Any]
     world["clock"].now = 4e9
     drift.share = 1.0
     for _ in range(2):
-        log(store, ROWS, labels=[1] * ROWS)
+        log(store, ROWS)  # no labels: drift alone counts (with labels showing no decay it is held)
         windows.run(*windows.ready())
     store.update_check(1, outcome=Outcome.PROMOTED)
     policy = RetrainPolicy(world["policy"].config)
     restore(policy, world["baselines"], store.checks())
-    stats = world["baselines"].stats(2, ROWS, 1.0, "v1", ROWS, 1.0)
+    stats = world["baselines"].stats(2, ROWS, 1.0, "v1", 0, None)
     assert policy.update(stats).action == Decision.COOLDOWN  # retrained at window 1: cooling down
 
 
@@ -186,7 +193,7 @@ REGRESSION_METADATA = {"metrics": {"mse": 4.0, "rmse": 2.0, "mae": 1.5, "r2": 0.
 
 class RegressionRegistry(Registry):
     def get(self, version: str) -> Any:
-        return SimpleNamespace(version=version, metadata=REGRESSION_METADATA, schema=SimpleNamespace(task="regression"))
+        return SimpleNamespace(version=version, metadata=REGRESSION_METADATA, schema=schema("regression"))
 
 
 @pytest.fixture
@@ -277,3 +284,21 @@ def test_expected_error_pools_the_gates_holdout() -> None:
     older = {"metrics": {"mse": 4.0}, "rows": {"validation": 100}}  # trained before the spread was recorded
     assert expected_error(older | {"gate": gate})[1] is None
     assert expected_error(METADATA) == (None, None, None)  # a classifier
+
+
+def test_restore_starts_the_cool_down_of_a_promotion_without_a_check(world: dict[str, Any]) -> None:
+    """A scheduled retrain's promotion has no check of its own; its event names the window after
+    which it came, and a restarted monitor cools down from there as the running one did."""
+    store, windows = world["store"], world["windows"]
+    world["clock"].now = 4e9
+    for _ in range(2):
+        log(store, ROWS)
+        windows.run(*windows.ready())
+    store.record_event(EventKind.RETRAIN_PROMOTED, {"trigger": "schedule", "candidate": "v2"}, 1, "v2")
+    drifted = world["baselines"].stats(2, ROWS, 1.0, "v1", 0, None)
+    replayed = RetrainPolicy(world["policy"].config)
+    restore(replayed, world["baselines"], store.checks(), scheduled_promotions(store))
+    assert scheduled_promotions(store) == [1] and replayed.update(drifted).action == Decision.COOLDOWN
+    forgetful = RetrainPolicy(world["policy"].config)
+    restore(forgetful, world["baselines"], store.checks())
+    assert forgetful.update(drifted).action == Decision.WATCH

@@ -127,3 +127,23 @@ def test_a_follow_up_is_judged_by_non_inferiority() -> None:
     same = compare("regression", y, base, base * 0.999, margin=0.0, significance=0.05, tolerance=0.05)
     assert same.test == NONINFERIOR_T and same.passed
     assert not compare("regression", y, base, base * 1.3, margin=0.0, significance=0.05, tolerance=0.05).passed
+
+
+@pytest.mark.parametrize(("trigger", "test"), [("follow_up", "paired_proportions_noninferiority"),
+                                               ("drift", "mcnemar_exact")])
+def test_only_a_follow_up_retrain_is_gated_by_non_inferiority(champion_home, loans, tmp_path,  # noqa: ANN001
+                                                              trigger: str, test: str) -> None:
+    import shutil
+
+    from driftloop.models.registry import Registry
+    from driftloop.training.retrain import retrain
+    from tests.conftest import make_settings
+
+    shutil.copytree(champion_home / "bentoml", tmp_path / "bentoml")
+    settings = make_settings(tmp_path, retraining={"min_rows": 400, "significance": 0.05, "guard": {"rows": 0}})
+    registry = Registry(settings.registry.home, settings.registry.project)
+    fresh = loans[loans["period"] == "stable"].head(800).reset_index(drop=True)
+    result = retrain(settings, registry, fresh, trigger=trigger, reason="test")
+    gate = registry.get(result.candidate).metadata["gate"]
+    assert gate["test"]["test"] == test
+    assert (gate["margin"], gate["test"]["tolerance"]) == ((0.0, 0.01) if trigger == "follow_up" else (0.01, 0.0))

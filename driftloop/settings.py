@@ -123,6 +123,12 @@ class ServingConfig(_Section):
     # requests are in flight in it; bodies larger than max_body_bytes get a 413.
     max_in_flight: int = Field(128, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # A body must arrive whole within body_timeout_s of the request's headers, else 408 and the
+    # connection is closed (a client that declares more than it sends, or trickles); no
+    # max_in_flight slot is held while it arrives. Raise it for slow clients with large bodies.
+    body_timeout_s: float = Field(5.0, gt=0.0, le=300.0)
+    # The longest string a request may carry in a category or a label (422 naming the field).
+    max_string_chars: int = Field(1000, ge=1)
     # Adaptive batching: rows of concurrent requests run through the graph together (a batch
     # forms while the previous one runs; no fixed wait). auto: on for neural kinds.
     batching: Literal["auto", "on", "off"] = "auto"
@@ -272,6 +278,7 @@ class FollowUpConfig(_Section):
     # share of the champion's MSE), significantly (a non-inferiority test at retraining.significance).
     # 0: the same gate as any retrain (better by the margin, significantly).
     tolerance: float = Field(0.01, ge=0.0, lt=1.0)
+    stop_on_reject: bool = False  # a rejected follow-up ends the series (else the next waits for factor x its rows)
 
 
 class ScheduleConfig(_Section):

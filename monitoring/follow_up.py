@@ -23,7 +23,11 @@ A follow-up waits (and is tried again next run) while
   watch (:mod:`monitoring.watch`) does not hold it back: a follow-up promoted meanwhile ends that
   watch (the champion it judged no longer serves) and its own promotion is watched.
 
-A series ends when a follow-up does not win (rejected, waiting, failed or interrupted: a process
+A rejected follow-up does not end the series (``stop_on_reject: false``, the default): the next
+one waits for ``factor`` times the rows the rejected one had, and each is gated on its own. The
+bigger steps are where the gains are (a few hundred held-out rows often cannot tell 1,500 rows
+from 700), and a rejection only says this step did not show itself no worse. A series ends when a
+follow-up does not win otherwise (waiting, failed or interrupted: a process
 that died in the job, perhaps for want of memory, is not sent in again), when its shadow is
 rejected, when its rows reached ``max_rows``, when a newer retrain starts (a new change: the policy
 fired again) or a newer one is promoted (which starts the next series), and when the champion is no
@@ -78,6 +82,7 @@ class Series:
     started: int | None = None  # a follow-up's retrain_started without its outcome (its process died)
     shadow: str | None = None  # a follow-up's candidate awaiting the shadow judge
     ended: str | None = None  # why the series is over (None: it goes on)
+    tried: int = 0  # labelled rows of the newest follow-up the gate rejected (the next waits for more)
 
 
 def read_series(events: list[dict[str, Any]]) -> Series | None:
@@ -109,8 +114,9 @@ def read_series(events: list[dict[str, Any]]) -> Series | None:
             elif kind == EventKind.RETRAIN_SHADOW:
                 shadows[d["candidate"]] = ("step", d["labelled"])
                 series = replace(series, started=None, shadow=d["candidate"])
-            else:  # rejected, waiting, failed: over unless the outcome says it goes on (a busy lease)
-                series = replace(series, started=None, ended=d.get("series_ended"))
+            else:  # rejected, waiting, failed: over unless the outcome says it goes on (a busy lease, a rejection)
+                series = replace(series, started=None, ended=d.get("series_ended"),
+                                 tried=d.get("labelled", 0) if kind == EventKind.RETRAIN_REJECTED else series.tried)
         elif kind == EventKind.RETRAIN_STARTED:
             starts[d.get("episode") or e["id"]] = d  # a retry's start: the rows it got
             ends(f"a new retrain started (window {e['window']}, {d.get('trigger')}): a new change")
@@ -157,7 +163,8 @@ class FollowUps:
     def needed(self, series: Series) -> int:
         """Labelled rows since the change that the series' next follow-up waits for."""
         follow = self.config.follow_up
-        return min(max(math.ceil(series.labelled * follow.factor), self.config.min_rows), follow.max_rows)
+        base = max(series.labelled, series.tried)
+        return min(max(math.ceil(base * follow.factor), self.config.min_rows), follow.max_rows)
 
     def run(self, *, retrained: bool = False) -> Outcome | None:
         """The next follow-up, if one is due (see the module docstring); ``retrained``: another
@@ -212,8 +219,10 @@ class FollowUps:
             return self._failed(where, last.window, f"{type(exc).__name__}: {exc}",
                                 "the follow-up failed (not retried: the next change starts a new series)")
         outcome = Outcome(result.status)
-        ended = None  # promoted or in shadow: the series goes on
-        if outcome not in (Outcome.PROMOTED, Outcome.SHADOW):
+        ended = None  # promoted or in shadow (or rejected, unless stop_on_reject): the series goes on
+        goes_on = (Outcome.PROMOTED, Outcome.SHADOW) + (() if self.config.follow_up.stop_on_reject
+                                                          else (Outcome.REJECTED,))
+        if outcome not in goes_on:
             ended = f"the follow-up was {outcome}: {result.reason}"
         elif labelled >= cap:
             ended = f"its rows reached retraining.follow_up.max_rows ({cap})"

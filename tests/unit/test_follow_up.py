@@ -181,7 +181,7 @@ def test_a_series_follows_at_2x_and_4x_then_stops_at_the_cap(world: World) -> No
     assert follow.run() is None and len(world.job.calls) == 4  # the series is over
 
 
-def test_the_first_follow_up_that_does_not_win_ends_the_series(world: World) -> None:
+def test_a_rejected_follow_up_does_not_end_the_series_the_next_waits_for_more_rows(world: World) -> None:
     world.serve(4)
     world.answer_change()
     world.job.answers = ["rejected"]
@@ -189,12 +189,28 @@ def test_the_first_follow_up_that_does_not_win_ends_the_series(world: World) -> 
     follow = world.follow_ups()
     assert follow.run() == Outcome.REJECTED
     end = world.follow_up_events()[-1]
-    assert end["kind"] == EventKind.RETRAIN_REJECTED
-    assert end["detail"]["series_ended"] == "the follow-up was rejected: the gate said rejected"
+    assert end["kind"] == EventKind.RETRAIN_REJECTED and end["detail"]["series_ended"] is None
+    rejected = end["detail"]["labelled"]
     assert world.registry.champion_version == "v2" and counted(world.metrics, "rejected") == 1
+    world.serve(1)
+    assert follow.run() is None and len(world.job.calls) == 2  # waits for 2x the rejected step's rows
+    world.serve(4)
+    assert follow.run() == Outcome.PROMOTED and world.job.calls[-1]["labelled"] >= 2 * rejected
+    assert world.follow_up_events(EventKind.RETRAIN_PROMOTED)[-1]["detail"]["step"] == 2
+    assert world.policy.update(WindowStats(17, W, drift_share=1.0)).action == Decision.WATCH  # no cool-down
+
+
+def test_with_stop_on_reject_the_first_follow_up_that_does_not_win_ends_the_series(world: World) -> None:
+    world.serve(4)
+    world.answer_change()
+    world.job.answers = ["rejected"]
+    world.serve(2)
+    follow = world.follow_ups(stop_on_reject=True)
+    assert follow.run() == Outcome.REJECTED
+    end = world.follow_up_events()[-1]
+    assert end["detail"]["series_ended"] == "the follow-up was rejected: the gate said rejected"
     world.serve(10)
     assert follow.run() is None and len(world.job.calls) == 2
-    assert world.policy.update(WindowStats(17, W, drift_share=1.0)).action == Decision.WATCH  # no cool-down
 
 
 def test_a_failed_follow_up_ends_the_series_and_is_never_retried_as_a_checks_retrain(world: World) -> None:

@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,20 +87,18 @@ def train(config: ConfigOpt = None,
 
 @app.command()
 def serve(config: ConfigOpt = None) -> None:
-    """Run the BentoML service (``bentoml serve``) in the foreground."""
-    from driftloop.launch import service_command, write_config
+    """Run the BentoML service (``bentoml serve``) in the foreground, until a signal stops it.
+
+    SIGINT/SIGTERM/SIGHUP are passed on and the service drains; if this process is killed, the
+    service stops too (see driftloop.launch). Its temporary directory goes with it."""
+    from driftloop.launch import ServiceProcess
 
     try:
         settings = _settings(config)
     except DriftloopError as exc:
         _fail(exc)
-    # This server's own directory: its config file and BentoML home (replicas may share the
-    # registry's volume, never this).
-    run_dir = Path(tempfile.mkdtemp(prefix="driftloop-serve-"))
-    path = write_config(settings, run_dir / "driftloop.yaml")
-    argv, env = service_command(settings, path, bentoml_home=run_dir / "bentoml")
     typer.echo(f"serving {settings.registry.project} on http://{settings.serving.host}:{settings.serving.port}")
-    os.execvpe(argv[0], argv, env)
+    raise typer.Exit(ServiceProcess(settings, foreground=True).run())
 
 
 @app.command()

@@ -5,11 +5,21 @@ and passes its path in ``DRIFTLOOP_CONFIG``. ``BENTOML_HOME`` is a directory of 
 (a fresh temporary one): BentoML keeps its multi-process metrics there and clears it when a server
 starts, so two servers (replicas sharing one registry volume, tests) must never share it. The
 service reads its models from the registry by path (``registry.home``), not from BentoML's home.
+
+Processes: the launcher (``driftloop serve``, a test) starts ``bentoml serve``, BentoML's arbiter
+(circus), in a session of its own; the arbiter starts each worker in a session of its own too
+(circus calls ``setsid``), so signals to a process group never reach past the process that got
+them, and a killed arbiter used to leave its workers serving, orphaned. Each worker therefore
+dies with its arbiter (:func:`die_with_parent`, called in the worker), and the arbiter of
+``driftloop serve`` with ``driftloop serve`` (``foreground``). A server's temporary directory
+(:func:`run_directory`) is removed when it stops, and by the next start if its owners were killed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
 import signal
 import shutil
@@ -17,7 +27,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +40,11 @@ from driftloop.settings import Settings
 
 SERVICE = "driftloop.service.app:Driftloop"
 SERVICE_NAME = "driftloop"
+RUN_PREFIX = "driftloop-serve-"  # a server's own directory under the temporary directory
+OWNER_FILE = "owner.json"  # in it: the host and the pids (launcher, server) it belongs to
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+log = logging.getLogger("driftloop.launch")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -65,10 +82,10 @@ def bentoml_config(settings: Settings) -> dict[str, Any]:
 
 
 def service_command(settings: Settings, config_path: Path,
-                    bentoml_home: Path | None = None) -> tuple[list[str], dict[str, str]]:
+                    bentoml_home: Path) -> tuple[list[str], dict[str, str]]:
     """argv and environment for ``bentoml serve`` of the driftloop service (``bentoml_home``: the
-    server's own BentoML home; a fresh temporary directory if not given)."""
-    home = Path(bentoml_home or tempfile.mkdtemp(prefix="driftloop-serve-")).resolve()
+    server's own BentoML home, in its :func:`run_directory`)."""
+    home = Path(bentoml_home).resolve()
     # The file carries the merged settings; other DRIFTLOOP_* variables would only shadow it.
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_") or k == "DRIFTLOOP_LOG_LEVEL"}
     env.update({
@@ -87,34 +104,169 @@ def service_command(settings: Settings, config_path: Path,
     return argv, env
 
 
-class ServiceProcess:
-    """A running ``bentoml serve``; a context manager that stops it gracefully (SIGTERM)."""
+def run_directory() -> Path:
+    """A fresh directory for one server (its config file and BentoML home), owned by this process
+    (:func:`claim_run_directory`). Directories whose owners are all gone, left by killed
+    launchers, are removed first (:func:`remove_stale_run_directories`)."""
+    remove_stale_run_directories()
+    path = Path(tempfile.mkdtemp(prefix=RUN_PREFIX))
+    claim_run_directory(path, [os.getpid()])
+    return path
 
-    def __init__(self, settings: Settings, config_path: Path, log_path: Path | None = None,
-                 cwd: Path | None = None) -> None:
+
+def claim_run_directory(path: Path, pids: list[int]) -> None:
+    """Record who uses ``path``: it is stale once none of ``pids`` runs on this host."""
+    (path / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pids": pids}))
+
+
+def remove_stale_run_directories(tmp: Path | None = None) -> list[Path]:
+    """Remove the run directories under ``tmp`` (default: the temporary directory) whose owners,
+    on this host, have all exited; returns them. A directory without a readable owner file (being
+    created, or left by an older driftloop, whose server may still use it) is left alone, and so
+    is one claimed on another host (another container's pids mean nothing here)."""
+    removed = []
+    for path in Path(tmp or tempfile.gettempdir()).glob(RUN_PREFIX + "*"):
+        try:
+            owner = json.loads((path / OWNER_FILE).read_text())
+            host, pids = owner["host"], [int(pid) for pid in owner["pids"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if host == socket.gethostname() and not any(_running(pid) for pid in pids):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """``pid`` runs: a zombie (exited, not yet reaped by whoever inherited it) does not."""
+    import psutil  # BentoML's dependency
+
+    if pid <= 0:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process
+        return True
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+def die_with_parent(parent: int, *, grace_s: float, poll_s: float = 1.0,
+                    deathsig: signal.Signals | None = signal.SIGTERM) -> threading.Thread:
+    """Stop this process when its parent, ``parent`` (the pid it was started by, read as early as
+    possible), exits: SIGTERM, so that its graceful shutdown runs; if it still runs ``grace_s``
+    seconds later, it exits at once (exit status 1).
+
+    On Linux the kernel sends ``deathsig`` the moment the parent dies (``PR_SET_PDEATHSIG``; None:
+    not asked for). A watchdog thread also polls the parent pid every ``poll_s`` seconds: it
+    sends the SIGTERM itself where the kernel did not (elsewhere than Linux, or a parent that died
+    before this call), and enforces ``grace_s``. The kernel's signal follows the *thread* that
+    forked this process, not its process: it suits parents that fork from their main thread, as
+    BentoML's arbiter and ``driftloop serve`` do. Call this from the main thread: the kernel
+    keeps the request with the calling thread.
+    """
+    signalled = False
+    if deathsig is not None and (prctl := _prctl()) is not None:
+        signalled = prctl(PR_SET_PDEATHSIG, int(deathsig), 0, 0, 0) == 0
+    if os.getppid() != parent:  # gone already: the kernel had nobody to signal for
+        signalled = False
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log.warning("the parent process %d is gone: stopping this process (%d)", parent, os.getpid())
+        if not signalled:
+            os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        log.error("still running %gs after its parent %d exited: process %d exits now", grace_s, parent,
+                  os.getpid())
+        logging.shutdown()
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name=f"die-with-parent-{parent}", daemon=True)
+    thread.start()
+    return thread
+
+
+class ServiceProcess:
+    """A running ``bentoml serve``; a context manager that stops it gracefully (SIGTERM).
+
+    Its output goes to ``log_path``, or with ``foreground`` to this process's own stdout and
+    stderr (``driftloop serve``); else nowhere. ``foreground`` also makes the server stop
+    (SIGTERM from the kernel) when this process dies, however it dies: start such a server from
+    the main thread (the signal follows the thread that started it). ``config_path``: the
+    settings file the server reads; None writes ``settings`` into the server's run directory.
+    """
+
+    def __init__(self, settings: Settings, config_path: Path | None = None, log_path: Path | None = None,
+                 cwd: Path | None = None, *, foreground: bool = False) -> None:
         self.settings = settings
         self.cwd = cwd  # the server's working directory (default: this process's)
         self.config_path = config_path
         self.log_path = log_path
+        self.foreground = foreground
         self.url = f"http://{settings.serving.host}:{settings.serving.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self.run_dir: Path | None = None  # see run_directory; removed by stop()
         self.bentoml_home: Path | None = None
 
-    def start(self, ready_timeout: float = 60.0) -> ServiceProcess:
-        self.bentoml_home = Path(tempfile.mkdtemp(prefix="driftloop-serve-"))
-        argv, env = service_command(self.settings, self.config_path, self.bentoml_home)
+    def spawn(self) -> ServiceProcess:
+        """Start the server without waiting for it (see :meth:`start`)."""
+        self.run_dir = run_directory()
+        self.bentoml_home = self.run_dir / "bentoml"
+        config_path = self.config_path or write_config(self.settings, self.run_dir / "driftloop.yaml")
+        argv, env = service_command(self.settings, config_path, self.bentoml_home)
+        output: IO[bytes] | int | None = None if self.foreground else subprocess.DEVNULL
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, env=env, stdout=self._log or subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
+            output = self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(argv, env=env, stdout=output, stderr=None if output is None else subprocess.STDOUT,
+                                     start_new_session=True, cwd=self.cwd,
+                                     preexec_fn=_die_with_launcher() if self.foreground else None)
+        claim_run_directory(self.run_dir, [os.getpid(), self.proc.pid])
+        return self
+
+    def start(self, ready_timeout: float = 60.0) -> ServiceProcess:
+        self.spawn()
         try:
             self.wait_ready(ready_timeout)
         except BaseException:  # never leave a half-started server behind
             self.stop(timeout=10)
             raise
         return self
+
+    def run(self) -> int:
+        """Serve until the server exits; returns its exit status (128 + the signal's number if a
+        signal ended it). SIGINT and SIGTERM to this process are passed on to the server, SIGHUP
+        as SIGTERM (circus reads SIGHUP as "reload"); the server drains and stops."""
+        def forward(signum: int, frame: Any) -> None:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+        self.spawn()
+        assert self.proc is not None
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            code = self.proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
+        return code if code >= 0 else 128 - code
 
     def wait_ready(self, timeout: float) -> float:
         """Seconds until every worker serves a model; raises if the process died or time ran out.
@@ -157,8 +309,8 @@ class ServiceProcess:
         stop_process(self.proc, timeout)
         if self._log:
             self._log.close()
-        if self.bentoml_home is not None:
-            shutil.rmtree(self.bentoml_home, ignore_errors=True)
+        if self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self) -> ServiceProcess:
@@ -166,6 +318,20 @@ class ServiceProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _die_with_launcher() -> Callable[[], None]:
+    """A ``preexec_fn`` giving the server SIGTERM when its launcher (this process) dies; resolved
+    here, before the fork, so that the child only makes the call."""
+    launcher, prctl = os.getpid(), _prctl()
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != launcher:  # died before the call: nobody will send the signal
+            os._exit(1)
+
+    return preexec
 
 
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:

@@ -152,6 +152,8 @@ class ServingConfig(_Section):
     def _strong(cls, token: SecretStr | None) -> SecretStr | None:
         if token is not None:
             value = token.get_secret_value()
+            if value != value.strip():  # a client's bearer token is stripped: this one could never match
+                raise ValueError("a token must not start or end with whitespace")
             if len(value) < 16 or value.lower() in ("changethis", "changeme", "secret", "token"):
                 raise ValueError("a token must be at least 16 characters and not a placeholder")
         return token
@@ -256,8 +258,9 @@ class WatchConfig(_Section):
     # back if it is significantly worse than its predecessor on all of them (the gate's paired
     # test, roles reversed, at significance / looks: the chance of a false rollback over all the
     # looks stays under `significance`); after the last look it stays. It ends without a verdict
-    # after max_windows checked windows.
-    enabled: bool = False
+    # after max_windows checked windows. On by default (make bench-policy: no rollback of a right
+    # model in nine scenarios; the safety net when the gate lets a worse model through).
+    enabled: bool = True
     min_labels: int = Field(300, ge=1)
     looks: int = Field(4, ge=1, le=10)  # at min_labels * 2**k labelled rows, k = 0 .. looks - 1
     max_windows: int = Field(20, ge=1)
@@ -267,10 +270,10 @@ class WatchConfig(_Section):
 class FollowUpConfig(_Section):
     # Follow-up retrains: after a change was answered by a promotion, retrain again on the
     # labelled rows since the change once there are `factor` times as many as the last retrain
-    # learned from (2x, 4x, 8x, ...), up to max_rows, each through the same gate; the first that
-    # does not win ends the series. Off by default until the policy benchmark has long
-    # post-change periods to show what it gains and costs.
-    enabled: bool = False
+    # learned from (2x, 4x, 8x, ...), up to max_rows; each is gated on its own (see tolerance
+    # and stop_on_reject). On by default: make bench-policy,
+    # 48-window post-change periods reach 99.9-100% of a 10,000-row oracle (97.4-96.7% without).
+    enabled: bool = True
     factor: float = Field(2.0, gt=1.0)
     max_rows: int = Field(20_000, ge=100)
     # A follow-up learns more rows of the world its champion learnt: it is promoted when it scores
@@ -308,7 +311,10 @@ class TournamentConfig(_Section):
     # A retrain trains one candidate per strategy and per model kind listed here, scores them
     # all on the same held-out rows, and sends only the best to the gate; the gate's paired test
     # then runs at significance / number of candidates (Bonferroni). kinds empty: model.kind only.
-    enabled: bool = False
+    # On by default: window_and_original wins after a covariate shift, window after a concept
+    # change (make bench-policy: covariate 0.762 -> 0.775 live accuracy; make bench-gate: 3.3%
+    # false promotions at 0.05 / 2). Each retrain fits one model per candidate.
+    enabled: bool = True
     strategies: list[Literal["window", "window_and_original", "reweighted"]] = Field(
         default_factory=lambda: ["window", "window_and_original"], min_length=1)
     kinds: list[str] = Field(default_factory=list)
@@ -330,11 +336,11 @@ class RetrainingConfig(_Section):
     margin: float = Field(0.01, ge=0.0)  # the candidate must beat the champion by this much...
     # ...and significantly, on the same held-out rows: a one-sided paired test (McNemar's exact
     # test for classification, a paired t-test on squared errors for regression) at this level.
-    # 1.0 (the default for now) switches the test off: at 0.05 it stops promotions on noise
-    # (make bench-gate) but also delays real ones until follow-up retrains bring more rows.
-    # The shadow judge applies the same rule to its live rows.
-    significance: float = Field(1.0, gt=0.0, le=1.0)
-    min_holdout_rows: int = Field(1, ge=1)  # fewer held-out labelled rows: the retrain waits for more
+    # At 0.05 a no-better candidate is promoted 3% of the time against 34% by the margin alone
+    # (make bench-gate); 1.0 switches the test off. The shadow judge applies the same rule to its
+    # live rows; a follow-up is held to non-inferiority instead (follow_up.tolerance).
+    significance: float = Field(0.05, gt=0.0, le=1.0)
+    min_holdout_rows: int = Field(100, ge=1)  # fewer held-out labelled rows: the retrain waits for more
     # What a candidate learns from. window: the labelled rows since the drift began;
     # window_and_original: those plus the initial training data; reweighted: the initial data
     # weighted toward the live inputs (covariate shift, no labels needed); auto: window when
@@ -405,8 +411,8 @@ class Settings(BaseSettings):
     def _check_tournament(self, supervised: bool) -> None:
         """A tournament judges candidates on labels, with kinds that can learn the features."""
         tournament = self.retraining.tournament
-        if not tournament.enabled:
-            return
+        if not tournament.enabled or (not supervised and "enabled" not in tournament.model_fields_set):
+            return  # on by default: for tasks with labels
         if not supervised:
             raise ValueError(f"retraining.tournament.enabled: a tournament scores candidates on labels; "
                              f"task {self.task!r} has none")

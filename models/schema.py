@@ -21,6 +21,10 @@ FEATURE_KINDS: tuple[str, ...] = ("numeric", "categorical", "image", "sequence")
 MEDIA_KINDS: tuple[str, ...] = ("image", "sequence")  # arrays: image (height, width), sequence (steps, channels)
 TASKS: tuple[str, ...] = ("classification", "regression", "clustering", "anomaly")
 SUPERVISED: tuple[str, ...] = ("classification", "regression")
+# The largest magnitude a graph's float32 input holds: a larger number (1e39, a 401-digit integer)
+# would reach the graph as infinity, so the request boundary refuses it.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_STRING_CHARS = 1_000  # the default cap on a category string (serving.max_string_chars)
 # The name of a graph's scores (``GraphOutput.scores``, its second output) in a /predict answer,
 # by task; None: the task's graph has no scores.
 SCORES_FIELD: dict[str, str | None] = {
@@ -168,7 +172,8 @@ class FeatureSchema:
 
     # -- the request boundary -----------------------------------------------------------------
     def validate_rows(self, rows: Any, max_rows: int = 10_000, *, unknown_category: str = "accept",
-                      missing_values: str = "reject", repairs: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+                      missing_values: str = "reject", repairs: dict[str, int] | None = None,
+                      max_string_chars: int = MAX_STRING_CHARS) -> dict[str, np.ndarray]:
         """Check request rows and return the ONNX feeds (one ``(n, 1)`` array per feature).
 
         Raises :class:`SchemaError` naming the row and the field for the first problem found.
@@ -176,6 +181,12 @@ class FeatureSchema:
         encoders treat it as none of the known ones) or ``reject`` refuses it. ``missing_values``:
         ``reject`` refuses a null, NaN or infinite numeric value, ``impute`` replaces it with the
         training median. ``repairs`` (if given) counts both, as ``"<kind>:<feature>"`` -> rows.
+
+        Whatever the policies, a finite number beyond float32's range (``|x| > 3.4e38``) is refused,
+        never imputed: it is a value the client sent, not a missing one, and the graph would see
+        infinity. A category longer than ``max_string_chars``, or one that is not valid Unicode (a
+        lone surrogate such as ``"\\ud800"``, which JSON can spell but UTF-8 cannot encode), is
+        refused too: such strings would reach the graph, the prediction log and the drift reports.
         """
         if not isinstance(rows, list):
             raise SchemaError("'rows' must be a list of objects", field="rows")
@@ -200,7 +211,11 @@ class FeatureSchema:
                     if isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
                         raise SchemaError(f"rows[{i}].{name} must be a number, got {type(value).__name__}",
                                           field=f"rows[{i}].{name}")
-                    if value is None or not math.isfinite(value):
+                    if value is None or not -FLOAT32_MAX <= value <= FLOAT32_MAX:  # one comparison when fine
+                        if value is not None and (isinstance(value, int) or math.isfinite(value)):
+                            raise SchemaError(f"rows[{i}].{name} is {_magnitude(value)}: outside the range of the "
+                                              f"model's 32-bit inputs (at most {FLOAT32_MAX:.4g} either way)",
+                                              field=f"rows[{i}].{name}")
                         if missing_values != "impute":
                             raise SchemaError(f"rows[{i}].{name} must be a finite number, got {value} "
                                               "(serving.missing_values: reject)", field=f"rows[{i}].{name}")
@@ -212,6 +227,9 @@ class FeatureSchema:
                 elif not isinstance(value, str):
                     raise SchemaError(f"rows[{i}].{name} must be a string category, got {type(value).__name__}",
                                       field=f"rows[{i}].{name}")
+                elif ((len(value) > max_string_chars or not value.isascii())  # cheap first: almost always fine
+                      and (problem := text_problem(value, f"rows[{i}].{name}", max_string_chars))):
+                    raise SchemaError(problem, field=f"rows[{i}].{name}")
                 elif feat.categories and value not in feat.categories:
                     if unknown_category == "reject":
                         raise SchemaError(f"rows[{i}].{name}: {value!r} is not a category seen in training "
@@ -235,6 +253,30 @@ class FeatureSchema:
             else:
                 out[feat.name] = np.asarray(values, dtype=object).astype(str).astype(object).reshape(-1, 1)
         return out
+
+
+def _magnitude(value: int | float) -> str:
+    """A number too large for float32, for a message: a huge integer cannot become a float."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    try:
+        return f"an integer of {len(str(abs(value)))} digits"
+    except ValueError:  # over Python's 4,300-digit limit on int to str (JSON cannot send one)
+        return "an integer of over 4300 digits"
+
+
+def text_problem(text: str, where: str, max_chars: int) -> str | None:
+    """Why a string from a request (``where``: its field) is refused, or None: longer than
+    ``max_chars`` (``serving.max_string_chars``), or not valid Unicode text (a lone surrogate, which
+    JSON can spell as ``"\\ud800"`` but UTF-8, and so the store and the graph, cannot encode)."""
+    if len(text) > max_chars:
+        return f"{where} is {len(text)} characters long; at most {max_chars} (serving.max_string_chars)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (f"{where} is not valid Unicode text: it holds a lone surrogate (such as \\ud800), which UTF-8 "
+                "cannot encode")
+    return None
 
 
 def _array(value: Any, feat: Feature, where: str) -> np.ndarray:

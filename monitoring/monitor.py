@@ -105,7 +105,7 @@ class Monitor:
         self.scheduled = ScheduledRetrain(settings.retraining.schedule, store, registry, job, fresh, self.policy,
                                           self.metrics)
         self._lock = threading.Lock()  # one run at a time: the check job and the scheduled retrain
-        restore(self.policy, self.baselines, store.checks(), scheduled_promotions(store))
+        restore(self.policy, self.baselines, store.checks(), scheduled_promotions(store), promising_rejections(store))
 
     def run_once(self) -> list[Check]:
         """Serve queued retrain requests and due retries, check every window that is ready, then
@@ -180,15 +180,23 @@ def counted(job: Retrainer, metrics: MonitorMetrics) -> Retrainer:
 
 
 def restore(policy: RetrainPolicy, baselines: Baselines, checks: Iterable[Check],
-            promoted_after: Iterable[int] = ()) -> None:
+            promoted_after: Iterable[int] = (), promising: Iterable[int] = ()) -> None:
     """Rebuild the policy's streak, calibration and cool-down from the stored checks (a restarted
     monitor); ``promoted_after``: windows after whose check a promotion with no check of its own
-    (a scheduled retrain's) started a cool-down."""
-    promoted = set(promoted_after)
+    (a scheduled retrain's) started a cool-down; ``promising``: windows whose retrain was rejected
+    only for want of held-out rows (the streak went on)."""
+    promoted, kept_on = set(promoted_after), set(promising)
     for check in checks:
         policy.update(baselines.stats_of(check))
-        if (check.decision == Decision.RETRAIN and check.outcome in RETRAINED) or check.window in promoted:
+        ran = check.decision == Decision.RETRAIN and check.outcome in RETRAINED and check.window not in kept_on
+        if ran or check.window in promoted:
             policy.retrained(check.window)
+
+
+def promising_rejections(store: PredictionStore) -> list[int]:
+    """The windows whose retrain was rejected only because the paired test could not yet tell."""
+    return [e["window"] for e in store.events(EventKind.RETRAIN_REJECTED)
+            if e["detail"].get("promising") and e["window"] is not None]
 
 
 def scheduled_promotions(store: PredictionStore) -> list[int]:

@@ -130,7 +130,10 @@ class RetrainRunner:
         self.metrics.retrains.labels(outcome).inc()
         if outcome != Outcome.WAITING:
             self.metrics.retrain_seconds.observe(seconds)
+        if outcome != Outcome.WAITING and not result.promising:
             self.policy.retrained(window)
+        # a promising rejection (better, not yet significantly) keeps the streak, like waiting: the next
+        # flagged window retrains on the rows since it began, a larger held-out set among them
         self.store.update_check(window, outcome=outcome)
         return outcome
 

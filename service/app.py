@@ -25,7 +25,9 @@ the :class:`service.endpoint.EndpointSlot` they were given.
 
 A graceful stop (SIGTERM): readiness fails and new requests get 503 for ``serving.drain_s``,
 then uvicorn lets the running requests finish, ``on_shutdown`` flushes the prediction log, and
-the worker exits.
+the worker exits. A worker stops that way too when its parent, BentoML's arbiter, dies (killed,
+say, with ``kill -9``): circus starts each worker in a session of its own, so nothing else would
+reach it, and it would go on serving orphaned (:func:`driftloop.launch.die_with_parent`).
 """
 
 from __future__ import annotations
@@ -46,17 +48,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from driftloop.launch import die_with_parent
 from driftloop.service.endpoint import RETRY_AFTER_S, Endpoint, EndpointSlot, HttpError
 from driftloop.service.gate import RequestGate
 
 log = logging.getLogger("driftloop.service")
+
+# In a worker, the arbiter that started it, read as BentoML loads this module (before the
+# service is built): an arbiter that dies while the worker starts up is still noticed.
+PARENT_PID = os.getppid()
+# How long an orphaned worker's graceful stop may take beyond draining (running requests, the
+# prediction log's flush) before it exits regardless.
+ORPHAN_GRACE_S = 60.0
 
 Scalar = int | float | str
 
 
 class Label(BaseModel):
     request_id: Annotated[str, Field(min_length=1, max_length=64)]
-    label: Scalar
+    label: bool | Scalar  # bool first: `true` stays a boolean, which /feedback refuses (not read as 1)
 
 
 class PredictResponse(BaseModel):
@@ -136,6 +146,8 @@ class Driftloop:
         self.serving.start()
         ENDPOINT.attach(self.endpoint)
         self._drain_on_sigterm(settings.serving.drain_s)
+        if bentoml.server_context.worker_index is not None:  # a worker of `bentoml serve`, not an in-process use
+            die_with_parent(PARENT_PID, grace_s=settings.serving.drain_s + ORPHAN_GRACE_S)
         # Everything loaded so far (BentoML, onnxruntime, pandas, the model) lives as long as the
         # worker: keep it out of the garbage collector's full passes, which otherwise walk it all
         # and stall requests (the p99 spikes of the serving benchmark).

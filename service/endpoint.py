@@ -15,6 +15,10 @@ knows which status each error gets:
     bearer token         401 with ``WWW-Authenticate: Bearer`` (missing or wrong),
                          403 (admin endpoints disabled: no ``serving.admin_token``)
 
+The answers about the request itself rather than its meaning come from
+:class:`service.gate.RequestGate`: 400 (a body that is not JSON), 408 (a body too slow to
+arrive), 413, 415, the 503s of shedding, and 500 for any exception that escapes (counted).
+
 :class:`EndpointSlot` is how the endpoint reaches the parts BentoML builds before the service
 instance exists (see its docstring).
 """
@@ -205,6 +209,12 @@ class EndpointSlot:
 
 
 def dumps(body: Any) -> bytes:
-    """A JSON body: compact, UTF-8, no NaN (an answer with one is a bug, not a number)."""
-    return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    """A JSON body: compact, UTF-8, no NaN (an answer with one is a bug, not a number). A string
+    UTF-8 cannot encode (a lone surrogate a client sent, echoed in an error's ``field``) is written
+    as JSON's ``\\ud800`` escape instead."""
+    text = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(body, allow_nan=False, separators=(",", ":")).encode()
 

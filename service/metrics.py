@@ -11,6 +11,12 @@ the shadow scored, refused (its schema would not take them) or failed on (graph 
 (``livemax``: 1 however many workers); ``driftloop_shadow_graph_seconds`` times the shadow's graph,
 one observation per prediction-log batch; ``driftloop_shadow_swaps_total{outcome}`` counts shadow
 loads done and refused (a broken artifact), apart from the champion's swaps.
+
+Errors: every answer, 5xx included, is counted by BentoML's ``bentoml_service_request_total
+{endpoint, http_response_code}`` (its middleware sits outside :class:`service.gate.RequestGate`,
+which answers every request that reaches it, a failed one with a 500). Beside it,
+``driftloop_requests_shed_total{reason}`` says why requests were refused unanswered (503, 408)
+and ``driftloop_internal_errors_total{exception}`` which exception a 500 came from (a bug to fix).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ class ServingMetrics:
     log_rows: Any  # Counter{outcome}: prediction-log rows written or dropped
     log_queue: Any  # Gauge: rows waiting in the prediction-log buffers
     batch_rows: Any  # Histogram: rows per graph run (one request, or a batch of several)
-    shed: Any  # Counter{reason}: requests refused at once with 503 (overloaded, draining)
+    shed: Any  # Counter{reason}: requests refused unanswered: 503 (overloaded, draining), 408 (body_timeout)
+    internal_errors: Any  # Counter{exception}: requests answered 500 because an exception escaped the request path
     input_repairs: Any  # Counter{feature, kind}: unknown categories accepted, missing values imputed
     shadow_rows: Any  # Counter{outcome}: logged rows the shadow scored, refused, failed on
     shadow_model: Any  # Gauge{model_version}: 1 for the shadow loaded by live workers
@@ -59,7 +66,10 @@ def serving_metrics() -> ServingMetrics:
                            multiprocess_mode="livesum"),
         batch_rows=pc.Histogram("driftloop_batch_rows", "Rows per run of the model's graph.",
                                 buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)),
-        shed=pc.Counter("driftloop_requests_shed", "Requests refused at once with 503, by reason.", ["reason"]),
+        shed=pc.Counter("driftloop_requests_shed", "Requests refused before they were handled, by reason: 503 "
+                        "(overloaded, draining) or 408 (body_timeout: the body did not arrive in time).", ["reason"]),
+        internal_errors=pc.Counter("driftloop_internal_errors", "Requests answered 500 because an unexpected "
+                                   "exception escaped the request path, by exception type.", ["exception"]),
         input_repairs=pc.Counter("driftloop_input_repairs", "Input values repaired by policy: unknown categories "
                                  "accepted, missing values imputed.", ["feature", "kind"]),
         shadow_rows=pc.Counter("driftloop_shadow_rows", "Prediction-log rows given to the shadow model, by outcome "

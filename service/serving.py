@@ -36,7 +36,7 @@ import numpy as np
 
 from driftloop.models.errors import DriftloopError, SchemaError
 from driftloop.models.onnx_model import OnnxModel, providers_for
-from driftloop.models.schema import SCORES_FIELD, SUPERVISED, FeatureSchema, same_label
+from driftloop.models.schema import FLOAT32_MAX, SCORES_FIELD, SUPERVISED, FeatureSchema, same_label, text_problem
 from driftloop.models.registry import Registry
 from driftloop.monitoring.store import PredictionStore, utcnow
 from driftloop.service.batching import Batcher, batching_enabled
@@ -269,7 +269,8 @@ class Serving:
             raise NotReady("no champion model is loaded yet" if model is None else "the service is shutting down")
         repairs: dict[str, int] = {}
         feeds = model.schema.validate_rows(rows, self.max_rows, unknown_category=self.config.unknown_category,
-                                           missing_values=self.config.missing_values, repairs=repairs)
+                                           missing_values=self.config.missing_values, repairs=repairs,
+                                           max_string_chars=self.config.max_string_chars)
         for key, n in repairs.items():  # rare: unknown categories accepted, values imputed
             kind, _, feature = key.partition(":")
             self.metrics.input_repairs.labels(feature, kind).inc(n)
@@ -312,9 +313,7 @@ class Serving:
         return answer
 
     def feedback(self, labels: list[tuple[str, Any]]) -> dict[str, Any]:
-        model = self.model
-        if model is not None:
-            _check_labels(labels, model)
+        _check_labels(labels, self.model, self.config.max_string_chars)
         result = self.store.insert_feedback(labels)
         unknown = result.unknown
         # A prediction reaches the store within one flush interval of any worker. Ids we issued
@@ -503,7 +502,7 @@ def _accepted(schema: FeatureSchema, rows: list[Any], config: ServingConfig) -> 
     feeds: one pass when it takes them all (the usual case), else row by row to find the others."""
     def feeds(subset: list[Any]) -> dict[str, np.ndarray]:
         return schema.validate_rows(subset, len(subset), unknown_category=config.unknown_category,
-                                    missing_values=config.missing_values)
+                                    missing_values=config.missing_values, max_string_chars=config.max_string_chars)
 
     try:
         return list(range(len(rows))), feeds(rows)
@@ -519,9 +518,28 @@ def _accepted(schema: FeatureSchema, rows: list[Any], config: ServingConfig) -> 
     return kept, feeds([rows[i] for i in kept]) if kept else {}
 
 
-def _check_labels(labels: list[tuple[str, Any]], model: OnnxModel) -> None:
-    schema = model.schema
-    if schema.task not in SUPERVISED:  # a label here is whatever the user knows (e.g. a confirmed anomaly)
+def _check_labels(labels: list[tuple[str, Any]], model: OnnxModel | None, max_string_chars: int) -> None:
+    """Refuse (a SchemaError naming ``labels[i].label``) what no label can be: a boolean, unless the
+    model's classes are booleans (JSON's ``true`` is not the class ``1``, though Python counts it
+    as one); a number that is not finite or lies outside float32's range (no model answers one); a
+    string over ``max_string_chars`` or not valid Unicode. Then, with a model loaded, what its task
+    cannot take: a class the classifier does not have, a regressor's label that is not a number."""
+    schema = model.schema if model is not None else None
+    boolean_classes = schema is not None and any(isinstance(c, bool) for c in schema.labels)
+    for i, (_, label) in enumerate(labels):
+        where = f"labels[{i}].label"
+        if isinstance(label, bool):
+            if not boolean_classes:
+                classes = f"; classes are {list(schema.labels)}" if schema is not None and schema.labels else ""
+                raise SchemaError(f"{where} is {str(label).lower()}: a boolean is not a class label{classes}",
+                                  field=where)
+        elif isinstance(label, (int, float)):
+            if not -FLOAT32_MAX <= label <= FLOAT32_MAX:  # NaN and infinities fail it too
+                raise SchemaError(f"{where} must be a finite number within float32's range "
+                                  f"(at most {FLOAT32_MAX:.4g} either way)", field=where)
+        elif isinstance(label, str) and (problem := text_problem(label, where, max_string_chars)):
+            raise SchemaError(problem, field=where)
+    if schema is None or schema.task not in SUPERVISED:  # a label is whatever the user knows (a confirmed anomaly)
         return
     for i, (_, label) in enumerate(labels):
         if schema.task == "classification":

@@ -94,6 +94,9 @@ class RetrainOutcome:
     training_data: dict[str, Any] = field(default_factory=dict)  # the candidate's metadata["training_data"]
     guard: dict[str, Any] | None = None  # the guard set's figures (None: no guard set)
     tournament: dict[str, Any] | None = None  # Tournament.to_dict() (None: one candidate, no tournament)
+    # Rejected only because the paired test could not yet tell: better by the margin (and not worse
+    # on the guard set), on too few held-out rows. The policy retrains again with more rows.
+    promising: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -356,7 +359,9 @@ def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trig
                           train_rows=plan.trained_rows, holdout_rows=gate.holdout_rows,
                           seconds=time.perf_counter() - started, strategy=plan.strategy,
                           training_data=training_data, guard=None if gate.guard is None else gate.guard.to_dict(),
-                          tournament=None if contest is None else contest.to_dict())
+                          tournament=None if contest is None else contest.to_dict(),
+                          promising=status == Outcome.REJECTED and gate.margin_passed and not gate.significant
+                          and (gate.guard is None or gate.guard.passed))
 
 
 # -- the steps of retrain ----------------------------------------------------------------------------
@@ -437,12 +442,10 @@ def plan_rows(strategy: str, settings: Settings, schema: FeatureSchema, fresh: p
 def in_tournament(settings: Settings, labelled: int) -> bool:
     """Whether this retrain is a tournament: ``retraining.tournament.enabled`` and ``min_rows``
     labelled rows to carve the shared held-out rows from (fewer: ``retraining.strategy`` alone).
-    Unsupervised tasks are refused: the pick and its price need labels."""
-    if not settings.retraining.tournament.enabled:
+    Unsupervised tasks never hold one (the pick and its price need labels; the settings refuse
+    one asked for explicitly)."""
+    if not settings.retraining.tournament.enabled or settings.task not in SUPERVISED:
         return False
-    if settings.task not in SUPERVISED:
-        raise ConfigError(f"retraining.tournament.enabled: a tournament picks its winner on labelled held-out "
-                          f"rows and pays for the pick in the paired test; task {settings.task!r} has no labels")
     return labelled >= settings.retraining.min_rows
 
 

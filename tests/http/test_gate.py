@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 
 from driftloop.models.registry import Registry
 from driftloop.monitoring.store import PredictionStore
-from driftloop.service.endpoint import Endpoint, EndpointSlot
+from driftloop.service.endpoint import Endpoint, EndpointSlot, HttpError
 from driftloop.service.gate import RequestGate
 from driftloop.service.metrics import serving_metrics
 from driftloop.service.serving import Serving
@@ -24,15 +26,26 @@ ROW = {"income": 52000.0, "age": 41.0, "debt_ratio": 0.31, "credit_lines": 6.0, 
        "employment": "salaried"}
 
 
-@pytest.fixture
-def serving(champion_home: Path, tmp_path: Path):  # noqa: ANN201
+def started(champion_home: Path, tmp_path: Path, **config: Any) -> Iterator[Serving]:
     shutil.copytree(champion_home / "bentoml", tmp_path / "bentoml")
-    settings = make_settings(tmp_path, serving={"max_in_flight": 1, "max_body_bytes": 2048})
+    settings = make_settings(tmp_path, serving={"max_in_flight": 1, "max_body_bytes": 2048, "body_timeout_s": 0.5}
+                             | config)
     s = Serving(Registry(settings.registry.home, "loans"), PredictionStore(settings.store.url).create(),
                 serving_metrics(), settings.serving)
     s.start()
     yield s
     s.shutdown()
+
+
+@pytest.fixture
+def serving(champion_home: Path, tmp_path: Path) -> Iterator[Serving]:
+    yield from started(champion_home, tmp_path)
+
+
+@pytest.fixture
+def roomy(champion_home: Path, tmp_path: Path) -> Iterator[Serving]:
+    """Room for a megabyte of body: the hostile bodies are large."""
+    yield from started(champion_home, tmp_path, max_body_bytes=1 << 20)
 
 
 class Held:
@@ -164,3 +177,177 @@ def test_an_unknown_category_is_answered_and_counted(serving: Serving) -> None:
                                        json.dumps({"rows": [ROW | {"region": "atlantis"}, ROW]}).encode()))
     assert status == 200 and len(body["predictions"]) == 2
     assert counter._value.get() == before + 1
+
+
+
+# -- hostile bodies: answered at once, naming the field, never an exception -----------------------
+def with_row(**values: str) -> bytes:
+    """A /predict body of one row, with raw JSON text in place of some values."""
+    text = json.dumps({"rows": [ROW]})
+    for name, raw in values.items():
+        text = text.replace(json.dumps({name: ROW[name]})[1:-1], f'"{name}": {raw}')
+    return text.encode()
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "field", "words"), [
+    (b'{"rows": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json", 400, "body", "nested too deeply"),
+    (b'{"rows": [' + b'{"a": ' * 3_000 + b"1" + b"}" * 3_000 + b"]}", "application/json", 400, "body", "nested"),
+    (with_row(age="[" * 100 + "1" + "]" * 100), "application/json", 422, "rows[0].age", "must be a number, got list"),
+    (with_row(age="9" * 401), "application/json", 422, "rows[0].age", "an integer of 401 digits"),
+    (with_row(age="9" * 5_000), "application/json", 400, "body", "4300 digits"),
+    (with_row(income="1e39"), "application/json", 422, "rows[0].income", "outside the range"),
+    (with_row(income="-3.5e38"), "application/json", 422, "rows[0].income", "32-bit"),
+    (with_row(region='"\\ud800"'), "application/json", 422, "rows[0].region", "lone surrogate"),
+    (with_row(region='"north\\udfff"'), "application/json", 422, "rows[0].region", "lone surrogate"),
+    (with_row(region=json.dumps("n" * 1_001)), "application/json", 422, "rows[0].region", "1001 characters"),
+    (json.dumps({"rows": [ROW]}).encode(), "text/plain", 415, "Content-Type", "text/plain"),
+    (json.dumps({"rows": [ROW]}).encode(), "text/plain; charset=utf-8", 415, "Content-Type", "application/json"),
+])
+def test_hostile_bodies_get_a_4xx_naming_the_field(roomy: Serving, body: bytes, content_type: str, status: int,
+                                                   field: str, words: str) -> None:
+    got, _, answer = asyncio.run(call(gate_for(roomy, Held()), "/predict", body,
+                                      headers={"content-type": content_type}))
+    assert (got, answer["field"]) == (status, field), answer
+    assert words in answer["error"]
+
+
+def test_a_field_name_utf8_cannot_encode_is_still_answered(serving: Serving) -> None:
+    body = json.dumps({"rows": [ROW | {"\ud800": 1}]}).encode()  # json escapes it: \ud800
+    status, headers, answer = asyncio.run(call(gate_for(serving, Held()), "/predict", body))
+    assert (status, answer["field"]) == (422, "rows[0].\ud800") and "unknown field" in answer["error"]
+    assert headers["content-type"] == "application/json"
+
+
+def test_what_fits_is_answered(serving: Serving) -> None:
+    longest = "n" * make_settings(Path("unused")).serving.max_string_chars  # the default cap itself
+    body = json.dumps({"rows": [ROW | {"region": longest, "income": 3.4e38}, ROW | {"region": "São Paulo"}]})
+    status, _, answer = asyncio.run(call(gate_for(serving, Held()), "/predict", body.encode(),
+                                         headers={"content-type": "application/vnd.api+json"}))
+    assert status == 200 and len(answer["predictions"]) == 2, answer
+
+
+def test_feedback_refuses_what_no_label_can_be(serving: Serving) -> None:
+    endpoint = Endpoint(serving)
+    for label, words in ((True, "a boolean is not a class label; classes are [0, 1]"), (False, "boolean"),
+                         (10 ** 401, "float32"), (float("nan"), "finite"), (-math.inf, "finite"),
+                         ("x" * 1_001, "1001 characters"), ("\udc80", "lone surrogate")):
+        with pytest.raises(HttpError) as caught:
+            endpoint.feedback([("00000000-0000-4000-8000-000000000000", 0), ("any", label)])
+        assert (caught.value.status, caught.value.field) == (422, "labels[1].label"), label
+        assert words in str(caught.value)
+
+
+def test_a_boolean_label_is_taken_when_the_classes_are_booleans() -> None:
+    from types import SimpleNamespace
+
+    from driftloop.models.errors import SchemaError
+    from driftloop.models.schema import Feature, FeatureSchema
+    from driftloop.service.serving import _check_labels
+
+    def model(labels: tuple[Any, ...]) -> Any:
+        return SimpleNamespace(schema=FeatureSchema((Feature("x", "numeric"),), task="classification", labels=labels))
+
+    _check_labels([("a", True), ("b", False)], model((False, True)), 1_000)
+    with pytest.raises(SchemaError, match="boolean"):
+        _check_labels([("a", 1), ("b", True)], model((0, 1)), 1_000)
+    with pytest.raises(SchemaError, match="boolean"):  # no model loaded: still not a label
+        _check_labels([("a", True)], None, 1_000)
+
+
+# -- an exception on the request path: a counted 500 at once ----------------------------------------
+class Raising:
+    """An inner app that fails, before or after it starts its answer."""
+
+    def __init__(self, after_start: bool = False) -> None:
+        self.after_start = after_start
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        if self.after_start:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise LookupError("a bug")
+
+
+def internal_errors(exception: str) -> float:
+    return serving_metrics().internal_errors.labels(exception)._value.get()
+
+
+def test_an_exception_behind_the_gate_is_answered_500_and_counted(serving: Serving) -> None:
+    before = internal_errors("LookupError")
+    status, headers, body = asyncio.run(call(gate_for(serving, Raising()), "/feedback", b'{"labels": []}'))
+    assert status == 500 and headers["content-type"] == "application/json"
+    assert body == {"error": "internal error (LookupError); the service log has the details", "field": None}
+    assert internal_errors("LookupError") == before + 1
+    with pytest.raises(LookupError):  # the answer had started: the server must end the connection
+        asyncio.run(call(gate_for(serving, Raising(after_start=True)), "/feedback", b'{"labels": []}'))
+    assert internal_errors("LookupError") == before + 2
+
+
+def test_an_exception_in_predict_is_answered_500_and_counted(serving: Serving,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(rows: Any) -> Any:
+        raise ZeroDivisionError("a bug in validation")
+
+    monkeypatch.setattr(serving, "prepare", broken)
+    before = internal_errors("ZeroDivisionError")
+    gate = gate_for(serving, Held())
+    status, _, body = asyncio.run(call(gate, "/predict", json.dumps({"rows": [ROW]}).encode()))
+    assert status == 500 and "ZeroDivisionError" in body["error"] and "a bug" not in body["error"]
+    assert internal_errors("ZeroDivisionError") == before + 1 and gate.in_flight == 0
+
+
+# -- slow bodies: 408 within serving.body_timeout_s, holding no slot meanwhile ----------------------
+async def upload(gate: RequestGate, receive: Any, declared: int) -> tuple[int, dict[str, str], Any]:
+    """A /predict whose body comes as ``receive`` hands it out."""
+    scope = {"type": "http", "method": "POST", "path": "/predict",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(declared).encode())]}
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await gate(scope, receive, send)
+    return (sent[0]["status"], {k.decode(): v.decode() for k, v in sent[0]["headers"]},
+            json.loads(b"".join(m.get("body", b"") for m in sent[1:])))
+
+
+def idle(started: asyncio.Event) -> Any:
+    """A client that sends the first bytes of its body, then nothing (it declared more)."""
+    parts = [{"type": "http.request", "body": b'{"rows": [', "more_body": True}]
+
+    async def receive() -> dict[str, Any]:
+        if parts:
+            return parts.pop()
+        started.set()
+        await asyncio.Event().wait()  # never comes
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return receive
+
+
+def test_idle_uploads_get_408_and_hold_no_slot(serving: Serving) -> None:
+    async def scenario() -> None:
+        gate = gate_for(serving, Held())
+        before = shed_count("body_timeout")
+        started = [asyncio.Event() for _ in range(3)]  # three idle uploads; max_in_flight is 1
+        uploads = [asyncio.create_task(upload(gate, idle(event), 2000)) for event in started]
+        for event in started:
+            await event.wait()
+        assert gate.in_flight == 0  # reading a body holds no slot
+        status, _, body = await call(gate, "/predict", json.dumps({"rows": [ROW]}).encode())
+        assert status == 200 and len(body["predictions"]) == 1  # the idle uploads starve no one
+        for status, headers, body in await asyncio.gather(*uploads):
+            assert (status, headers["connection"], body["field"]) == (408, "close", "body")
+            assert "within 0.5 s (serving.body_timeout_s): 10 of 2000 declared bytes came" in body["error"]
+        assert shed_count("body_timeout") == before + 3 and gate.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_trickling_upload_gets_408_when_the_whole_body_is_late(serving: Serving) -> None:
+    async def trickle() -> dict[str, Any]:  # a byte every 50 ms, forever: each chunk is prompt
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b" ", "more_body": True}
+
+    status, headers, body = asyncio.run(upload(gate_for(serving, Held()), trickle, 2000))
+    assert (status, headers["connection"]) == (408, "close") and "of 2000 declared bytes came" in body["error"]

@@ -8,6 +8,7 @@ workers, are tests/servers/test_service_http.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -277,3 +278,49 @@ def test_the_example_row_is_one_the_model_takes(schema: FeatureSchema) -> None:
     row = example_row(schema)
     feeds = schema.validate_rows([row], unknown_category="reject")
     assert set(feeds) == set(schema.names)
+
+
+# -- hostile bodies through BentoML's middleware stack ---------------------------------------------
+def request_count(path: str, status: int) -> float:
+    """BentoML's bentoml_service_request_total{endpoint, http_response_code} in this process."""
+    from prometheus_client import REGISTRY
+
+    return sum(sample.value for metric in REGISTRY.collect() if metric.name == "bentoml_service_request"
+               for sample in metric.samples if sample.name.endswith("_total")
+               and sample.labels.get("endpoint") == path and sample.labels.get("http_response_code") == str(status))
+
+
+@pytest.mark.parametrize(("path", "body", "content_type", "status", "field"), [
+    ("/predict", b'{"rows": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json", 400, "body"),
+    ("/predict", json.dumps({"rows": [ROW]}).replace("41.0", "9" * 401).encode(), "application/json", 422,
+     "rows[0].age"),
+    ("/predict", json.dumps({"rows": [ROW]}).replace('"north"', '"\\ud800"').encode(), "application/json", 422,
+     "rows[0].region"),
+    ("/predict", json.dumps({"rows": [ROW]}).encode(), "text/plain", 415, "Content-Type"),
+    ("/feedback", json.dumps({"labels": [{"request_id": "x", "label": 1}]}).encode(), "text/plain", 415,
+     "Content-Type"),
+])
+def test_hostile_bodies_are_answered_with_the_field_not_a_timeout(service: dict[str, Any], path: str, body: bytes,
+                                                                   content_type: str, status: int, field: str) -> None:
+    # Before the gate answered them, each of these raised past it and BentoML's TimeoutMiddleware
+    # held the request 30 s before uvicorn's bare 500 with no body.
+    answer = service["client"].post(path, content=body, headers={"content-type": content_type})
+    assert (answer.status_code, answer.json()["field"]) == (status, field), answer.text
+
+
+def test_an_exception_on_the_request_path_is_a_counted_500(service: dict[str, Any],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from driftloop.service.app import ENDPOINT
+
+    def broken(rows: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(ENDPOINT.endpoint.serving, "prepare", broken)
+    errors = serving_metrics().internal_errors.labels("KeyError")
+    before, counted = errors._value.get(), request_count("/predict", 500)
+    answer = predict(service["client"], [ROW])
+    assert answer.status_code == 500 and answer.json()["error"].startswith("internal error (KeyError)")
+    assert errors._value.get() == before + 1  # driftloop_internal_errors_total{exception="KeyError"}
+    assert request_count("/predict", 500) == counted + 1  # and the status in BentoML's count, as every answer
+    monkeypatch.undo()
+    assert predict(service["client"], [ROW]).status_code == 200

@@ -320,3 +320,38 @@ def test_no_access_log_line_per_request_by_default(server: dict[str, Any]) -> No
     assert "now serves v1" in log and "path=/predict" not in log  # BentoML's access-log format
     on = make_settings(server["root"], serving={"access_log": True, "tracing": True})
     assert bentoml_config(on) == {"workers": 1, "logging": {"access": {"enabled": True}}}
+
+
+def test_a_body_that_never_arrives_gets_408_and_the_connection_closed(server: dict[str, Any]) -> None:
+    """A real socket that declares 1,000 bytes and sends 10: uvicorn hands the gate the first ones,
+    then the gate's deadline (serving.body_timeout_s) answers 408 and the server closes the
+    connection, while the worker goes on answering everyone else (tests/http/test_gate.py shows
+    that no max_in_flight slot is held meanwhile)."""
+    import socket
+
+    client, serving = server["client"], server["settings"].serving
+    before = metric(client, "driftloop_requests_shed_total", reason="body_timeout")
+    reply, answered = b"", 0
+    deadline = time.monotonic() + serving.body_timeout_s + 10
+    with socket.create_connection((serving.host, serving.port), timeout=0.5) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: driftloop\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n" + b'{"rows": [')
+        while time.monotonic() < deadline:  # read until the server closes the connection
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:  # nothing yet: the worker answers the others meanwhile
+                assert predict(client, [ROW]).status_code == 200
+                answered += 1
+                continue
+            if not chunk:
+                break
+            reply += chunk
+        else:
+            pytest.fail(f"the connection was still open {serving.body_timeout_s + 10:g} s later; got {reply!r}")
+    assert answered > 0
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), reply
+    assert b"connection: close" in head.lower()
+    answer = json.loads(body)
+    assert answer["field"] == "body" and "10 of 1000 declared bytes came" in answer["error"]
+    assert metric(client, "driftloop_requests_shed_total", reason="body_timeout") == before + 1

@@ -32,7 +32,7 @@ GUARD_ROWS = 300
 
 
 def settings_at(root: Path, **retraining: Any) -> Any:
-    return make_settings(root, retraining={"guard": {"rows": GUARD_ROWS}} | retraining)
+    return make_settings(root, retraining={"guard": {"rows": GUARD_ROWS}, "tournament": {"enabled": False}} | retraining)
 
 
 @pytest.fixture(scope="module")

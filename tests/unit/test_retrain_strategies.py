@@ -44,7 +44,7 @@ def synth(n: int, mean: float, sd: float, seed: int, start: str = "2026-01-01") 
 def synth_settings(root: Path, **retraining: Any) -> Any:
     return make_settings(root, data={"path": str(root / "initial.csv"), "target": "y", "timestamp": "t"},
                          features=SYNTH_FEATURES, task="classification", model={"kind": "logistic_regression"},
-                         retraining={"guard": {"rows": 0}} | retraining)
+                         retraining={"guard": {"rows": 0}, "tournament": {"enabled": False}} | retraining)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ class Job:
         if self.fails:
             self.fails -= 1
             raise MemoryError("killed mid-training")
-        return SimpleNamespace(status=self.status, candidate="v2",
+        return SimpleNamespace(status=self.status, candidate="v2", promising=False,
                                to_dict=lambda: {"status": self.status, "candidate": "v2"})
 
 

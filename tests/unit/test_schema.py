@@ -188,3 +188,40 @@ def test_rows_outside_what_training_saw_are_found_per_feature() -> None:
     assert outside["age"].tolist() == [False, True, True, False, False]  # the bounds are inside; missing is not
     assert outside["region"].tolist() == [False, True, False, False, False]
     assert schema.outside_training(frame.drop(columns=["age", "region"])) == {}
+
+
+@pytest.mark.parametrize("policy", ["reject", "impute"])
+@pytest.mark.parametrize(("value", "words"), [
+    (1e39, "is 1e+39: outside the range of the model's 32-bit inputs"),
+    (-3.5e38, "is -3.5e+38: outside the range"),
+    (10 ** 400, "is an integer of 401 digits: outside the range"),
+    (-(10 ** 5000), "is an integer of over 4300 digits"),  # no JSON parser sends one; a caller might
+], ids=["1e39", "-3.5e38", "401 digits", "5001 digits"])
+def test_numbers_beyond_float32_are_refused_whatever_the_missing_values_policy(schema: FeatureSchema, value,  # noqa: ANN001
+                                                                               words: str, policy: str) -> None:
+    err = _error(schema, [good_row(), good_row(income=value)], missing_values=policy)
+    assert err.field == "rows[1].income" and words in str(err)
+
+
+def test_the_float32_limits_themselves_are_taken(schema: FeatureSchema) -> None:
+    top = float(np.finfo(np.float32).max)
+    feeds = schema.validate_rows([good_row(income=top), good_row(income=-top), good_row(age=2 ** 100)])
+    assert np.isfinite(feeds["income"]).all() and feeds["income"][1, 0] == -np.finfo(np.float32).max
+
+
+@pytest.mark.parametrize(("region", "words"), [
+    ("\ud800", "rows[0].region is not valid Unicode text: it holds a lone surrogate"),
+    ("east\udfff", "lone surrogate"),
+    ("e" * 11, "rows[0].region is 11 characters long; at most 10 (serving.max_string_chars)"),
+])
+def test_category_strings_that_are_too_long_or_not_unicode_are_refused(schema: FeatureSchema, region: str,
+                                                                       words: str) -> None:
+    for policy in ("accept", "reject"):
+        err = _error(schema, [good_row(region=region)], unknown_category=policy, max_string_chars=10)
+        assert err.field == "rows[0].region" and words in str(err)
+
+
+def test_strings_up_to_the_cap_and_any_real_unicode_are_taken(schema: FeatureSchema) -> None:
+    rows = [good_row(region="e" * 10), good_row(region="São Paulo😀")]
+    assert schema.validate_rows(rows, max_string_chars=10)["region"][:, 0].tolist() == ["e" * 10, "São Paulo😀"]
+    assert _error(schema, [good_row(region="e" * 1_001)]).field == "rows[0].region"  # 1,000 by default

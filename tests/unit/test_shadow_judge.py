@@ -61,8 +61,9 @@ def scored(store: PredictionStore, champion: list[Any], shadow: list[Any], label
 
 def judge(store: PredictionStore, task: str = "classification", **config: Any) -> tuple[ShadowJudge, Registry]:
     registry = Registry()
-    retraining = RetrainingConfig(**({"margin": 0.25, "shadow": {"enabled": True, "min_labels": 4,
-                                                                   "max_windows": 2}} | config))
+    # the margin alone unless a test asks for the paired test (a few rows here: never significant)
+    retraining = RetrainingConfig(**({"margin": 0.25, "significance": 1.0,
+                                      "shadow": {"enabled": True, "min_labels": 4, "max_windows": 2}} | config))
     return ShadowJudge(retraining, task, store, registry, RetrainPolicy(), MonitorMetrics()), registry
 
 

@@ -131,7 +131,8 @@ def test_a_candidate_that_passes_the_gate_goes_to_shadow_not_to_the_champion(sha
     settings = make_settings(Path(shadow_world["settings"].monitoring.reports_dir).parent,
                              registry={"home": str(shadow_world["settings"].registry.home)},
                              monitoring={"window_rows": WINDOW, "min_labels": 100},
-                             retraining={"min_rows": 300, "shadow": {"enabled": True, "min_labels": 300}})
+                             retraining={"min_rows": 300, "shadow": {"enabled": True, "min_labels": 300},
+                                         "watch": {"enabled": False}})  # a candidate's shadow, not a watch
     store, registry = shadow_world["store"], shadow_world["registry"]
     monitor = Monitor(settings, store, registry)
     rows = live(shadow_world)

@@ -106,15 +106,15 @@ def test_candidates_that_cannot_run_are_recorded_with_their_reason(synth_root: P
 
 
 def test_reweighting_is_skipped_without_enough_live_rows(synth_root: Path) -> None:
-    settings = synth_settings(synth_root, min_rows=20, tournament={"enabled": True,
-                                                                   "strategies": ["reweighted", "window"]})
+    settings = synth_settings(synth_root, min_rows=20, min_holdout_rows=1,
+                              tournament={"enabled": True, "strategies": ["reweighted", "window"]})
     registry = Registry(settings.registry.home, settings.registry.project)
     outcome = retrain(settings, registry, live_rows(labelled=40, rows=40), trigger="drift", reason="test")
     assert outcome.tournament is not None
     first, second = outcome.tournament["candidates"]
     assert first["skipped"] == "40 live rows to weight by; 50 needed" and first["score"] is None
     assert second["skipped"] is None and outcome.strategy == "window"
-    assert outcome.tournament["significance"] == 1.0  # one scored candidate: nothing to pay for
+    assert outcome.tournament["significance"] == settings.retraining.significance  # one scored: nothing to pay
 
 
 def test_below_min_rows_the_configured_strategy_decides_alone(synth_root: Path) -> None:
@@ -136,7 +136,10 @@ def test_no_suitable_kind_and_unsupervised_tasks_are_refused(synth_root: Path, t
     with pytest.raises(ConfigError, match="retraining.tournament.enabled: a tournament scores candidates on labels"):
         make_settings(tmp_path, task="anomaly", model={"kind": "isolation_forest"},
                       retraining={"tournament": {"enabled": True}})
-    assert not in_tournament(make_settings(tmp_path), 1000)  # off by default
+    assert in_tournament(make_settings(tmp_path), 1000)  # on by default, for tasks with labels...
+    assert not in_tournament(make_settings(tmp_path), 100)  # ...once min_rows labelled rows are there
+    assert not make_settings(tmp_path, task="anomaly", model={"kind": "isolation_forest"}).retraining.tournament.enabled \
+        or not in_tournament(make_settings(tmp_path, task="anomaly", model={"kind": "isolation_forest"}), 1000)
 
 
 def entry(strategy: str, score: float | None, skipped: str | None = None) -> Entry:

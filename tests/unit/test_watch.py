@@ -281,7 +281,8 @@ def test_a_watch_never_blocks_a_retrain(world: World) -> None:
 
     def job(fresh: Any, *, trigger: str, reason: str) -> Any:
         calls.append(reason)
-        return SimpleNamespace(status="rejected", candidate="v4", to_dict=lambda: {"status": "rejected"})
+        return SimpleNamespace(status="rejected", candidate="v4", promising=False,
+                               to_dict=lambda: {"status": "rejected"})
 
     runner = RetrainRunner(RetryConfig(), world.store, world.registry, job,
                            FreshRows(world.store, "classification", DataConfig(target="y")), world.policy,
@@ -297,8 +298,8 @@ def test_a_watch_never_blocks_a_retrain(world: World) -> None:
 def test_the_monitor_runs_the_watch(tmp_path: Path, store: PredictionStore, registry: Registry) -> None:
     from driftloop.monitoring.monitor import Monitor
 
-    assert not make_settings(tmp_path).retraining.watch.enabled  # off by default, for now (settings.py)
-    settings = make_settings(tmp_path, registry={"home": str(registry.home)}, retraining={"watch": {"enabled": True}})
+    settings = make_settings(tmp_path, registry={"home": str(registry.home)})
+    assert settings.retraining.watch.enabled  # on by default
     registry.promote("v2", actor="test", reason="better")
     Monitor(settings, store, registry).run_once()
     assert [e["kind"] for e in store.events()] == [EventKind.WATCH_STARTED]

@@ -340,7 +340,7 @@ class RetrainingConfig(_Section):
     # (make bench-gate); 1.0 switches the test off. The shadow judge applies the same rule to its
     # live rows; a follow-up is held to non-inferiority instead (follow_up.tolerance).
     significance: float = Field(0.05, gt=0.0, le=1.0)
-    min_holdout_rows: int = Field(100, ge=1)  # fewer held-out labelled rows: the retrain waits for more
+    min_holdout_rows: int = Field(1, ge=1)  # fewer held-out labelled rows: the retrain waits for more
     # What a candidate learns from. window: the labelled rows since the drift began;
     # window_and_original: those plus the initial training data; reweighted: the initial data
     # weighted toward the live inputs (covariate shift, no labels needed); auto: window when

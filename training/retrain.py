@@ -514,6 +514,8 @@ def _original(settings: Settings) -> pd.DataFrame | str:
         original = _columns(settings, initial_frame(settings))
     except OSError as exc:
         return f"the initial data cannot be read ({exc})"
+    except KeyError as exc:  # a file whose columns are not the model's (the schema moved on since)
+        return f"the initial data lacks the model's columns ({exc})"
     return original if len(original) else "the initial data has no rows"
 
 

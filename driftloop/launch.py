@@ -10,14 +10,13 @@ Processes: the launcher (``driftloop serve``, a test) starts ``bentoml serve``, 
 (circus), in a session of its own; the arbiter starts each worker in a session of its own too
 (circus calls ``setsid``), so signals to a process group never reach past the process that got
 them, and a killed arbiter used to leave its workers serving, orphaned. Each worker therefore
-dies with its arbiter (:func:`die_with_parent`, called in the worker), and the arbiter of
+dies with its arbiter (:func:`driftloop.service.lifecycle.die_with_parent`, called in the worker), and the arbiter of
 ``driftloop serve`` with ``driftloop serve`` (``foreground``). A server's temporary directory
 (:func:`run_directory`) is removed when it stops, and by the next start if its owners were killed.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -27,7 +26,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,13 +34,13 @@ from typing import IO, Any
 import httpx
 import yaml
 
+from driftloop.service.lifecycle import PR_SET_PDEATHSIG, _prctl
 from driftloop.settings import Settings
 
 SERVICE = "driftloop.service.app:Driftloop"
 SERVICE_NAME = "driftloop"
 RUN_PREFIX = "driftloop-serve-"  # a server's own directory under the temporary directory
 OWNER_FILE = "owner.json"  # in it: the host and the pids (launcher, server) it belongs to
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 log = logging.getLogger("driftloop.launch")
 
@@ -149,56 +147,6 @@ def _running(pid: int) -> bool:
         return False
     except psutil.AccessDenied:  # another user's process
         return True
-
-
-def _prctl() -> Callable[..., int] | None:
-    """libc's ``prctl`` (Linux), or None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
-    prctl.restype = ctypes.c_int
-    return prctl
-
-
-def die_with_parent(parent: int, *, grace_s: float, poll_s: float = 1.0,
-                    deathsig: signal.Signals | None = signal.SIGTERM) -> threading.Thread:
-    """Stop this process when its parent, ``parent`` (the pid it was started by, read as early as
-    possible), exits: SIGTERM, so that its graceful shutdown runs; if it still runs ``grace_s``
-    seconds later, it exits at once (exit status 1).
-
-    On Linux the kernel sends ``deathsig`` the moment the parent dies (``PR_SET_PDEATHSIG``; None:
-    not asked for). A watchdog thread also polls the parent pid every ``poll_s`` seconds: it
-    sends the SIGTERM itself where the kernel did not (elsewhere than Linux, or a parent that died
-    before this call), and enforces ``grace_s``. The kernel's signal follows the *thread* that
-    forked this process, not its process: it suits parents that fork from their main thread, as
-    BentoML's arbiter and ``driftloop serve`` do. Call this from the main thread: the kernel
-    keeps the request with the calling thread.
-    """
-    signalled = False
-    if deathsig is not None and (prctl := _prctl()) is not None:
-        signalled = prctl(PR_SET_PDEATHSIG, int(deathsig), 0, 0, 0) == 0
-    if os.getppid() != parent:  # gone already: the kernel had nobody to signal for
-        signalled = False
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        log.warning("the parent process %d is gone: stopping this process (%d)", parent, os.getpid())
-        if not signalled:
-            os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(grace_s)
-        log.error("still running %gs after its parent %d exited: process %d exits now", grace_s, parent,
-                  os.getpid())
-        logging.shutdown()
-        os._exit(1)
-
-    thread = threading.Thread(target=watch, name=f"die-with-parent-{parent}", daemon=True)
-    thread.start()
-    return thread
 
 
 class ServiceProcess:

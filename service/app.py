@@ -27,7 +27,7 @@ A graceful stop (SIGTERM): readiness fails and new requests get 503 for ``servin
 then uvicorn lets the running requests finish, ``on_shutdown`` flushes the prediction log, and
 the worker exits. A worker stops that way too when its parent, BentoML's arbiter, dies (killed,
 say, with ``kill -9``): circus starts each worker in a session of its own, so nothing else would
-reach it, and it would go on serving orphaned (:func:`driftloop.launch.die_with_parent`).
+reach it, and it would go on serving orphaned (:func:`driftloop.service.lifecycle.die_with_parent`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from driftloop.launch import die_with_parent
+from driftloop.service.lifecycle import die_with_parent
 from driftloop.service.endpoint import RETRY_AFTER_S, Endpoint, EndpointSlot, HttpError
 from driftloop.service.gate import RequestGate
 

@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 
 from driftloop.models.errors import ConfigError, RegistryError
-from driftloop.models.families import FAMILIES, expected_anomaly_rate, unfit
+from driftloop.models.families import expected_anomaly_rate, unfit
 from driftloop.models.onnx_model import OnnxModel
 from driftloop.models.registry import MODEL_FILE, Champion, Registry
 from driftloop.models.schema import SUPERVISED, FeatureSchema, plain_label

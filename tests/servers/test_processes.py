@@ -4,7 +4,7 @@ goes with it (issue 13, part 5).
 Under ``driftloop serve`` runs BentoML's arbiter (``bentoml serve``, circus) and under that the
 workers, each in a session of its own: a signal to one process group reaches no further, so
 without care a killed launcher left an arbiter, or a killed arbiter left workers, serving
-orphaned. The first tests run :func:`driftloop.launch.die_with_parent` in a bare process started
+orphaned. The first tests run :func:`driftloop.service.lifecycle.die_with_parent` in a bare process started
 the way circus starts a worker; the others start real servers and kill them.
 """
 
@@ -33,7 +33,7 @@ from tests.waiting import wait_until
 # else; it notes each SIGTERM in argv[1] and, with argv[2] == "ignore", goes on running.
 CHILD = """
 import os, signal, sys
-from driftloop.launch import die_with_parent
+from driftloop.service.lifecycle import die_with_parent
 
 def on_term(signum, frame):
     with open(sys.argv[1], "a") as f:

@@ -218,6 +218,9 @@ def _wait_for(condition: Any, what: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
+WATCH_ENDS = (EventKind.WATCH_KEPT, EventKind.WATCH_ROLLED_BACK)
+
+
 def summarize(checks: list[Check], store: PredictionStore, registry: Registry, traffic: Traffic,
               sizes: dict[str, int], workers: dict[str, int], seconds: float) -> dict[str, Any]:
     onset = {"covariate": sizes["stable"], "concept": sizes["stable"] + sizes["covariate"]}
@@ -241,6 +244,7 @@ def summarize(checks: list[Check], store: PredictionStore, registry: Registry, t
             before = next((c for c in checks if c.window == event["window"]), None)
             promotions.append({
                 "window": event["window"], "from": d["champion"], "to": d["candidate"],
+                "trigger": d.get("trigger") or "",
                 "gate": f"{d['metric']} {d['champion_score']:.3f} -> {d['candidate_score']:.3f} "
                         f"on {d['holdout_rows']} held-out rows",
                 "accuracy_before": before.accuracy if before else None,
@@ -257,7 +261,10 @@ def summarize(checks: list[Check], store: PredictionStore, registry: Registry, t
         "rows_by_version": dict(traffic.versions),
         "windows_checked": len(checks),
         "detections": detections,
-        "retrains": [{"window": e["window"], "outcome": RETRAIN_ENDS[e["kind"]]} for e in retrains],
+        "retrains": [{"window": e["window"], "outcome": RETRAIN_ENDS[e["kind"]], "trigger": e["detail"].get("trigger"),
+                      "reason": e["detail"].get("reason")} for e in retrains],
+        "watches": [{"window": e["window"], "kind": e["kind"], "reason": e["detail"].get("reason")}
+                    for e in store.events() if e["kind"] in WATCH_ENDS],
         "promotions": promotions,
         "final_champion": champion.version if champion else None,
         "workers_by_version": workers,
@@ -275,12 +282,16 @@ def _report(summary: dict[str, Any], checks: list[Check], periods: list[str],
             print(f"  {name}: began at window {d['onset_window']}, detected at window {d['detected_window']} "
                   f"({d['delay_windows']} windows later): {d['signals']}")
     for p in summary["promotions"]:
-        print(f"  window {p['window']}: {p['from']} -> {p['to']} promoted ({p['gate']}); live accuracy "
+        trigger = f" by a {p['trigger'].replace('_', '-')} retrain" if p.get("trigger") else ""
+        print(f"  window {p['window']}: {p['from']} -> {p['to']} promoted{trigger} ({p['gate']}); live accuracy "
               f"{_fmt(p['accuracy_before'])} before, {_fmt(p['accuracy_after'])} after; first answer from "
               f"{p['to']} {_fmt(p['first_answer_after_s'], '.2f')}s after promotion")
     rejected = [r for r in summary["retrains"] if r["outcome"] != Outcome.PROMOTED]
     for r in rejected:
-        print(f"  window {r['window']}: retrain {r['outcome']}")
+        why = f": {r['reason'][:150]}" if r.get("reason") else ""
+        print(f"  window {r['window']}: {(r.get('trigger') or '').replace('_', '-')} retrain {r['outcome']}{why}")
+    for w in summary["watches"]:  # the promotion watch's verdicts (retraining.watch)
+        print(f"  window {w['window']}: {w['kind'].replace('_', ' ')}: {(w['reason'] or '')[:150]}")
     print(f"  requests: {summary['requests_rows_served']} rows served, {summary['requests_rows_failed']} failed; "
           f"{summary['logged_predictions']} rows in the prediction log")
     print(f"  champion {summary['final_champion']}; workers per version at the end: {summary['workers_by_version']}")

@@ -39,6 +39,8 @@ Private names touched (pinned: apscheduler >=3.11,<4, pyproject.toml):
   "a job is defined" and "it is written over the stored one".
 - ``CronTrigger.fields`` (each field's ``name`` and ``str``): the only way back from a cron trigger
   to its expression.
+- ``BaseScheduler._process_jobs`` (:class:`StateKeepingScheduler`): skipped once the scheduler
+  is stopped (APScheduler 3 runs it once more after ``shutdown`` and logs an error).
 
 Contract tests: tests/unit/test_adapters.py::test_apscheduler_job_rebuilt_like_setstate,
 ::test_apscheduler_store_hooks_called_as_expected, ::test_apscheduler_cron_trigger_round_trip.
@@ -57,6 +59,7 @@ import sqlalchemy as sa
 from apscheduler.job import Job
 from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError, JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -345,3 +348,12 @@ class StateKeepingScheduler(BackgroundScheduler):
             same = same_schedule(stored.trigger, job.trigger)
             job._modify(next_run_time=self._keep(stored.next_run_time, fresh, same))
         super()._real_add_job(job, jobstore_alias, True)
+
+    def _process_jobs(self) -> float | None:
+        """Nothing once stopped. APScheduler 3's background thread wakes, then processes due jobs,
+        then looks at the state: woken while ``shutdown`` waits for a running job, it submits to
+        an executor already shut down and logs the error ("cannot schedule new futures after
+        shutdown") with a traceback, on every clean stop of a monitor or the demo."""
+        if self.state == STATE_STOPPED:
+            return None
+        return super()._process_jobs()

@@ -349,12 +349,26 @@ def models_show(version: str, config: ConfigOpt = None) -> None:
 def models_promote(version: str, config: ConfigOpt = None,
                    reason: Annotated[str, typer.Option(help="Why: kept in the history.")] = "manual promotion",
                    ) -> None:
-    """Make VERSION the champion (checksums are verified first)."""
+    """Make VERSION the champion (it is loaded first: checksums, the graph, a warm-up run)."""
     try:
         c = _registry(_settings(config)).promote(version, actor=_actor(), reason=reason)
     except DriftloopError as exc:
+        _refused(config, version, reason, exc)
         _fail(exc)
     typer.echo(f"champion: {c.version}")
+
+
+def _refused(config: Path | None, version: str, reason: str, exc: DriftloopError) -> None:
+    """A refused promotion into the audit trail, as the service's /admin/promote records it; a store
+    that cannot be reached is said, and the refusal stands."""
+    from driftloop.vocabulary import EventKind
+
+    try:
+        with _store(config) as store:
+            store.record_event(EventKind.PROMOTION_REFUSED, {"version": version, "actor": _actor(), "reason": reason,
+                                                             "error": str(exc)})
+    except Exception as store_exc:  # noqa: BLE001 - the promotion's error is the one to report
+        typer.echo(f"(the refusal could not be recorded in the store: {store_exc})", err=True)
 
 
 @models_app.command("rollback")

@@ -404,3 +404,20 @@ def test_prune_refuses_without_a_champion_or_with_negative_counts(config: Path, 
     with pytest.raises(RegistryError, match="no champion"):
         registry.prune(1, 1)
     assert [v.version for v in registry.versions()] == ["v1"]
+
+
+def test_a_refused_promotion_from_the_cli_is_recorded_like_the_services(config: Path, registry: Registry) -> None:
+    from driftloop.monitoring.store import PredictionStore
+
+    broken = registry.register(b"\x08\x07garbage", registry.get("v1").schema, registry.reference("v1"), {},
+                               trigger="manual", parent="v1").version
+    for name in ("V1", broken):
+        result = cli(config, "models", "promote", name, "--reason", "try")
+        assert result.exit_code != 0 and registry.champion().version == "v1"
+    store = PredictionStore(f"sqlite:///{config.parent / 'driftloop.db'}")
+    try:
+        events = store.events("promotion_refused")
+    finally:
+        store.close()
+    assert [e["detail"]["version"] for e in events] == ["V1", broken]
+    assert "versions are named v1, v2" in events[0]["detail"]["error"] and events[1]["detail"]["reason"] == "try"

@@ -38,10 +38,13 @@ takes ``after_id`` to skip rows, not as a cursor to resume an incremental scan f
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 import sqlalchemy as sa
@@ -144,6 +147,26 @@ class StoreError(DriftloopError):
     """The database cannot be used as a driftloop store (unknown schema, unknown revision)."""
 
 
+# What the database raises when it cannot be used right now (down, unreachable, locked, read-only,
+# its file gone): a reason to retry later, never a client's mistake. The service answers these 503
+# with Retry-After (service/endpoint.py) and its prediction-log writer keeps the rows and retries.
+UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+# SQLite errors that leave a pooled connection useless after the cause is gone: a connection that
+# met a read-only file stays read-only, one whose file was replaced keeps the old one. Treated as
+# disconnects: SQLAlchemy throws the pool's connections away and the next use opens fresh ones.
+_SQLITE_STALE = ("readonly database", "disk i/o error", "unable to open database file", "no such table",
+                 "file is not a database", "database disk image is malformed")
+
+
+def unavailable(exc: BaseException) -> str | None:
+    """Why the store is unavailable, in one line (None: ``exc`` is not such an error)."""
+    if not isinstance(exc, UNAVAILABLE):
+        return None
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
 def normalize_url(url: str) -> str:
     """``postgresql://`` and ``postgres://`` mean psycopg 3 (SQLAlchemy's default would be psycopg2)."""
     for prefix in ("postgresql://", "postgres://"):
@@ -173,10 +196,19 @@ class PredictionStore:
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         else:
             kwargs["pool_pre_ping"] = True  # a restarted server: reconnect instead of failing a request
-        self.engine = sa.create_engine(url, **kwargs)
+        # Parameters stay out of error messages: they are users' features, and a failed batch
+        # would print thousands of them into the log at every retry.
+        self.engine = sa.create_engine(url, hide_parameters=True, **kwargs)
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "handle_error", _sqlite_stale)
+            path = self.engine.url.database
+            if path and path != ":memory:" and not path.startswith("file:"):
+                # Open the file, never create it: a store whose file was moved away is unavailable
+                # (and retried), not silently replaced by an empty database that takes the rows.
+                # Only the migrations (PredictionStore.create) create the file.
+                sa.event.listen(self.engine, "do_connect", _sqlite_existing(os.path.abspath(path)))
         self._created = False
 
     def create(self) -> PredictionStore:
@@ -447,6 +479,20 @@ def as_utc(value: Any) -> datetime:
     """A timestamp read back from the store as an aware UTC datetime (SQLite returns naive ones)."""
     ts = pd.Timestamp(value).to_pydatetime()
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
+
+
+def _sqlite_stale(ctx: sa.engine.ExceptionContext) -> None:
+    if isinstance(ctx.original_exception, sqlite3.OperationalError):
+        message = str(ctx.original_exception).lower()
+        if any(marker in message for marker in _SQLITE_STALE):
+            ctx.is_disconnect = True
+
+
+def _sqlite_existing(path: str) -> Any:
+    def connect(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, **cparams)
+
+    return connect
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

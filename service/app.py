@@ -33,6 +33,7 @@ reach it, and it would go on serving orphaned (:func:`driftloop.service.lifecycl
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import logging
 import os
@@ -138,9 +139,12 @@ class Driftloop:
         from driftloop.service.serving import Serving
 
         logging.getLogger("driftloop").setLevel(os.environ.get("DRIFTLOOP_LOG_LEVEL", "INFO"))
+        # A fatal signal (SIGBUS from a store file made immutable under SQLite's mapped WAL index,
+        # SIGSEGV in native code) ends the worker at once: leave its stack in the log, not silence.
+        faulthandler.enable()
         settings = load_settings(os.environ.get("DRIFTLOOP_CONFIG") or None)
         self.serving = Serving(Registry(settings.registry.home, settings.registry.project),
-                               PredictionStore(settings.store.url).create(), serving_metrics(), settings.serving)
+                               PredictionStore(settings.store.url), serving_metrics(), settings.serving)
         self.endpoint = Endpoint(self.serving, predict_token=settings.serving.predict_token,
                                  admin_token=settings.serving.admin_token)
         self.serving.start()

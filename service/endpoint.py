@@ -8,7 +8,8 @@ and ``/admin/*`` (and ``/predict`` should the gate ever pass it on), and the mou
 knows which status each error gets:
 
     SchemaError          422, naming the field
-    NotReady             503 with Retry-After
+    NotReady             503 with Retry-After (StoreUnavailable: what was stored all the same)
+    the store is out     503 with Retry-After (down, unreachable, locked past its timeout, read-only)
     UnknownVersion       404
     RegistryError        409 (nothing to roll back to, a refused artifact)
     other DriftloopError 422
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from driftloop.models.errors import DriftloopError, RegistryError, SchemaError, UnknownVersion
 from driftloop.models.files import jsonable
+from driftloop.monitoring.store import UNAVAILABLE, unavailable
 from driftloop.service.openapi import HISTORY_KINDS, served_spec
 from driftloop.service.serving import NotReady, Serving
 
@@ -62,7 +64,7 @@ def http_error(exc: DriftloopError) -> HttpError:
     if isinstance(exc, SchemaError):
         return HttpError(422, str(exc), exc.field)
     if isinstance(exc, NotReady):
-        return HttpError(503, str(exc), None, {"retry-after": RETRY_AFTER_S})
+        return HttpError(503, str(exc), None, {"retry-after": RETRY_AFTER_S}, getattr(exc, "result", None))
     if isinstance(exc, UnknownVersion):
         return HttpError(404, str(exc))
     if isinstance(exc, RegistryError):
@@ -76,6 +78,9 @@ def _mapped() -> Iterator[None]:
         yield
     except DriftloopError as exc:
         raise http_error(exc) from exc
+    except UNAVAILABLE as exc:
+        raise HttpError(503, f"the prediction store is unavailable ({unavailable(exc)}); retry later", None,
+                        {"retry-after": RETRY_AFTER_S}) from exc
 
 
 def token_ok(header: str | None, token: SecretStr | None) -> bool:
@@ -152,10 +157,11 @@ class Endpoint:
         if not limit.isdigit() or not 1 <= int(limit) <= 1000:
             raise HttpError(422, f"limit must be a whole number from 1 to 1000, got {limit!r}", "limit")
         store = self.serving.store
-        if kind == "checks":
-            records = [check.to_dict() for check in store.checks()]  # Checks; events are dicts
-        else:
-            records = store.events()
+        with _mapped():
+            if kind == "checks":
+                records = [check.to_dict() for check in store.checks()]  # Checks; events are dicts
+            else:
+                records = store.events()
         return {kind: jsonable(records[-int(limit):])}
 
     def openapi(self, base: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 @dataclass(frozen=True)
 class ServingMetrics:
     predictions: Any  # Counter{model_version, predicted_class}: predicted rows
-    feedback: Any  # Counter{outcome}: labels accepted, duplicate, unknown
+    feedback: Any  # Counter{outcome}: labels accepted, duplicate, unknown, unavailable (503: the store is out)
     swaps: Any  # Counter{outcome}: champion swaps done, refused, or fallback (an ancestor serves), per worker
     model_workers: Any  # Gauge{model_version, device}: workers serving each version
     fallback_workers: Any  # Gauge: workers serving an ancestor because the champion cannot load
@@ -52,7 +52,8 @@ def serving_metrics() -> ServingMetrics:
     return ServingMetrics(
         predictions=pc.Counter("driftloop_predictions", "Predicted rows by model version and predicted class.",
                                ["model_version", "predicted_class"]),
-        feedback=pc.Counter("driftloop_feedback_labels", "Feedback labels received, by outcome.", ["outcome"]),
+        feedback=pc.Counter("driftloop_feedback_labels", "Feedback labels received, by outcome (accepted, duplicate, unknown, unavailable: answered 503 because the store "
+                             "could not take them, to be sent again).", ["outcome"]),
         swaps=pc.Counter("driftloop_model_swaps", "Champion swaps attempted by service workers, by outcome.",
                          ["outcome"]),
         model_workers=pc.Gauge("driftloop_model_workers", "Service workers serving each model version, by device.",

@@ -7,6 +7,13 @@ transaction. ``close`` drains everything before returning, so a graceful stop lo
 a hard kill loses at most the rows of the last ``flush_interval_s``. If an insert fails (the
 database is down), the batch is retried until the queue is full, then rows are dropped and counted.
 
+While inserts fail the writer says so once (one line: why, and how many rows wait), then every
+``REPORT_EVERY_S`` while it lasts, and once more when the store takes rows again (how long it
+was out, how many rows were written then). ``on_queue`` (optional) is given the number of rows
+waiting after every pass of the thread, written or not, and by ``submit`` at most once per
+``flush_interval_s`` (the thread may be stuck in an insert that waits for a lock): a gauge fed
+from it tells the truth during an outage too, about one ``flush_interval_s`` late.
+
 ``after_write`` (optional) is given each batch once it is committed and counted as written, on
 the same thread: work that needs the logged rows but must not hold up requests (the serving
 worker scores them with its shadow model there). Its errors are logged and go no further: the
@@ -24,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 log = logging.getLogger("driftloop.predlog")
+REPORT_EVERY_S = 30.0  # while the store refuses rows, how often the writer says so again
 
 
 class PredictionLogWriter:
@@ -31,8 +39,10 @@ class PredictionLogWriter:
                  flush_interval_s: float = 0.2, batch_rows: int = 2_000,
                  on_written: Callable[[int], None] = lambda n: None,
                  on_dropped: Callable[[int], None] = lambda n: None,
-                 after_write: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 after_write: Callable[[list[dict[str, Any]]], None] | None = None,
+                 on_queue: Callable[[int], None] = lambda n: None) -> None:
         self._insert = insert
+        self._on_queue = on_queue
         self._after_write = after_write
         self._max_rows = max_rows
         self._interval = flush_interval_s
@@ -59,8 +69,14 @@ class PredictionLogWriter:
                 self._cond.notify()
             if lost:
                 self.dropped += lost
+            pending = len(self._rows)
+            report = time.monotonic() >= self._queue_reported_at + self._interval
+            if report:  # the thread may be stuck in an insert (a lock): the gauge is fed from here too
+                self._queue_reported_at = time.monotonic()
         if lost:
             self._on_dropped(lost)
+        if report:
+            self._report_queue(pending)
 
     def pending(self) -> int:
         with self._cond:
@@ -87,8 +103,32 @@ class PredictionLogWriter:
         if self._thread.is_alive():
             log.error("prediction log: %d rows still queued after %.0fs at shutdown", self.pending(), timeout)
 
+    @property
+    def failing(self) -> bool:
+        """Whether the last insert failed (the store is out): queued rows are not being written."""
+        return self._failing
+
+    def behind_since(self, stuck_s: float = 1.0) -> float | None:
+        """Since when (epoch seconds) rows submitted may still be unwritten because the store is
+        out or stuck: the last insert failed, or one has been running for over ``stuck_s`` (a
+        lock). None while inserts go through. Rows queued just before that moment may be unwritten
+        too: the answer is moved back by two flush intervals and a second."""
+        busy_since = self._busy_since
+        if self._failing:
+            since = self._failing_wall
+        elif busy_since is not None and time.time() - busy_since > stuck_s:
+            since = busy_since
+        else:
+            return None
+        return since - 2 * self._interval - 1.0
+
     _busy = False
+    _queue_reported_at = 0.0  # monotonic: when submit last fed on_queue
     _failing = False
+    _failing_since = 0.0  # monotonic
+    _failing_wall = 0.0  # the same moment, epoch seconds
+    _busy_since: float | None = None  # epoch seconds the running insert began
+    _reported_at = 0.0
     _flush_requested = False
     _close_deadline = float("inf")
 
@@ -104,21 +144,23 @@ class PredictionLogWriter:
                 batch = [self._rows.popleft() for _ in range(min(len(self._rows), self._batch_rows))]
                 closing = self._closing
                 self._busy = bool(batch)
+                self._busy_since = time.time() if batch else None
             if batch:
                 self._write(batch)
             with self._cond:
-                self._busy = False
+                self._busy, self._busy_since = False, None
                 self._cond.notify_all()
-                if closing and not self._rows:
-                    return
+                pending = len(self._rows)
+                done = closing and not self._rows
+            self._report_queue(pending)
+            if done:
+                return
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         try:
             self._insert(batch)
-            self._failing = False
-        except Exception:
-            self._failing = True
-            log.exception("prediction log: insert of %d rows failed; will retry", len(batch))
+        except Exception as exc:
+            self._failed(exc, len(batch))
             with self._cond:
                 if self._closing and time.monotonic() >= self._close_deadline:
                     self.dropped += len(batch)
@@ -132,6 +174,9 @@ class PredictionLogWriter:
             if lost > 0:
                 self._on_dropped(lost)
             return
+        if self._failing:
+            log.warning("prediction log: the store takes rows again after %.1fs", time.monotonic() - self._failing_since)
+            self._failing = False
         self.written += len(batch)
         self._on_written(len(batch))
         if self._after_write is not None:
@@ -139,3 +184,25 @@ class PredictionLogWriter:
                 self._after_write(batch)
             except Exception:  # the rows are written: whatever went wrong here stays here
                 log.exception("prediction log: after-write step failed on %d written rows", len(batch))
+
+    def _report_queue(self, pending: int) -> None:
+        try:
+            self._on_queue(pending)
+        except Exception:  # a metric must not stop the log, nor a request
+            log.exception("prediction log: on_queue failed")
+
+    def _failed(self, exc: Exception, rows: int) -> None:
+        """Say that inserts fail: the first time with the cause, then every ``REPORT_EVERY_S``."""
+        now = time.monotonic()
+        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        waiting = self.pending() + rows
+        if not self._failing:
+            self._failing_wall, self._failing_since, self._reported_at = time.time(), now, now
+            self._failing = True
+            log.error("prediction log: the store refuses rows (%s: %s); %d rows wait, retried every %.1fs, "
+                      "dropped and counted only past %d", type(exc).__name__, reason, waiting,
+                      self._interval, self._max_rows)
+        elif now - self._reported_at >= REPORT_EVERY_S:
+            self._reported_at = now
+            log.error("prediction log: the store still refuses rows after %.0fs (%s); %d rows wait, %d dropped "
+                      "so far", now - self._failing_since, reason, waiting, self.dropped)

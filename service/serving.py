@@ -38,7 +38,7 @@ from driftloop.models.errors import DriftloopError, SchemaError
 from driftloop.models.onnx_model import OnnxModel, providers_for
 from driftloop.models.schema import FLOAT32_MAX, SCORES_FIELD, SUPERVISED, FeatureSchema, same_label, text_problem
 from driftloop.models.registry import Registry
-from driftloop.monitoring.store import PredictionStore, utcnow
+from driftloop.monitoring.store import FeedbackResult, PredictionStore, unavailable, utcnow
 from driftloop.service.batching import Batcher, batching_enabled
 from driftloop.service.metrics import ServingMetrics
 from driftloop.service.predlog import PredictionLogWriter
@@ -51,7 +51,16 @@ log = logging.getLogger("driftloop.service")
 
 
 class NotReady(DriftloopError):
-    """No champion is loaded yet, or the worker is shutting down."""
+    """No champion is loaded yet, or the worker is shutting down (503 with Retry-After)."""
+
+
+class StoreUnavailable(NotReady):
+    """The prediction store cannot take or find these labels now: retry later (503 with
+    Retry-After). ``result``: what was done all the same (labels of other ids stored)."""
+
+    def __init__(self, message: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 def new_request_id(now: float | None = None) -> str:
@@ -215,9 +224,9 @@ class Serving:
         self.device, providers = providers_for(config.device)
         self._counters: dict[tuple[str, str], Any] = {}
         self.writer = PredictionLogWriter(
-            store.insert_predictions, max_rows=config.log_queue_rows, flush_interval_s=config.log_flush_interval_s,
+            self._insert_logged, max_rows=config.log_queue_rows, flush_interval_s=config.log_flush_interval_s,
             on_written=self._logged, on_dropped=lambda n: metrics.log_rows.labels("dropped").inc(n),
-            after_write=self._score_shadow,
+            after_write=self._score_shadow, on_queue=metrics.log_queue.set,
         ) if config.prediction_log else None
         self.batcher = Batcher(config.max_batch_rows, metrics.batch_rows.observe if config.metrics else lambda n: None)
         # No prediction log, nothing for a shadow to score: it is not even loaded.
@@ -229,12 +238,23 @@ class Serving:
         # the series to exist before the first event.
         for child in (metrics.shed.labels("overloaded"), metrics.shed.labels("draining"),
                       metrics.log_rows.labels("written"), metrics.log_rows.labels("dropped"),
+                      metrics.feedback.labels("unavailable"),
                       metrics.swaps.labels("done"), metrics.swaps.labels("refused"), metrics.swaps.labels("fallback"),
                       metrics.shadow_swaps.labels("done"), metrics.shadow_swaps.labels("refused"),
                       *(metrics.shadow_rows.labels(outcome) for outcome in ("scored", "refused", "failed"))):
             child.inc(0)
 
     def start(self) -> None:
+        """Follow the champion; open the store, or, if it cannot be reached now, say so and go on:
+        predictions are served and their rows wait in the log's buffer until it is back (the
+        writer creates the schema then), feedback and history answer 503 meanwhile."""
+        try:
+            self.store.create()
+        except Exception as exc:
+            if (reason := unavailable(exc)) is None:
+                raise  # not an outage (an unknown schema revision): refuse to start
+            log.error("worker %d: the prediction store is unavailable at start (%s); serving anyway, "
+                      "log rows wait in memory until it is back", os.getpid(), reason)
         self.watcher.start()
 
     def ready(self) -> bool:
@@ -313,24 +333,61 @@ class Serving:
         return answer
 
     def feedback(self, labels: list[tuple[str, Any]]) -> dict[str, Any]:
+        """Store labels by request id. Never loses one silently: a store that cannot be written
+        is a 503 for the whole request (nothing stored, retry it); ids that may still wait in a
+        prediction-log buffer because the store is out or stuck are a 503 for those ids (the
+        others' labels are stored; a retry of the whole request finds them as duplicates), never
+        "unknown" (a 404 would make the client drop a label whose prediction exists)."""
         _check_labels(labels, self.model, self.config.max_string_chars)
+        count = self.metrics.feedback.labels
+        try:
+            result = self._store_feedback(labels)
+        except Exception as exc:
+            if (reason := unavailable(exc)) is None:
+                raise
+            count("unavailable").inc(len(labels))
+            raise StoreUnavailable(f"the prediction store is unavailable ({reason}): no label was stored; "
+                                   "retry later") from exc
+        waiting = self._not_logged_yet(result.unknown)
+        unknown = [rid for rid in result.unknown if rid not in frozenset(waiting)] if waiting else result.unknown
+        count("accepted").inc(result.accepted)
+        count("duplicate").inc(len(result.duplicates))
+        count("unknown").inc(len(unknown))
+        answer = {"accepted": result.accepted, "duplicates": result.duplicates, "unknown_request_ids": unknown}
+        if waiting:
+            count("unavailable").inc(len(waiting))
+            listed = ", ".join(waiting[:5]) + (" ..." if len(waiting) > 5 else "")
+            raise StoreUnavailable(
+                f"request_id(s) not in the prediction log yet (the store is out or stuck, their rows wait "
+                f"in a buffer): {listed}; retry later (the other labels of this request are stored)",
+                answer | {"pending_request_ids": waiting})
+        return answer
+
+    def _store_feedback(self, labels: list[tuple[str, Any]]) -> FeedbackResult:
         result = self.store.insert_feedback(labels)
         unknown = result.unknown
         # A prediction reaches the store within one flush interval of any worker. Ids we issued
         # that recently may still be in a buffer: flush ours, give the others one interval.
         fresh = [rid for rid in unknown if (age := request_id_age(rid)) is not None and age < 2 * self.flush_interval_s + 1]
         if fresh:
-            if self.writer is not None:
+            if self.writer is not None and self.writer.behind_since() is None:  # an out or stuck store: no use waiting
                 self.writer.flush(timeout=5)
             time.sleep(self.flush_interval_s)
             wanted = set(fresh)
             retry = self.store.insert_feedback([(rid, lab) for rid, lab in labels if rid in wanted])
             unknown = [rid for rid in unknown if rid not in wanted] + retry.unknown
             result = type(result)(result.accepted + retry.accepted, result.duplicates + retry.duplicates, unknown)
-        self.metrics.feedback.labels("accepted").inc(result.accepted)
-        self.metrics.feedback.labels("duplicate").inc(len(result.duplicates))
-        self.metrics.feedback.labels("unknown").inc(len(result.unknown))
-        return {"accepted": result.accepted, "duplicates": result.duplicates, "unknown_request_ids": result.unknown}
+        return result
+
+    def _not_logged_yet(self, unknown: list[str]) -> list[str]:
+        """The unknown ids that may be ours still waiting to be written: issued (by their UUIDv7
+        time) since this worker's writer has been failing or stuck. Another worker's buffer is
+        not seen here; its ids get the one-interval grace of :meth:`_store_feedback` only."""
+        since = self.writer.behind_since() if self.writer is not None and unknown else None
+        if since is None:
+            return []
+        now = time.time()
+        return [rid for rid in unknown if (age := request_id_age(rid, now)) is not None and -1.0 <= age <= now - since]
 
     def model_info(self) -> dict[str, Any]:
         model = self.model
@@ -460,10 +517,13 @@ class Serving:
             return
         count("scored").inc(pending)
 
+    def _insert_logged(self, rows: list[dict[str, Any]]) -> None:
+        """The writer's insert: the schema first if the store was out when this worker started."""
+        self.store.create()
+        self.store.insert_predictions(rows)
+
     def _logged(self, rows: int) -> None:
         self.metrics.log_rows.labels("written").inc(rows)
-        if self.writer is not None:
-            self.metrics.log_queue.set(self.writer.pending())
 
     def _refused(self, version: str, exc: Exception) -> None:
         self.metrics.swaps.labels("refused").inc()

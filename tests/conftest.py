@@ -116,11 +116,21 @@ class PostgresServer:
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "driftloop", "--auth=trust",
                   "-E", "UTF8", "--no-sync", "--no-instructions")
         # Durability off: a test database is thrown away (fsync alone costs seconds per test on a busy disk).
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Start the server on its existing data (after :meth:`pause`)."""
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options,
                   "-w", "-t", "60", "start")
         return self
+
+    def pause(self) -> None:
+        """Stop the server as an outage would (every connection cut), keeping its data. A fast
+        shutdown, not an immediate one: with synchronous_commit off (above) an immediate one
+        loses the last commits it acknowledged, which no client could survive."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         import shutil

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from driftloop.monitoring.store import PredictionStore
 from driftloop.service.predlog import PredictionLogWriter
+from tests.waiting import wait_until
 
 LONG = 60.0  # a flush interval no test waits for: only close()/a full batch may trigger a write
 SHORT = 0.01
@@ -174,3 +176,51 @@ def test_flush_writes_now_rather_than_after_the_interval(writers) -> None:  # no
     w.submit(rows(0, 10))
     assert w.flush(timeout=1.0) is True
     assert len(sink.rows) == 10
+
+
+def test_an_outage_is_told_by_the_queue_gauge_the_failing_flag_and_two_log_lines(writers, caplog) -> None:  # noqa: ANN001
+    """While the store refuses rows: on_queue reports every waiting row (not the last written
+    figure), ``failing`` and ``behind_since`` say since when, the log says so once (not once per
+    retry); when the store is back everything is written and one line says so."""
+    down = threading.Event()
+    down.set()
+    seen: list[int] = []
+    inserted: list[int] = []
+
+    def insert(batch: Sequence[dict[str, Any]]) -> None:
+        if down.is_set():
+            raise ConnectionError("store down")
+        inserted.extend(r["i"] for r in batch)
+
+    caplog.set_level("WARNING", logger="driftloop.predlog")
+    before = time.time()
+    w = writers(insert, flush_interval_s=SHORT, batch_rows=10, on_queue=seen.append)
+    w.submit(rows(0, 25))
+    wait_until(lambda: w.failing and seen and seen[-1] == 25, "the gauge to count all 25 waiting rows")
+    wait_until(lambda: len(seen) > 20, "20 passes of the retrying writer")
+    since = w.behind_since()
+    assert since is not None and since <= before
+    failures = [r for r in caplog.records if "refuses rows" in r.getMessage()]
+    assert len(failures) == 1 and "store down" in failures[0].getMessage()
+    down.clear()
+    assert w.flush(timeout=10) is True
+    assert inserted == list(range(25)) and w.written == 25 and w.dropped == 0
+    assert not w.failing and w.behind_since() is None
+    wait_until(lambda: seen[-1] == 0, "the gauge back at 0")
+    assert any("takes rows again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stuck_insert_makes_the_writer_behind(writers) -> None:  # noqa: ANN001
+    gate, entered = threading.Event(), threading.Event()
+
+    def insert(batch: Sequence[dict[str, Any]]) -> None:
+        entered.set()
+        gate.wait(10)
+
+    w = writers(insert, flush_interval_s=SHORT, batch_rows=1)
+    w.submit(rows(0, 1))
+    assert entered.wait(10)
+    assert wait_until(lambda: w.behind_since(stuck_s=0.05), "the stuck insert to count as behind") is not None
+    gate.set()
+    assert w.flush(timeout=10) is True
+    assert w.behind_since() is None

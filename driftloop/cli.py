@@ -23,7 +23,7 @@ models_app = typer.Typer(help="The model registry: versions and the champion.", 
 app.add_typer(models_app, name="models")
 jobs_app = typer.Typer(help="The monitor's scheduled jobs (kept in the store's database).", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
-db_app = typer.Typer(help="The store's database: schema migrations.", no_args_is_help=True)
+db_app = typer.Typer(help="The store's database: schema migrations, the service's role.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 shadow_app = typer.Typer(help="The shadow: a candidate that serving workers score live traffic with beside the "
                               "champion (which still answers).", no_args_is_help=True)
@@ -235,6 +235,39 @@ def db_current(config: ConfigOpt = None) -> None:
             typer.echo(f"revision {migrations.current(store) or 'none'} (newest: {migrations.head()})")
     except DriftloopError as exc:
         _fail(exc)
+
+
+@db_app.command("grants")
+def db_grants(service_role: Annotated[str, typer.Option(help="The service's PostgreSQL role (it must exist).")],
+              config: ConfigOpt = None,
+              apply: Annotated[bool, typer.Option(help="Run them on the configured store (the owner's URL) "
+                                                       "instead of printing them.")] = False) -> None:
+    """The SQL that lets SERVICE_ROLE do only what the service does (PostgreSQL): log predictions,
+    shadow answers, feedback and events, read checks and events; nothing on the scheduler's jobs or
+    leases. Run as the tables' owner after every `driftloop db upgrade`:
+    `driftloop db grants --service-role NAME | psql OWNER_URL`, or with --apply."""
+    import sqlalchemy as sa
+
+    from driftloop.monitoring import migrations
+
+    try:
+        statements = migrations.service_grants(service_role)
+        if apply:
+            with _store(config) as store:
+                if store.dialect != "postgresql":
+                    raise DriftloopError(f"the store is {store.dialect}: roles and grants are PostgreSQL's")
+                with store.engine.begin() as conn:
+                    for statement in statements:
+                        conn.exec_driver_sql(statement)
+    except DriftloopError as exc:
+        _fail(exc)
+    except sa.exc.DBAPIError as exc:  # no such role, not the tables' owner: nothing was granted
+        _fail(DriftloopError(f"cannot grant {service_role} its privileges: {str(exc.orig).strip()}"))
+    if apply:
+        typer.echo(f"{service_role}: privileges of the service granted ({len(statements)} statements)")
+        return
+    typer.echo(f"-- what the service's role may do on the store at revision {migrations.head()} "
+               "(driftloop db grants)\nBEGIN;\n" + "".join(f"{statement};\n" for statement in statements) + "COMMIT;")
 
 
 @app.command()

@@ -1,17 +1,22 @@
 """Moving a version between registries: one ``.tar.gz`` or ``.zip`` file.
 
-An archive holds exactly three regular files at its top level::
+An archive holds regular files at its top level, and only these::
 
     manifest.json      format, origin (project, version, created_at, exported_at), the full
                        driftloop metadata, and each file's size and sha256
     model.onnx
     reference.parquet
+    <name>             the graph's external-data files, if it keeps weights beside it (plain
+                       names, each listed in the manifest with its checksum)
 
-Import trusts nothing in it. It is read into memory, never extracted: any member that is not one
-of those three names (a path with ``..``, an absolute path, a directory), a symlink, hard link or
-device, a duplicate, an oversized member or an encrypted one refuses the whole archive. Every
-checksum and size is compared with the manifest (and with the metadata's own checksums) before
-anything is registered, the graph must load and run on the reference sample, and only JSON,
+Import trusts nothing in it. It is read into memory, never extracted: any member that is not a
+plain top-level name (a path with ``..``, an absolute path, a directory), a symlink, hard link or
+device, a duplicate, an oversized member, an encrypted one or one the manifest does not list
+refuses the whole archive. Every checksum and size is compared with the manifest (and with the
+metadata's own checksums) before anything is registered. The graph must then load and run on the
+reference sample, from a private temporary directory holding only the graph and its listed
+external-data files: a tensor whose external data names any other file (``location: "passwd"``,
+which onnxruntime would read from the importer's working directory) is refused. Only JSON,
 Parquet and ONNX are parsed: nothing is unpickled (BentoML's own import would unpickle custom
 objects, so it is not used). Checksums catch corruption and careless edits; they are not a
 signature: whoever can rewrite the manifest can rewrite the checksums too.
@@ -25,6 +30,7 @@ import json
 import re
 import stat
 import tarfile
+import tempfile
 import zipfile
 import zlib
 from datetime import datetime, timezone
@@ -35,8 +41,8 @@ import pandas as pd
 
 from driftloop.models.errors import DriftloopError, IntegrityError, RegistryError
 from driftloop.models.files import replace_atomically
-from driftloop.models.onnx_model import OnnxModel
-from driftloop.models.registry import MODEL_FILE, REFERENCE_FILE, ModelVersion
+from driftloop.models.onnx_model import OnnxModel, check_external_data
+from driftloop.models.registry import EXTERNAL_NAME, MODEL_FILE, REFERENCE_FILE, RESERVED_NAMES, ModelVersion
 from driftloop.models.schema import FeatureSchema
 from driftloop.vocabulary import Trigger
 
@@ -46,9 +52,11 @@ if TYPE_CHECKING:
 FORMAT = "driftloop-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-FILES = (MODEL_FILE, REFERENCE_FILE)
+FILES = (MODEL_FILE, REFERENCE_FILE)  # every archive's; external-data files besides, if the graph has any
 MEMBERS = frozenset((MANIFEST, *FILES))
+MAX_MEMBERS = len(MEMBERS) + 64
 MAX_MEMBER_BYTES = 2 << 30  # 2 GiB: read into memory, so bounded
+MAX_TOTAL_BYTES = 4 << 30  # ...and all of them together
 MAX_MANIFEST_BYTES = 16 << 20
 SUFFIXES = {".tar.gz": "tar", ".tgz": "tar", ".zip": "zip"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -76,6 +84,10 @@ def export_version(registry: Registry, version: str, path: Path, *, overwrite: b
     for name in FILES:
         if name not in listed:
             raise IntegrityError(f"{mv.tag}: metadata lists no checksum for {name}; refusing to export it")
+    for name in listed:  # the graph's external-data files too
+        if name not in FILES and not _external_name(name):
+            raise IntegrityError(f"{mv.tag}: metadata lists a checksum for {name!r}, which is not a file of a "
+                                 "version; refusing to export it")
         try:
             data[name] = (mv.path / name).read_bytes()
         except FileNotFoundError:
@@ -128,7 +140,11 @@ def import_version(registry: Registry, path: Path, actor: str) -> ModelVersion:
     missing = sorted(set(files) - set(members))
     if missing:
         raise IntegrityError(f"{path}: {missing[0]} is listed in the manifest but not in the archive")
-    for name in FILES:  # every checksum before anything is parsed or registered
+    unlisted = sorted(set(members) - set(files))
+    if unlisted:
+        raise IntegrityError(f"{path}: unexpected member {unlisted[0]!r}: the manifest lists no checksum for it "
+                             f"(an archive holds {MANIFEST} and the files it lists)")
+    for name in files:  # every checksum before anything is parsed or registered
         expected, blob = files[name], members[name]
         actual = _sha256(blob)
         if actual != expected["sha256"] or len(blob) != expected["size"]:
@@ -136,15 +152,12 @@ def import_version(registry: Registry, path: Path, actor: str) -> ModelVersion:
                                  f"found {actual[:12]}..., {len(blob)} bytes); the archive was changed or damaged")
     metadata = manifest["metadata"]
     recorded = metadata.get("sha256") or {}
-    for name in FILES:
-        if recorded.get(name) != files[name]["sha256"]:
+    for name in sorted(set(files) | set(recorded)):
+        if recorded.get(name) != files.get(name, {}).get("sha256"):
             raise IntegrityError(f"{path}: the manifest's checksum of {name} disagrees with the model's metadata")
     schema, reference = _contents(path, metadata, members)
-    try:  # the graph must load, match the schema and run before it is registered
-        model = OnnxModel.from_bytes(manifest["version"], schema, members[MODEL_FILE], metadata)
-        model.warm_up(reference.head(1))
-    except DriftloopError as exc:
-        raise RegistryError(f"{path}: the model in the archive cannot serve: {exc}") from exc
+    external = {name: members[name] for name in files if name not in FILES}
+    _canary(path, manifest["version"], schema, members[MODEL_FILE], external, metadata, reference)
 
     origin = {"project": manifest["project"], "version": manifest["version"],
               "created_at": manifest.get("created_at"), "exported_at": manifest.get("exported_at"),
@@ -153,10 +166,33 @@ def import_version(registry: Registry, path: Path, actor: str) -> ModelVersion:
     if "imported_from" in metadata:  # an import of an import keeps the earlier hop
         origin["earlier"] = metadata["imported_from"]
     kept = {k: v for k, v in metadata.items() if k not in _REGISTERED_KEYS} | {"imported_from": origin}
-    mv = registry.register(members[MODEL_FILE], schema, reference, kept, trigger=Trigger.MANUAL, parent=None)
+    mv = registry.register(members[MODEL_FILE], schema, reference, kept, trigger=Trigger.MANUAL, parent=None,
+                           external=external)
     registry.append_history("import", mv.version, actor,
                             f"imported {manifest['project']}:{manifest['version']} from {path.name}")
     return mv
+
+
+def _canary(path: Path, version: str, schema: FeatureSchema, graph: bytes, external: dict[str, bytes],
+            metadata: dict[str, Any], reference: pd.DataFrame) -> None:
+    """The graph must load, match the schema and run before it is registered: loaded from a private
+    directory holding only it and its listed external-data files, so that onnxruntime can read no
+    other file (given bytes, it would look for external data in the working directory)."""
+    with tempfile.TemporaryDirectory(prefix="driftloop-import-") as tmp:
+        where = Path(tmp)
+        for name, blob in {MODEL_FILE: graph, **external}.items():
+            (where / name).write_bytes(blob)
+        try:
+            named = check_external_data(graph, where, [MODEL_FILE, *external])
+        except IntegrityError as exc:
+            raise IntegrityError(f"{path}: {exc}") from None
+        except DriftloopError as exc:  # not a readable graph
+            raise RegistryError(f"{path}: the model in the archive cannot serve: {exc}") from exc
+        try:
+            model = OnnxModel.from_bytes(version, schema, graph, metadata, source=where / MODEL_FILE if named else None)
+            model.warm_up(reference.head(1))
+        except DriftloopError as exc:
+            raise RegistryError(f"{path}: the model in the archive cannot serve: {exc}") from exc
 
 
 def read_members(path: Path) -> dict[str, bytes]:
@@ -178,10 +214,12 @@ def read_members(path: Path) -> dict[str, bytes]:
 
 def _read_tar(path: Path) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
+    total = 0
     with tarfile.open(path, mode="r:gz") as tar:
         for info in tar:  # streamed: a bad member stops the read before the next header
+            total += info.size
             _check_member(path, info.name, seen=out, regular=info.isreg(), link=info.issym() or info.islnk(),
-                          size=info.size)
+                          size=info.size, total=total)
             fh = tar.extractfile(info)
             if fh is None:  # unreachable: only regular files pass the check
                 raise IntegrityError(f"{path}: member {info.name!r} is not a regular file")
@@ -191,12 +229,14 @@ def _read_tar(path: Path) -> dict[str, bytes]:
 
 def _read_zip(path: Path) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
+    total = 0
     with zipfile.ZipFile(path) as zf:
         infos = zf.infolist()
         for info in infos:
             kind = stat.S_IFMT(info.external_attr >> 16)  # the Unix file type if the writer recorded one
+            total += info.file_size
             _check_member(path, info.filename, seen=out, size=info.file_size, link=kind == stat.S_IFLNK,
-                          regular=not info.is_dir() and kind in (0, stat.S_IFREG))
+                          regular=not info.is_dir() and kind in (0, stat.S_IFREG), total=total)
             if info.flag_bits & 0x1:
                 raise IntegrityError(f"{path}: member {info.filename!r} is encrypted")
             out[info.filename] = b""
@@ -209,7 +249,10 @@ def _read_zip(path: Path) -> dict[str, bytes]:
     return out
 
 
-def _check_member(path: Path, name: str, *, seen: dict[str, bytes], regular: bool, link: bool, size: int) -> None:
+def _check_member(path: Path, name: str, *, seen: dict[str, bytes], regular: bool, link: bool, size: int,
+                  total: int) -> None:
+    """Refuse ``name`` unless it is a regular file the archive may hold; ``total``: the declared
+    sizes of the members so far, this one included (each read is held to its declared size)."""
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
         raise IntegrityError(f"{path}: member {name!r} has an absolute path")
@@ -219,13 +262,23 @@ def _check_member(path: Path, name: str, *, seen: dict[str, bytes], regular: boo
         raise IntegrityError(f"{path}: member {name!r} is a link; only regular files are accepted")
     if not regular:
         raise IntegrityError(f"{path}: member {name!r} is not a regular file")
-    if name not in MEMBERS:
-        raise IntegrityError(f"{path}: unexpected member {name!r}; an archive holds only {sorted(MEMBERS)}")
+    if name not in MEMBERS and not _external_name(name):
+        raise IntegrityError(f"{path}: unexpected member {name!r}; an archive holds only {sorted(MEMBERS)} "
+                             "and the graph's external-data files (plain names)")
     if name in seen:
         raise IntegrityError(f"{path}: member {name!r} appears twice")
+    if len(seen) >= MAX_MEMBERS:
+        raise IntegrityError(f"{path}: more than {MAX_MEMBERS} members")
     limit = MAX_MANIFEST_BYTES if name == MANIFEST else MAX_MEMBER_BYTES
     if size > limit:
         raise IntegrityError(f"{path}: member {name!r} is {size} bytes; at most {limit}")
+    if total > MAX_TOTAL_BYTES:
+        raise IntegrityError(f"{path}: the members add up to more than {MAX_TOTAL_BYTES} bytes")
+
+
+def _external_name(name: str) -> bool:
+    """Whether ``name`` can be a graph's external-data file (the registry stores it so)."""
+    return bool(EXTERNAL_NAME.fullmatch(name)) and name not in RESERVED_NAMES
 
 
 def _bounded_read(path: Path, name: str, fh: Any, size: int) -> bytes:
@@ -254,8 +307,13 @@ def _manifest(path: Path, blob: bytes | None) -> dict[str, Any]:
     if not isinstance(manifest.get("metadata"), dict):
         raise IntegrityError(f"{path}: {MANIFEST}: metadata must be an object")
     files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(FILES):
-        raise IntegrityError(f"{path}: {MANIFEST}: files must list exactly {list(FILES)}")
+    if not isinstance(files, dict) or not set(FILES) <= set(files):
+        raise IntegrityError(f"{path}: {MANIFEST}: files must list {list(FILES)} (and the graph's external-data "
+                             "files, if any)")
+    for name in set(files) - set(FILES):
+        if not _external_name(name):
+            raise IntegrityError(f"{path}: {MANIFEST}: files lists {name!r}, which cannot be an external-data "
+                                 "file (a plain name other than the archive's own)")
     for name, entry in files.items():
         ok = (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"])
               and isinstance(entry.get("size"), int) and not isinstance(entry["size"], bool))

@@ -7,6 +7,7 @@ and returns ``label`` (and ``probabilities`` for classifiers, as a plain tensor,
 from __future__ import annotations
 
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -97,12 +98,16 @@ def providers_for(device: str) -> tuple[str, list[str]]:
     return "cpu", [CPU]
 
 
-def check_external_data(onnx_bytes: bytes, model_dir: Path) -> list[Path]:
-    """The external-data files a graph names, each resolved inside ``model_dir``.
+def check_external_data(onnx_bytes: bytes, model_dir: Path, checksummed: Collection[str]) -> list[Path]:
+    """The external-data files a graph names, each one of the version's own checksummed files.
 
-    A graph can keep its weights in side files named by relative paths; a path that leaves the
-    model's directory (``../``, an absolute path, a link out) could read any file of the host,
-    so it is refused with :class:`IntegrityError`, as is a named file that does not exist.
+    A graph can keep its weights in side files named by relative paths, which onnxruntime opens
+    relative to the graph's file (or to the working directory, for a graph given as bytes). A
+    location may only name a file in ``model_dir`` that ``checksummed`` lists (the names the
+    version's metadata, or an archive's manifest, records a sha256 for): anything else could read
+    a file of the host (``../x``, an absolute path, a link out, or a plain ``passwd`` that is not
+    the version's own) and is refused with :class:`IntegrityError` naming the tensor and the
+    location, as is a listed file that does not exist.
     """
     import onnx
 
@@ -114,6 +119,7 @@ def check_external_data(onnx_bytes: bytes, model_dir: Path) -> list[Path]:
     except Exception as exc:  # DecodeError and friends: the caller refuses the graph
         raise ExportError(f"not a readable ONNX graph: {exc}") from exc
     root = Path(model_dir).resolve()
+    own = {Path(name).as_posix() for name in checksummed}
     files: list[Path] = []
     for tensor in all_tensors(proto):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
@@ -123,6 +129,9 @@ def check_external_data(onnx_bytes: bytes, model_dir: Path) -> list[Path]:
         if not location or Path(location).is_absolute() or not path.is_relative_to(root):
             raise IntegrityError(f"tensor {tensor.name!r}: external data path {location!r} points outside "
                                  f"the model directory {root}; refused")
+        if path.relative_to(root).as_posix() not in own:
+            raise IntegrityError(f"tensor {tensor.name!r}: external data location {location!r} is not one of the "
+                                 f"version's own checksummed files {sorted(own)}; refused")
         if not path.is_file():
             raise IntegrityError(f"tensor {tensor.name!r}: external data file {location!r} is missing")
         files.append(path)

@@ -35,7 +35,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -45,7 +45,7 @@ from typing import Any
 import pandas as pd
 
 from driftloop.adapters import bentoml as store_api
-from driftloop.models.errors import IntegrityError, RegistryError, UnknownVersion
+from driftloop.models.errors import ExportError, IntegrityError, RegistryError, UnknownVersion
 from driftloop.models.files import write_text_atomically
 from driftloop.models.onnx_model import OnnxModel, check_external_data
 from driftloop.models.schema import FeatureSchema
@@ -56,6 +56,10 @@ REFERENCE_FILE = "reference.parquet"
 TRIGGERS = tuple(t.value for t in Trigger)  # a version's metadata ``trigger``
 DIFF_FIELDS = ("kind", "params", "trigger", "parent", "data_fingerprint", "time_range")
 _VERSION = re.compile(r"^v([1-9][0-9]*)$")  # exactly: v1, v2, ... (no v01, no V1)
+# A graph's external-data file: a plain name in the version's directory (no path, no leading dot)
+EXTERNAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# ...but not one of the version's own files, BentoML's model.yaml beside them or an archive's manifest
+RESERVED_NAMES = frozenset((MODEL_FILE, REFERENCE_FILE, "model.yaml", "manifest.json"))
 
 
 @dataclass(frozen=True)
@@ -245,13 +249,23 @@ class Registry:
         return ModelVersion(self.project, model.tag.version, Path(model.path), model.info.creation_time, meta)
 
     def register(self, onnx_bytes: bytes, schema: FeatureSchema, reference: pd.DataFrame,
-                 metadata: dict[str, Any], trigger: str, parent: str | None) -> ModelVersion:
-        """Store a new version; returns it. The champion is not changed."""
+                 metadata: dict[str, Any], trigger: str, parent: str | None,
+                 external: Mapping[str, bytes] | None = None) -> ModelVersion:
+        """Store a new version; returns it. The champion is not changed.
+
+        ``external``: the graph's external-data files by name (plain names, stored beside
+        ``model.onnx`` with their checksums). A graph whose external data names any other file is
+        refused (:func:`~driftloop.models.onnx_model.check_external_data`) before it is stored."""
         if trigger not in TRIGGERS:
             raise RegistryError(f"trigger must be one of {TRIGGERS}, got {trigger!r}")
+        external = dict(external or {})
+        for name in external:
+            if not EXTERNAL_NAME.fullmatch(name) or name in RESERVED_NAMES:
+                raise IntegrityError(f"external data file name {name!r} refused: a plain file name "
+                                     f"({EXTERNAL_NAME.pattern}) other than {sorted(RESERVED_NAMES)}")
         ref = io.BytesIO()
         reference[schema.names].reset_index(drop=True).to_parquet(ref, index=False)
-        files = {MODEL_FILE: onnx_bytes, REFERENCE_FILE: ref.getvalue()}
+        files = {MODEL_FILE: onnx_bytes, REFERENCE_FILE: ref.getvalue(), **external}
         meta = dict(metadata) | {
             "schema": schema.to_dict(),
             "trigger": trigger,
@@ -269,6 +283,10 @@ class Registry:
                 for name, data in files.items():
                     with open(model.path_of(name), "wb") as fh:
                         fh.write(data)
+                try:  # raising here stores nothing: the graph may name only the files just written
+                    check_external_data(onnx_bytes, Path(model.path), files)
+                except ExportError:
+                    pass  # not a readable graph, so it names no file: loading it is refused (promote's canary)
             self._last_version_path.write_text(f"{number}\n")
         return self.get(version)
 
@@ -329,10 +347,10 @@ class Registry:
         except FileNotFoundError:
             raise IntegrityError(f"{mv.tag}: {MODEL_FILE} is missing") from None
         self._check(mv, {MODEL_FILE: onnx_bytes})
-        external = check_external_data(onnx_bytes, mv.path)  # side files must live in the version's directory
-        unchecked = [p.name for p in external if p.relative_to(mv.path.resolve()).as_posix() not in mv.metadata["sha256"]]
-        if unchecked:
-            raise IntegrityError(f"{mv.tag}: external data {unchecked} has no recorded checksum; refusing to load it")
+        try:  # side files: only the version's own, checksummed above
+            external = check_external_data(onnx_bytes, mv.path, mv.metadata["sha256"])
+        except IntegrityError as exc:
+            raise IntegrityError(f"{mv.tag}: {exc}") from None
         model = OnnxModel.from_bytes(version, mv.schema, onnx_bytes, mv.metadata, providers=providers,
                                      source=mv.path / MODEL_FILE if external else None)
         model.warm_up(pd.read_parquet(mv.path / REFERENCE_FILE).head(1))

@@ -8,8 +8,8 @@ It is the composition of the loop's rooms, each given only the settings it reads
   (:class:`~monitoring.early_warning.EarlyWarning`).
 - :class:`~monitoring.retraining.RetrainRunner` (``retraining.retry``): what a retrain decision
   leads to, retried with back-off; retrains interrupted by a dead process.
-- :class:`~monitoring.requests.RetrainRequests` (``monitoring.consecutive``): retrains an operator
-  asked for (``POST /admin/retrain``).
+- :class:`~monitoring.requests.RetrainRequests` (``monitoring.consecutive``, ``retraining.retry``):
+  retrains an operator asked for (``POST /admin/retrain``), retried by the runner like a check's.
 - :class:`~monitoring.shadow.ShadowJudge` (``retraining``: ``shadow``, ``margin``): the shadow's verdict.
 - :class:`~monitoring.watch.PromotionWatch` (``retraining.watch``): after a promotion, its predecessor
   scores beside it; a new champion significantly worse on the same live rows is rolled back.
@@ -98,7 +98,8 @@ class Monitor:
                                    self.metrics, workspace=DriftWorkspace.from_settings(settings), clock=clock)
         self.retraining = RetrainRunner(settings.retraining.retry, store, registry, job, fresh, self.policy,
                                         self.metrics, clock=clock)
-        self.requests = RetrainRequests(store, job, fresh, self.metrics, windows=settings.monitoring.consecutive)
+        self.requests = RetrainRequests(store, job, fresh, self.metrics, windows=settings.monitoring.consecutive,
+                                        retry=settings.retraining.retry, clock=clock)
         self.shadow = ShadowJudge(settings.retraining, settings.task, store, registry, self.policy, self.metrics)
         self.watch = PromotionWatch(settings.retraining.watch, settings.task, store, registry, self.metrics)
         self.follow_ups = FollowUps(settings.retraining, store, registry, job, fresh, self.metrics)

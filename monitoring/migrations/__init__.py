@@ -10,12 +10,21 @@ A database made by ``metadata.create_all`` before migrations existed (tables, no
 ``alembic_version``) is checked against revision 0001 and stamped with it, then upgraded; one
 whose tables do not match is refused with the differences named.
 
-A new revision: ``versions/NNNN_what.py`` with ``down_revision`` the previous one.
+A new revision: ``versions/NNNN_what.py`` with ``down_revision`` the previous one, and its tables
+in :data:`SERVICE_PRIVILEGES`.
+
+Two roles on PostgreSQL. The monitor connects as the tables' owner: it migrates, and it alone
+writes the checks and the scheduler's tables. The service can connect as a role that may only
+do what it does (:data:`SERVICE_PRIVILEGES`, applied by :func:`service_grants`, ``driftloop db
+grants``): whoever gets the service's credentials cannot write the scheduler's jobs or leases.
+Such a role starts on a store already at the newest revision (:func:`upgrade` only reads the
+revision then, no lock, no DDL); on an older one it is refused with what to do.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -30,6 +39,44 @@ LEGACY_TABLES = ("predictions", "feedback", "checks", "events")
 # Columns of LEGACY_TABLES added by later revisions (0003, 0004)
 ADDED_AFTER_BASELINE = {"checks": {"estimated_accuracy", "rmse", "mae", "champion_rmse", "champion_mae",
                                    "champion_squared_error_std", "unfamiliar_share"}}
+
+
+# What the service's role may do on each table at the newest revision (PostgreSQL; nothing:
+# no privilege at all). It logs predictions, the shadow's answers and feedback, records retrain
+# requests and refused promotions as events, reads checks and events (GET /history) and the
+# revision (PredictionStore.create). The scheduler's job store and leases are the monitor's.
+SERVICE_PRIVILEGES: dict[str, tuple[str, ...]] = {
+    "alembic_version": ("SELECT",),
+    "predictions": ("SELECT", "INSERT"),
+    "feedback": ("SELECT", "INSERT"),
+    "shadow_predictions": ("SELECT", "INSERT"),
+    "events": ("SELECT", "INSERT"),
+    "checks": ("SELECT",),
+    "apscheduler_jobs": (),
+    "leases": (),
+}
+SEQUENCES = {"predictions": "predictions_id_seq", "checks": "checks_id_seq", "events": "events_id_seq"}  # SERIAL ids
+_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE
+
+
+def service_grants(role: str) -> list[str]:
+    """The SQL statements that give ``role`` (an existing PostgreSQL role) exactly
+    :data:`SERVICE_PRIVILEGES`, taking back whatever else it had on these tables; run them in one
+    transaction as the tables' owner, after every upgrade (a new table has no grants)."""
+    if not _ROLE.fullmatch(role):
+        from driftloop.monitoring.store import StoreError
+
+        raise StoreError(f"role name {role!r}: lower-case letters, digits and _, not starting with a digit")
+    quoted = f'"{role}"'
+    statements = [f"REVOKE ALL ON {', '.join(SERVICE_PRIVILEGES)} FROM {quoted}",
+                  f"REVOKE ALL ON SEQUENCE {', '.join(SEQUENCES.values())} FROM {quoted}"]
+    for table, privileges in SERVICE_PRIVILEGES.items():
+        if privileges:
+            statements.append(f"GRANT {', '.join(privileges)} ON {table} TO {quoted}")
+        if "INSERT" in privileges and table in SEQUENCES:  # the next id of a row it inserts
+            statements.append(f"GRANT USAGE ON SEQUENCE {SEQUENCES[table]} TO {quoted}")
+    return statements
 
 
 def config() -> Any:
@@ -62,10 +109,12 @@ def upgrade(store: PredictionStore, revision: str = "head") -> str:
     from driftloop.monitoring.store import StoreError
 
     target = head() if revision == "head" else revision
-    if revision == "head" and _quiet(lambda: current(store)) == target:
-        return target  # the usual start: nothing to do, no lock taken
+    with _privileged(store, "read the store's schema revision"):
+        at = _quiet(lambda: current(store))
+    if revision == "head" and at == target:
+        return target  # the usual start: nothing to do, no lock taken, no DDL (a restricted role starts)
     cfg = config()
-    with _locked(store) as conn:
+    with _privileged(store, f"migrate the store from revision {at or 'none'} to {target}"), _locked(store) as conn:
         cfg.attributes["connection"] = conn
         _adopt_legacy(conn, cfg)
         try:
@@ -74,6 +123,22 @@ def upgrade(store: PredictionStore, revision: str = "head") -> str:
             raise StoreError(f"{_safe_url(store)}: cannot upgrade the store to {revision}: {exc} "
                              f"(this driftloop knows revisions up to {head()})") from None
     return target
+
+
+@contextmanager
+def _privileged(store: PredictionStore, what: str) -> Iterator[None]:
+    """A PostgreSQL permission error as a :class:`StoreError` that says what to do."""
+    from driftloop.monitoring.store import StoreError
+
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
+        raise StoreError(f"{_safe_url(store)}: this role cannot {what} ({str(exc.orig).strip()}). A restricted "
+                         "role (the service's) needs the owner to migrate first and grant it its privileges: "
+                         "`driftloop db upgrade`, then `driftloop db grants --service-role NAME`, both with the "
+                         "owner's URL") from None
 
 
 def downgrade(store: PredictionStore, revision: str) -> None:

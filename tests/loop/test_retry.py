@@ -113,6 +113,38 @@ def test_retries_stop_after_the_configured_attempts_with_doubling_back_off(world
     assert attempts(store, "retrain_started") == [1, 2, 3]
 
 
+def test_a_failed_requested_retrain_is_retried_by_the_monitor_after_its_back_off(world: dict[str, Any]) -> None:
+    """``POST /admin/retrain``'s request, run by the monitor, fails once: retried after
+    ``retraining.retry.backoff_s`` on the same rows, by a restarted monitor too, as a check's retrain is."""
+    clock = Clock()
+    retrainer = flaky(1)
+    monitor = Monitor(world["settings"], world["store"], world["registry"], retrainer=retrainer, clock=clock)
+    store = world["store"]
+    stable = world["frame"][world["frame"]["period"] == "stable"].reset_index(drop=True)
+    for start in range(0, 2 * WINDOW, WINDOW):
+        serve(store, world["registry"], stable.iloc[start:start + WINDOW])
+    assert [c.decision for c in monitor.run_once()] == ["none", "none"]  # quiet: nothing retrains by itself
+    request = store.record_event("retrain_requested", {"reason": "new segment", "actor": "test"})
+    monitor.run_once()
+    (done,) = store.events("retrain_request_done")
+    assert done["detail"]["request"] == request and done["detail"]["outcome"] == "failed"
+    assert done["detail"]["retry_at"] == pytest.approx(clock.now + 60.0)  # retraining.retry.backoff_s
+    (failure,) = store.events("retrain_failed")
+    assert failure["detail"]["request"] == request and failure["detail"]["trigger"] == "manual"
+
+    clock.now = done["detail"]["retry_at"] - 1
+    monitor.run_once()
+    assert len(store.events("retrain_started")) == 1  # not before its time
+    clock.now = done["detail"]["retry_at"]
+    Monitor(world["settings"], store, world["registry"], retrainer=retrainer, clock=clock).run_once()
+    retry = store.events("retrain_started")[-1]["detail"]
+    assert (retry["attempt"], retry["request"], retry["episode"]) == (2, request, failure["detail"]["episode"])
+    assert (retry["first_id"], retry["last_id"]) == (failure["detail"]["first_id"], failure["detail"]["last_id"])
+    (end,) = store.events(["retrain_promoted", "retrain_rejected"])
+    assert end["detail"]["request"] == request and end["detail"]["attempt"] == 2
+    assert retrainer.calls["n"] == 2 and [c.outcome for c in store.checks()] == [None, None]
+
+
 CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path

@@ -164,16 +164,23 @@ def test_external_data_outside_the_model_directory_is_refused(tmp_path: Path, lo
     model_dir.mkdir()
     (tmp_path / "outside.bin").write_bytes(np.float32(1.0).tobytes())
     with pytest.raises(IntegrityError, match="points outside the model directory"):
-        check_external_data(_graph_with_external_weight(location), model_dir)
+        check_external_data(_graph_with_external_weight(location), model_dir, [MODEL_FILE, "outside.bin"])
 
 
-def test_external_data_inside_the_model_directory_is_found(tmp_path: Path) -> None:
+def test_external_data_must_be_one_of_the_versions_checksummed_files(tmp_path: Path) -> None:
     import numpy as np
 
     from driftloop.models.onnx_model import check_external_data
 
+    own = [MODEL_FILE, REFERENCE_FILE, "weights.bin"]
     with pytest.raises(IntegrityError, match="is missing"):
-        check_external_data(_graph_with_external_weight("weights.bin"), tmp_path)
+        check_external_data(_graph_with_external_weight("weights.bin"), tmp_path, own)
     (tmp_path / "weights.bin").write_bytes(np.float32(1.0).tobytes())
-    assert check_external_data(_graph_with_external_weight("weights.bin"), tmp_path) == [tmp_path / "weights.bin"]
-    assert check_external_data(b"", tmp_path) == []  # an empty graph names no files
+    for location in ("weights.bin", "./weights.bin"):
+        assert check_external_data(_graph_with_external_weight(location), tmp_path, own) == [tmp_path / "weights.bin"]
+    assert check_external_data(b"", tmp_path, own) == []  # an empty graph names no files
+    # a file that is there but has no checksum of the version's: refused, the tensor and location named
+    (tmp_path / "passwd").write_bytes(np.float32(1.0).tobytes())
+    with pytest.raises(IntegrityError, match=r"tensor 'w': external data location 'passwd' is not one of the "
+                                             r"version's own checksummed files"):
+        check_external_data(_graph_with_external_weight("passwd"), tmp_path, own)

@@ -196,3 +196,93 @@ def test_requests_run_once_on_the_newest_windows(store: PredictionStore) -> None
     (failed,) = requests.handle()
     assert failed["outcome"] == Outcome.FAILED and "killed mid-training" in failed["error"]
     assert len(store.events(EventKind.RETRAIN_REQUEST_DONE)) == 3
+
+
+def test_a_failed_request_is_retried_like_a_checks_retrain(store: PredictionStore) -> None:
+    """Same back-off, same attempts, each try an event (trigger manual, with the request); the rows
+    of the newest windows every time; no check's outcome changes and no cool-down starts."""
+    job = Job(fails=2)
+    run, policy, metrics, clock = runner(store, job)
+    requests = RetrainRequests(store, job, run.fresh, metrics, windows=2, retry=run.retry, clock=clock)
+    for window in range(3):
+        record(store, window)
+    request = store.record_event(EventKind.RETRAIN_REQUESTED, {"actor": "ops", "reason": "new segment"})
+    (done,) = requests.handle()
+    assert done["outcome"] == Outcome.FAILED and "killed mid-training" in done["error"]
+    assert (done["attempt"], done["retry_at"], done["retry_in_s"]) == (1, clock.now + 60.0, 60.0)
+    assert requests.handle() == []  # the request is handled: its retries are the runner's
+    clock.now = done["retry_at"] - 1
+    assert run.retry_due() == []  # not before its time
+    clock.now = done["retry_at"]
+    assert run.retry_due() == [Outcome.FAILED]
+    second = store.events(EventKind.RETRAIN_FAILED)[-1]["detail"]
+    assert (second["attempt"], second["retry_in_s"]) == (2, 100.0)  # 120 capped at max_backoff_s
+    clock.now = second["retry_at"]
+    assert run.retry_due() == [Outcome.PROMOTED]
+    clock.now += 10**6
+    assert run.retry_due() == []  # done
+
+    starts = store.events(EventKind.RETRAIN_STARTED)
+    assert [e["detail"]["attempt"] for e in starts] == [1, 2, 3]
+    assert {(e["window"], e["detail"]["request"], e["detail"]["trigger"], e["detail"]["first_id"],
+             e["detail"]["last_id"], e["detail"]["episode"] or e["id"]) for e in starts} == \
+        {(2, request, Trigger.MANUAL, ROWS + 1, 3 * ROWS, starts[0]["id"])}  # windows 1 and 2, one episode
+    assert [c["trigger"] for c in job.calls] == [Trigger.MANUAL] * 3
+    assert [e["detail"]["request"] for e in store.events(EventKind.RETRAIN_FAILED)] == [request, request]
+    (promoted,) = store.events(EventKind.RETRAIN_PROMOTED)
+    assert (promoted["detail"]["request"], promoted["detail"]["attempt"]) == (request, 3)
+    assert counted(metrics, "failed") == 2 and counted(metrics, "promoted") == 1
+    assert [c.outcome for c in store.checks()] == [None, None, None]
+    assert policy.update(WindowStats(3, ROWS, 1.0)).action != Decision.COOLDOWN
+
+
+def test_a_request_whose_process_died_in_its_first_try_is_failed_then_retried(store: PredictionStore) -> None:
+    from driftloop.monitoring.lease import RETRAIN, holding
+
+    job = Job()
+    run, _, metrics, clock = runner(store, job)
+    requests = RetrainRequests(store, job, run.fresh, metrics, windows=2, retry=run.retry, clock=clock)
+    for window in range(3):
+        record(store, window)
+    request = store.record_event(EventKind.RETRAIN_REQUESTED, {"actor": "ops", "reason": "new segment"})
+    started = store.record_event(EventKind.RETRAIN_STARTED, {  # its process died inside the job
+        "first_id": ROWS + 1, "last_id": 3 * ROWS, "trigger": "manual", "reason": "requested by ops: new segment",
+        "attempt": 1, "request": request, "rows": 2 * ROWS, "labelled": ROWS, "episode": None}, 2)
+    with holding(store, RETRAIN, 30.0):  # ...or is another process still running it?
+        assert requests.handle() == []
+    (done,) = requests.handle()
+    assert done["outcome"] == Outcome.FAILED and done["error"].startswith("interrupted")
+    assert (done["episode"], done["retry_at"]) == (started, clock.now + 60.0) and job.calls == []  # not run afresh
+    assert requests.handle() == []
+    clock.now = done["retry_at"]
+    assert run.retry_due() == [Outcome.PROMOTED]
+    (call,) = job.calls
+    assert list(call["fresh"]["id"]) == list(range(ROWS + 1, 3 * ROWS + 1))
+    assert store.events(EventKind.RETRAIN_STARTED)[-1]["detail"]["attempt"] == 2
+
+
+def test_recover_takes_a_running_checks_rows_from_its_own_start_not_a_requests(store: PredictionStore) -> None:
+    run, *_ = runner(store, Job())
+    record(store, 1, Decision.RETRAIN, Outcome.RUNNING)  # its process died inside the retrain
+    own = store.record_event(EventKind.RETRAIN_STARTED, {"first_id": 11, "last_id": 20, "trigger": "drift",
+                                                         "reason": "r", "attempt": 1, "episode": None}, 1)
+    store.record_event(EventKind.RETRAIN_STARTED, {"first_id": 1, "last_id": 20, "trigger": "manual", "reason": "ops",
+                                                   "attempt": 1, "episode": None, "request": 7}, 1)  # after a restart
+    run.recover()
+    (failed,) = store.events(EventKind.RETRAIN_FAILED)
+    assert (failed["detail"]["episode"], failed["detail"]["first_id"], failed["detail"]["trigger"]) == (own, 11, "drift")
+
+
+def test_a_request_whose_process_died_after_its_outcome_is_recorded_with_it(store: PredictionStore) -> None:
+    job = Job()
+    run, _, metrics, clock = runner(store, job)
+    requests = RetrainRequests(store, job, run.fresh, metrics, windows=2, retry=run.retry, clock=clock)
+    request = store.record_event(EventKind.RETRAIN_REQUESTED, {"actor": "ops", "reason": "new segment"})
+    started = store.record_event(EventKind.RETRAIN_STARTED, {
+        "first_id": ROWS + 1, "last_id": 3 * ROWS, "trigger": "manual", "reason": "r", "attempt": 1,
+        "request": request, "rows": 2 * ROWS, "labelled": ROWS, "episode": None}, 2)
+    store.record_event(EventKind.RETRAIN_PROMOTED, {"status": "promoted", "candidate": "v2", "trigger": "manual",
+                                                    "attempt": 1, "episode": started, "request": request}, 2, "v2")
+    (done,) = requests.handle()  # died between the outcome and the request's record: not run again
+    assert (done["outcome"], done["candidate"], done["first_id"]) == (Outcome.PROMOTED, "v2", ROWS + 1)
+    assert job.calls == [] and store.events(EventKind.RETRAIN_FAILED) == []

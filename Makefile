@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo bento test test-fast bench-models bench-serving bench-serving-features bench-drift bench-policy bench-gate lint clean
+.PHONY: install system-deps demo bento test test-fast bench-models bench-serving bench-serving-features bench-drift bench-policy bench-gate chaos lint clean
 
 install: $(STAMP)
 
@@ -60,6 +60,13 @@ bench-policy: $(STAMP)
 # margin alone against margin + paired test (bench/gate.py).
 bench-gate: $(STAMP)
 	$(BIN)/python -m bench.gate --json var/bench-gate.json
+
+# The fault matrix against a running service under load (bench/chaos.py): store outages (SQLite files
+# unwritable, locked, moved; PostgreSQL stopped), worker killed, SIGTERM, slow uploads, hostile bodies.
+# chattr +i needs root; PostgreSQL comes from system-deps. Prints rows sent, answered, stored, dropped, recovery.
+chaos: $(STAMP)
+	@scripts/system-deps.sh
+	$(BIN)/python -m bench.chaos --json var/chaos.json
 
 clean:
 	rm -rf var .pytest_cache build *.egg-info

@@ -105,6 +105,7 @@ RECOVER_LIMIT_S = 15.0
 POLL_S = 0.1
 FEEDBACK_EVERY_S = 0.5
 FEEDBACK_TIMEOUT_S = 15.0
+RESEND_FOR_S = 60.0  # how long the feedback probe keeps sending a label answered 503 with Retry-After
 SLOW_CONNECTIONS = 128
 HOSTILE_TIMEOUT_S = 40.0
 LOG_ROWS = "driftloop_prediction_log_rows_total"  # {outcome="written" | "dropped"}
@@ -342,16 +343,27 @@ class FeedbackProbe:
                 self._pool.submit(self._send, fresh[-1], self.phase)
 
     def _send(self, request_id: str, phase: str) -> None:
+        """Send one label as a well-behaved client does: a 503 with Retry-After is sent again
+        after that delay, for up to ``RESEND_FOR_S``; the first answer and the last are kept."""
         started = time.monotonic()
         error = retry_after = None
+        first: int | None = None
+        attempts = 0
         body = {"labels": [{"request_id": request_id, "label": self.label}]}
-        try:  # a connection per label: one httpx.Client shared by these threads failed reads with EBADF here
-            resp = httpx.post(f"{self.url}/feedback", json=body, timeout=self.timeout)
-            status, retry_after = resp.status_code, resp.headers.get("retry-after")
-        except httpx.HTTPError as exc:
-            status, error = -1, f"{type(exc).__name__}: {exc}"
-        self.results.append({"request_id": request_id, "phase": phase, "status": status, "error": error,
-                             "retry_after": retry_after, "seconds": time.monotonic() - started})
+        while True:
+            attempts += 1
+            try:  # a connection per label: one httpx.Client shared by these threads failed reads with EBADF here
+                resp = httpx.post(f"{self.url}/feedback", json=body, timeout=self.timeout)
+                status, retry_after = resp.status_code, resp.headers.get("retry-after")
+            except httpx.HTTPError as exc:
+                status, error = -1, f"{type(exc).__name__}: {exc}"
+            first = status if first is None else first
+            if status != 503 or retry_after is None or time.monotonic() - started > RESEND_FOR_S:
+                break
+            time.sleep(float(retry_after))
+        self.results.append({"request_id": request_id, "phase": phase, "status": first, "final": status,
+                             "attempts": attempts, "error": error, "retry_after": retry_after,
+                             "seconds": time.monotonic() - started})
 
     def summary(self, labelled_in_store: set[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -361,6 +373,8 @@ class FeedbackProbe:
                           "stored": sum(r["request_id"] in labelled_in_store for r in mine),
                           "stored_by_status": dict(Counter(r["status"] for r in mine
                                                            if r["request_id"] in labelled_in_store)),
+                          "final_statuses": dict(Counter(r["final"] for r in mine)),
+                          "resent": sum(r["attempts"] > 1 for r in mine),
                           "retry_after": sum(r["retry_after"] is not None for r in mine),
                           "errors": sorted({r["error"] for r in mine if r["error"]}),
                           "max_seconds": max(r["seconds"] for r in mine)}
@@ -697,9 +711,10 @@ def feedback_notes(outcome: Outcome, probe: FeedbackProbe, reader: StoreReader) 
     summary = probe.summary(reader.labelled(ids) if ids else set())
     outcome.detail["feedback"] = summary
     for phase, s in summary.items():
-        outcome.notes.append(f"feedback sent {phase} the fault: {s['sent']} label(s), answered "
-                             f"{status_summary(Counter(s['statuses']))} ({s['retry_after']} with Retry-After); "
-                             f"{s['stored']} labels stored at the end; slowest answer {s['max_seconds']:.1f}s")
+        outcome.notes.append(f"feedback sent {phase} the fault: {s['sent']} label(s), first answered "
+                             f"{status_summary(Counter(s['statuses']))}; {s['resent']} sent again after "
+                             f"Retry-After, finally {status_summary(Counter(s['final_statuses']))}; "
+                             f"{s['stored']} labels stored at the end; slowest {s['max_seconds']:.1f}s")
 
 
 def fault_moved(run: Run) -> float:

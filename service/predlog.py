@@ -32,6 +32,7 @@ from typing import Any
 
 log = logging.getLogger("driftloop.predlog")
 REPORT_EVERY_S = 30.0  # while the store refuses rows, how often the writer says so again
+STUCK_S = 1.0  # an insert running longer than this is stuck (a lock): rows behind it count as waiting
 
 
 class PredictionLogWriter:
@@ -108,17 +109,19 @@ class PredictionLogWriter:
         """Whether the last insert failed (the store is out): queued rows are not being written."""
         return self._failing
 
-    def behind_since(self, stuck_s: float = 1.0) -> float | None:
-        """Since when (epoch seconds) rows submitted may still be unwritten because the store is
+    def behind_since(self, stuck_s: float = STUCK_S) -> float | None:
+        """Since when (epoch seconds) rows submitted may still be unwritten because the store was
         out or stuck: the last insert failed, or one has been running for over ``stuck_s`` (a
-        lock). None while inserts go through. Rows queued just before that moment may be unwritten
-        too: the answer is moved back by two flush intervals and a second."""
+        lock), or one of those happened and the rows it left queued are not all written yet.
+        None while inserts go through with nothing left over. Rows queued just before that moment
+        may be unwritten too: the answer is moved back by two flush intervals and a second."""
+        since = self._backlog_since
         busy_since = self._busy_since
         if self._failing:
-            since = self._failing_wall
+            since = min(since or self._failing_wall, self._failing_wall)
         elif busy_since is not None and time.time() - busy_since > stuck_s:
-            since = busy_since
-        else:
+            since = min(since or busy_since, busy_since)
+        if since is None:
             return None
         return since - 2 * self._interval - 1.0
 
@@ -128,6 +131,7 @@ class PredictionLogWriter:
     _failing_since = 0.0  # monotonic
     _failing_wall = 0.0  # the same moment, epoch seconds
     _busy_since: float | None = None  # epoch seconds the running insert began
+    _backlog_since: float | None = None  # epoch seconds an outage or a stuck insert began, until its backlog is written
     _reported_at = 0.0
     _flush_requested = False
     _close_deadline = float("inf")
@@ -177,6 +181,12 @@ class PredictionLogWriter:
         if self._failing:
             log.warning("prediction log: the store takes rows again after %.1fs", time.monotonic() - self._failing_since)
             self._failing = False
+        with self._cond:
+            began = self._busy_since
+            if began is not None and time.time() - began > STUCK_S:  # stuck behind a lock: a backlog to drain
+                self._backlog_since = min(self._backlog_since or began, began)
+            if not self._rows:
+                self._backlog_since = None  # every row queued during the outage is written
         self.written += len(batch)
         self._on_written(len(batch))
         if self._after_write is not None:
@@ -198,6 +208,7 @@ class PredictionLogWriter:
         waiting = self.pending() + rows
         if not self._failing:
             self._failing_wall, self._failing_since, self._reported_at = time.time(), now, now
+            self._backlog_since = min(self._backlog_since or self._failing_wall, self._failing_wall)
             self._failing = True
             log.error("prediction log: the store refuses rows (%s: %s); %d rows wait, retried every %.1fs, "
                       "dropped and counted only past %d", type(exc).__name__, reason, waiting,

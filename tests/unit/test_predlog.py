@@ -210,17 +210,31 @@ def test_an_outage_is_told_by_the_queue_gauge_the_failing_flag_and_two_log_lines
     assert any("takes rows again" in r.getMessage() for r in caplog.records)
 
 
-def test_a_stuck_insert_makes_the_writer_behind(writers) -> None:  # noqa: ANN001
-    gate, entered = threading.Event(), threading.Event()
+def test_a_stuck_insert_makes_the_writer_behind_until_its_backlog_is_written(writers, monkeypatch) -> None:  # noqa: ANN001
+    """A lock held on the store: the insert waits. Rows queued meanwhile may still be unwritten
+    after it returns (the backlog drains batch by batch): behind until the queue is empty."""
+    import driftloop.service.predlog as predlog
+
+    monkeypatch.setattr(predlog, "STUCK_S", 0.05)
+    gate, entered, drain = threading.Event(), threading.Event(), threading.Event()
+    calls: list[int] = []
 
     def insert(batch: Sequence[dict[str, Any]]) -> None:
-        entered.set()
-        gate.wait(10)
+        calls.append(len(batch))
+        if len(calls) == 1:
+            entered.set()
+            gate.wait(10)
+        elif len(calls) == 2:
+            drain.wait(10)  # the first batch of the backlog: written, but more rows wait
 
-    w = writers(insert, flush_interval_s=SHORT, batch_rows=1)
-    w.submit(rows(0, 1))
+    w = writers(insert, flush_interval_s=SHORT, batch_rows=5)
+    w.submit(rows(0, 5))
     assert entered.wait(10)
     assert wait_until(lambda: w.behind_since(stuck_s=0.05), "the stuck insert to count as behind") is not None
+    w.submit(rows(5, 10))  # queued behind the lock
     gate.set()
+    wait_until(lambda: len(calls) == 2, "the backlog's first batch")
+    assert w.behind_since(stuck_s=60) is not None  # not for a stuck insert: 5 rows of the backlog still wait
+    drain.set()
     assert w.flush(timeout=10) is True
     assert w.behind_since() is None

@@ -48,7 +48,7 @@ def source_frame(settings: Settings) -> pd.DataFrame:
     """The initial data as given: the user's file, or the scenario's ``train`` period."""
     if settings.data.path is not None:
         columns = [*settings.features, *([settings.data.target] if settings.data.target else [])]
-        return data_mod.load_frame(settings.data.path, columns, settings.data.timestamp)
+        return data_mod.load_frame(settings.data.path, columns, settings.data.timestamp, settings.data.target)
     frame = scenarios.scenario_frame(settings.data.scenario, seed=settings.seed)
     return frame[frame["period"] == "train"].reset_index(drop=True)
 

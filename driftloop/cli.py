@@ -29,6 +29,20 @@ shadow_app = typer.Typer(help="The shadow: a candidate that serving workers scor
                               "champion (which still answers).", no_args_is_help=True)
 app.add_typer(shadow_app, name="shadow")
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"driftloop {version('driftloop')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """driftloop: train, serve, watch, retrain."""
+
+
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file (see README).",
                                                    envvar="DRIFTLOOP_CONFIG")]
 
@@ -86,8 +100,14 @@ def train(config: ConfigOpt = None,
 
 
 @app.command()
-def serve(config: ConfigOpt = None) -> None:
-    """Run the BentoML service (``bentoml serve``) in the foreground, until a signal stops it.
+def serve(config: ConfigOpt = None,
+          host: Annotated[Optional[str], typer.Option(help="Listen on this address (default: serving.host).")] = None,
+          port: Annotated[Optional[int], typer.Option(min=1, max=65535,
+                                                      help="Listen on this port (default: serving.port).")] = None,
+          workers: Annotated[Optional[int], typer.Option(min=1, max=64,
+                                                         help="Worker processes (default: serving.workers).")] = None,
+          ) -> None:
+    """Run the BentoML service (bentoml serve) in the foreground, until a signal stops it.
 
     SIGINT/SIGTERM/SIGHUP are passed on and the service drains; if this process is killed, the
     service stops too (see driftloop.launch). Its temporary directory goes with it."""
@@ -95,10 +115,32 @@ def serve(config: ConfigOpt = None) -> None:
 
     try:
         settings = _settings(config)
+        given = {key: value for key, value in (("host", host), ("port", port), ("workers", workers)) if value is not None}
+        if given:
+            settings = settings.model_copy(update={"serving": settings.serving.model_copy(update=given)})
+        _port_free(settings.serving.host, settings.serving.port)
     except DriftloopError as exc:
         _fail(exc)
-    typer.echo(f"serving {settings.registry.project} on http://{settings.serving.host}:{settings.serving.port}")
+    typer.echo(f"serving {settings.registry.project} on http://{settings.serving.host}:{settings.serving.port} "
+               f"({settings.serving.workers} worker{'s' if settings.serving.workers != 1 else ''})")
     raise typer.Exit(ServiceProcess(settings, foreground=True).run())
+
+
+def _port_free(host: str, port: int) -> None:
+    """One line instead of BentoML's traceback when the address is taken (or cannot be had)."""
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the server will bind: SO_REUSEADDR ignores connections of a stopped server still in
+        # TIME_WAIT, and Linux still refuses a port another socket listens on.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            why = ("is in use (another process listens there): stop it, or choose another with --port or "
+                   "serving.port") if exc.errno == errno.EADDRINUSE else f"cannot be used: {exc.strerror}"
+            raise DriftloopError(f"serving address {host}:{port} {why}") from None
 
 
 @app.command()

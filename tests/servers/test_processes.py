@@ -142,12 +142,16 @@ def refused(port: int) -> bool:
 
 def serve(root: Path, tmp_dir: Path) -> tuple[subprocess.Popen[bytes], ServiceProcess, Path]:
     """``driftloop serve`` (one worker) in a process group of its own, ready; and its run directory."""
+    # The file names another port and two workers: the command line's --port and --workers win
+    # (the server would not be found ready on the port waited for otherwise).
+    config = write_config(make_settings(root, serving={"port": free_port(), "workers": 2, "drain_s": 0.2}),
+                          root / "driftloop.yaml")
     settings = make_settings(root, serving={"port": free_port(), "workers": 1, "drain_s": 0.2})
-    config = write_config(settings, root / "driftloop.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")} | {"TMPDIR": str(tmp_dir)}
     before = set(tmp_dir.glob(RUN_PREFIX + "*"))
     with open(root / "serve.log", "wb") as log:
-        cli = subprocess.Popen([str(Path(sys.executable).with_name("driftloop")), "serve", "--config", str(config)],
+        cli = subprocess.Popen([str(Path(sys.executable).with_name("driftloop")), "serve", "--config", str(config),
+                                "--port", str(settings.serving.port), "--workers", "1"],
                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     service = ServiceProcess(settings, log_path=root / "serve.log")
     service.proc = cli  # what wait_ready watches for an early exit

@@ -144,3 +144,23 @@ def test_history_shows_a_regressor_s_errors_where_a_classifier_s_accuracy_goes(t
     classifier.close()
     shown = runner.invoke(app, ["history", "-c", str(user_project)]).output
     assert "drift=0.00 acc=0.750 model=v1" in shown and "rmse=" not in shown
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"driftloop {version('driftloop')}"
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--port", str(port)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (f"error: serving address 127.0.0.1:{port} is in use (another process listens "
+                                     "there): stop it, or choose another with --port or serving.port")

@@ -58,9 +58,17 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+# Third-party loggers that speak at INFO about their own routine (APScheduler: two lines per job
+# run, most of an idle monitor's output; Alembic: a line per migration step at every start).
+QUIET_LOGGERS = ("apscheduler", "alembic", "httpx", "urllib3")
+
+
 def _logging(verbose: bool = False) -> None:
+    """driftloop's own lines at INFO (DEBUG with ``verbose``); third parties' at WARNING unless ``verbose``."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _registry(settings):  # noqa: ANN001, ANN202
@@ -145,9 +153,12 @@ def _port_free(host: str, port: int) -> None:
 
 @app.command()
 def monitor(config: ConfigOpt = None,
-            once: Annotated[bool, typer.Option(help="Check the ready windows once and exit.")] = False) -> None:
+            once: Annotated[bool, typer.Option(help="Check the ready windows once and exit.")] = False,
+            verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                                  help="Debug lines, and APScheduler's and Alembic's own.")] = False,
+            ) -> None:
     """Run the monitor: scheduled drift and accuracy checks that trigger retraining."""
-    _logging()
+    _logging(verbose)
     from driftloop.monitoring.metrics import MonitorMetrics
     from driftloop.monitoring.monitor import Monitor
     from driftloop.monitoring.scheduler import ActiveScheduler, exclusive_retrainer

@@ -164,3 +164,19 @@ def test_serve_on_a_port_in_use_is_one_line_and_starts_nothing(tmp_path: Path) -
     assert result.exit_code == 2
     assert result.output.strip() == (f"error: serving address 127.0.0.1:{port} is in use (another process listens "
                                      "there): stop it, or choose another with --port or serving.port")
+
+
+def test_third_party_routine_is_quiet_unless_verbose() -> None:
+    import logging
+
+    from driftloop.cli import QUIET_LOGGERS, _logging
+
+    try:
+        _logging()
+        assert all(logging.getLogger(n).getEffectiveLevel() == logging.WARNING for n in QUIET_LOGGERS)
+        assert not logging.getLogger("apscheduler.executors.default").isEnabledFor(logging.INFO)
+        _logging(verbose=True)
+        assert logging.getLogger("apscheduler.scheduler").isEnabledFor(logging.INFO)
+    finally:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)

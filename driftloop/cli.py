@@ -82,7 +82,8 @@ def train(config: ConfigOpt = None,
           promote: Annotated[bool, typer.Option(help="Make the new version champion (always if there is none).")] = False,
           ) -> None:
     """Train a model on the configured data, export it to ONNX, register it."""
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="  %(message)s")
+    logging.getLogger("driftloop.progress").setLevel(logging.INFO)  # a neural fit's epochs
     try:
         from driftloop.training.report import metrics_table
         from driftloop.training.train import initial_frame, report_dir, train_version
@@ -288,6 +289,34 @@ def db_current(config: ConfigOpt = None) -> None:
             typer.echo(f"revision {migrations.current(store) or 'none'} (newest: {migrations.head()})")
     except DriftloopError as exc:
         _fail(exc)
+
+
+@db_app.command("prune")
+def db_prune(config: ConfigOpt = None,
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would go; delete and write "
+                                                                     "nothing.")] = False,
+             vacuum: Annotated[bool, typer.Option("--vacuum", help="SQLite: then VACUUM, giving the freed space "
+                                                                   "back to the disk. It locks the store while it "
+                                                                   "runs: the service's writes wait.")] = False,
+             ) -> None:
+    """Delete what monitoring.retention no longer keeps, as the monitor's store_retention job does:
+    old prediction-log rows (archived first with archive_dir), checks, events, HTML reports and
+    Evidently snapshots; never what the monitor still needs (README "Retention")."""
+    from driftloop.monitoring.retention import prune, vacuum as vacuum_store
+
+    try:
+        settings = _settings(config)
+        with _store(config) as store:
+            result = prune(store, settings, dry_run=dry_run)
+            if not dry_run and (result.total or result.archived):
+                store.record_event(EventKind.STORE_PRUNED, result.to_dict() | {"actor": _actor()})
+            freed = vacuum_store(store) if vacuum and not dry_run else None
+    except DriftloopError as exc:
+        _fail(exc)
+    typer.echo(result.describe())
+    if vacuum and not dry_run:
+        typer.echo("vacuum: PostgreSQL's autovacuum reuses the space; nothing to do" if freed is None
+                   else f"vacuum: {freed / 1e6:.1f} MB given back to the disk")
 
 
 @db_app.command("grants")

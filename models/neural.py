@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,10 @@ from driftloop.models.onnx_model import EMBEDDING
 from driftloop.models.schema import FeatureSchema
 
 log = logging.getLogger("driftloop.neural")
+# A fit's progress (epoch, losses, accuracy), every PROGRESS_EVERY_S and at the end: `driftloop
+# train` shows it, and the monitor's log has it for a retrain.
+progress = logging.getLogger("driftloop.progress")
+PROGRESS_EVERY_S = 2.0
 OPSET = 18
 NET_PREFIX = "net."  # initializer names of the network's weights in the exported graph
 
@@ -302,25 +307,40 @@ def train_network(net: Any, xs: Any, target: Any, loss_fn: Any, p: MLPParams,
     n_val = max(1, int(len(xs) * p.validation_fraction))
     val_idx, train_idx = order[:n_val], order[n_val:]
     opt = torch.optim.Adam(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-    best, best_state, waited, epoch = float("inf"), None, 0, 0
+    best, best_state, waited, epoch, best_epoch = float("inf"), None, 0, 0, 0
+    classes = target.dtype == torch.int64  # cross-entropy on class indices: accuracy is shown too
+    started = shown = time.monotonic()
     for epoch in range(1, p.epochs + 1):
         net.train()
+        total, batches = 0.0, 0
         for start in range(0, len(train_idx), p.batch_size):
             batch = torch.from_numpy(train_idx[start:start + p.batch_size])
             opt.zero_grad()
-            loss_fn(net(xs[batch]), target[batch]).backward()
+            loss = loss_fn(net(xs[batch]), target[batch])
+            loss.backward()
             opt.step()
+            total, batches = total + loss.item(), batches + 1
         rng.shuffle(train_idx)
         net.eval()
         with torch.no_grad():
-            val_loss = float(loss_fn(net(xs[val_idx]), target[val_idx]))
+            out = net(xs[val_idx])
+            val_loss = float(loss_fn(out, target[val_idx]))
+            accuracy = float((out.argmax(1) == target[val_idx]).float().mean()) if classes and out.dim() == 2 else None
         if val_loss < best - 1e-6:
-            best, waited = val_loss, 0
+            best, waited, best_epoch = val_loss, 0, epoch
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
         else:
             waited += 1
-            if waited >= p.patience:
-                break
+        stopping = waited >= p.patience or epoch == p.epochs
+        if stopping or time.monotonic() - shown >= PROGRESS_EVERY_S:  # a line every few seconds, and the last
+            shown = time.monotonic()
+            progress.info("epoch %d/%d: train loss %.4f, validation loss %.4f%s (best %.4f at epoch %d)%s, %.1fs",
+                          epoch, p.epochs, total / max(batches, 1), val_loss,
+                          "" if accuracy is None else f", accuracy {accuracy:.3f}", best, best_epoch,
+                          f", stopping: no better for {p.patience} epochs" if waited >= p.patience else "",
+                          shown - started)
+        if waited >= p.patience:
+            break
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()

@@ -100,3 +100,21 @@ def test_retraining_fine_tunes_the_champion(tmp_path, loans: pd.DataFrame) -> No
     assert candidate.metadata["gate"]["holdout_rows"] == 200
     assert outcome.status in ("promoted", "rejected")
     assert registry.champion().version == (outcome.candidate if outcome.status == "promoted" else "v1")
+
+
+def test_a_fit_shows_its_progress_with_the_final_epoch(caplog: pytest.LogCaptureFixture) -> None:
+    """Epoch, losses and (classes) accuracy every few seconds and always at the end (issue 16)."""
+    import numpy as np
+    import torch
+
+    from driftloop.models.neural import MLPParams, train_network
+
+    rng = np.random.default_rng(0)
+    xs = torch.from_numpy(rng.normal(size=(200, 3)).astype(np.float32))
+    ys = (xs[:, 0] > 0).long()
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    caplog.set_level("INFO", logger="driftloop.progress")
+    epochs, _ = train_network(net, xs, ys, torch.nn.CrossEntropyLoss(), MLPParams(epochs=5, patience=50), rng)
+    lines = [r.getMessage() for r in caplog.records if r.name == "driftloop.progress"]
+    assert epochs == 5 and lines and lines[-1].startswith("epoch 5/5: train loss ")
+    assert "validation loss" in lines[-1] and ", accuracy " in lines[-1]

@@ -370,6 +370,27 @@ def demo(workdir: Annotated[Path, typer.Option(help="Where the demo keeps its re
 
 
 @app.command()
+def predict(source: Annotated[Path, typer.Argument(help="A CSV or Parquet file with the model's feature columns "
+                                                       "(other columns pass through).")],
+            out: Annotated[Path, typer.Option("--out", "-o", help="Where the scored rows go (.csv or .parquet).")],
+            config: ConfigOpt = None,
+            version: Annotated[Optional[str], typer.Option(help="Score with this version (default: the "
+                                                                "champion).")] = None,
+            log: Annotated[bool, typer.Option("--log/--no-log", help="Write the rows to the prediction log, "
+                                              "monitored like live traffic (request ids in the output).")] = False,
+            ) -> None:
+    """Score a file offline with the champion's ONNX graph: the same validation as POST /predict."""
+    from driftloop.service.batch import score_file
+
+    try:
+        result = score_file(_settings(config), source, out, log=log, version=version)
+    except DriftloopError as exc:
+        _fail(exc)
+    typer.echo(f"scored {result.rows} rows with {result.model_version} in {result.seconds:.1f}s -> {result.out}"
+               + (f"; {result.logged} rows in the prediction log" if log else ""))
+
+
+@app.command()
 def history(config: ConfigOpt = None,
             events: Annotated[bool, typer.Option(help="Show the audit events instead of the checks.")] = False) -> None:
     """The monitor's checks (one per window) or its audit events."""

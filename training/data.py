@@ -10,22 +10,24 @@ import pandas as pd
 from driftloop.models.errors import ConfigError, SchemaError
 
 
-def load_frame(path: Path, columns: list[str], timestamp: str | None, target: str | None = None) -> pd.DataFrame:
+def load_frame(path: Path, columns: list[str], timestamp: str | None, target: str | None = None, *,
+               setting: str = "data.path") -> pd.DataFrame:
     """Read CSV or Parquet, check the named columns exist, order by ``timestamp`` when given.
 
     Every mistake in the file is one :class:`SchemaError` line naming the file, the column and
     the first offending row (as a CSV line number, the header being line 1) and what to do: a
     missing file, one pandas cannot read, a timestamp that does not parse, blank ``target``
     values (a model cannot learn from a row without its answer).
+    ``setting`` names where the path came from, for the message (``data.path``: the config).
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet", ".pq"):
-        raise ConfigError(f"data.path: {str(path)!r} must be a .csv or .parquet file")
+        raise ConfigError(f"{setting}: {str(path)!r} must be a .csv or .parquet file")
     if not path.is_file():
         where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
-        raise ConfigError(f"data.path: {path} does not exist{where}; fix data.path in the config file "
-                          "or DRIFTLOOP_DATA__PATH")
+        fix = "; fix data.path in the config file or DRIFTLOOP_DATA__PATH" if setting == "data.path" else ""
+        raise ConfigError(f"{setting}: {path} does not exist{where}{fix}")
     try:
         frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
     except (ValueError, OSError, UnicodeDecodeError) as exc:  # ParserError, EmptyDataError, ArrowInvalid

@@ -2,18 +2,22 @@
 the rules of ``deploy/prometheus`` while a short drifting scenario runs (once per session).
 
 Then: the drift alert fires, every rule evaluates cleanly, every metric named in a rule or a
-dashboard exists, and every Grafana panel's query returns data (Grafana itself cannot run here:
-its variables are substituted the way it would).
+dashboard exists, every Grafana panel's query returns data, and none when its job or instance
+variable names another process; the job and instance variables list the scraped processes and the
+promotion annotation marks the retrain's promotion (Grafana itself cannot run here: its variables
+are substituted the way it would).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +32,11 @@ from driftloop.launch import ServiceProcess, stop_process, write_config
 from driftloop.models.registry import Registry
 from driftloop.monitoring.store import PredictionStore
 from tests.conftest import make_settings
-from tests.unit.test_deploy_grafana import DASHBOARDS, dashboard_targets
+from tests.unit.test_deploy_grafana import DASHBOARDS, dashboard_annotations, dashboard_targets, variable_query
 from tests.waiting import wait_until
 from driftloop.training import scenarios
 from driftloop.training.train import train_version
+from driftloop.vocabulary import Outcome
 
 pytestmark = pytest.mark.slow
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -41,8 +46,10 @@ WINDOWS = 3  # stable, covariate, covariate: the second covariate window retrain
 # Counters that appear with their first event (nothing creates their labels at 0 beforehand):
 # they cannot exist in a run where nothing was shed. Named one by one.
 EVENT_ONLY = {"driftloop_requests_shed_total"}
-# Grafana's variables, as Grafana would fill them for a short time range.
-GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "15s", "$__range": "10m"}
+# Grafana's variables, as Grafana would fill them for a short time range, with All jobs and
+# instances (the variables' allValue).
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "15s", "$__range": "10m", "$job": ".*",
+                     "$instance": ".*"}
 NAME = re.compile(r"\b((?:driftloop|bentoml)_[a-z0-9_]+|driftloop:[a-z0-9_:]+|up)\b(?!\s*\()")
 
 
@@ -107,6 +114,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Service (2 workers), monitor and Prometheus, after a drifting scenario ran through them."""
     if PROMETHEUS is None:
         pytest.fail("prometheus is not installed: scripts/system-deps.sh installs it")
+    started = time.time()
     root = tmp_path_factory.mktemp("observability")
     monitor_port = free_port()
     settings = make_settings(root, serving={"port": free_port(), "workers": 2, "poll_interval_s": 0.2},
@@ -126,8 +134,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         service.start()
         monitor = start_monitor(config, root / "monitor.log")
-        prometheus = Prometheus(root, prometheus_config(f"127.0.0.1:{settings.serving.port}",
-                                                        f"127.0.0.1:{monitor_port}"))
+        targets = {"driftloop-service": f"127.0.0.1:{settings.serving.port}",
+                   "driftloop-monitor": f"127.0.0.1:{monitor_port}"}
+        prometheus = Prometheus(root, prometheus_config(targets["driftloop-service"], targets["driftloop-monitor"]))
         wait_until(prometheus.ready, "prometheus to be ready", 30, interval=0.2)
         wait_until(lambda: len(prometheus.query('up{job=~"driftloop-.*"} == 1')) == 2, "both targets up", 90,
                    interval=0.2)
@@ -150,7 +159,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         wait_until(checked, f"the monitor to check {WINDOWS} windows", 120, interval=0.2)
         wait_until(lambda: prometheus.query(f"sum(driftloop_checks_total) >= {WINDOWS}"),
                    "prometheus to scrape the last check", 90, interval=0.2)
-        yield {"prometheus": prometheus, "store": store, "root": root, "settings": settings}
+        yield {"prometheus": prometheus, "store": store, "root": root, "settings": settings, "targets": targets,
+               "started": started}
     finally:
         if replay:
             replay.close()
@@ -199,14 +209,16 @@ def test_every_metric_named_in_rules_and_dashboards_exists(stack: dict[str, Any]
     prometheus = stack["prometheus"]
     names = set().union(*map(metric_names, rule_expressions()))
     names |= set().union(*(metric_names(t["expr"]) for _, _, t in dashboard_targets()))
+    names |= set().union(*(metric_names(a["expr"]) for _, a in dashboard_annotations()))
     assert {"driftloop_drift_share", "bentoml_service_request_total", "driftloop_batch_rows_bucket",
             "driftloop:request_errors:ratio_rate5m"} <= names  # the parser finds what is there
     missing = sorted(n for n in names - EVENT_ONLY if not prometheus.api("series", **{"match[]": n}))
     assert not missing, f"named in rules or dashboards but never scraped or recorded: {missing}"
 
 
-def _substitute(expr: str) -> str:
-    for variable, value in GRAFANA_VARIABLES.items():
+def _substitute(expr: str, **values: str) -> str:
+    """``expr`` as Grafana sends it; ``values`` overrides variables by name (``job="x"``)."""
+    for variable, value in (GRAFANA_VARIABLES | {f"${k}": v for k, v in values.items()}).items():
         expr = expr.replace(variable, value)
     assert "$" not in expr, f"a Grafana variable this test does not know: {expr}"
     return expr
@@ -224,3 +236,46 @@ def test_every_panel_query_returns_data(stack: dict[str, Any], dashboard: str) -
         if not any(math.isfinite(v) for v in values):
             empty.append(f"{panel['title']} [{target['refId']}]: {target['expr']} -> {values}")
     assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+@pytest.mark.parametrize("other", [{"job": "driftloop-elsewhere"}, {"instance": "10.0.0.1:3000"}],
+                         ids=["job", "instance"])
+def test_every_panel_query_follows_the_job_and_instance_variables(stack: dict[str, Any],
+                                                                   other: dict[str, str]) -> None:
+    """With a job or instance that is not scraped, no panel shows data: every selector is filtered."""
+    prometheus = stack["prometheus"]
+    shown = [f"{name}: {panel['title']} [{target['refId']}]" for name, panel, target in dashboard_targets()
+             if prometheus.query(_substitute(target["expr"], **other))]
+    assert not shown, f"data for a process not selected ({other}): {shown}"
+
+
+@pytest.mark.parametrize("dashboard", sorted(DASHBOARDS))
+def test_the_job_and_instance_variables_list_the_scraped_processes(stack: dict[str, Any], dashboard: str) -> None:
+    prometheus, targets = stack["prometheus"], stack["targets"]
+    board = json.loads(DASHBOARDS[dashboard].read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+
+    def values(name: str, **chosen: str) -> set[str]:
+        selector, label = variable_query(variables[name])
+        return set(prometheus.api(f"label/{label}/values", **{"match[]": _substitute(selector, **chosen)}))
+
+    assert values("job") == set(targets)
+    assert values("instance") == set(targets.values())
+    assert values("instance", job="driftloop-monitor") == {targets["driftloop-monitor"]}  # chained on $job
+
+
+def test_the_annotation_queries_run_and_mark_the_promotion(stack: dict[str, Any]) -> None:
+    """Each annotation query runs as Grafana runs it (a range query); the scenario's retrain was
+    promoted, and the Promotions annotation marks it (nothing was rolled back: no Rollbacks)."""
+    prometheus, store = stack["prometheus"], stack["store"]
+    annotations = {a["name"]: _substitute(a["expr"]) for _, a in dashboard_annotations()}
+    wait_until(lambda: store.checks(outcome=Outcome.PROMOTED), "the scenario's retrain to be promoted", 180,
+               interval=0.2)
+    wait_until(lambda: prometheus.query(annotations["Promotions"]), "prometheus to scrape the promotion", 30,
+               interval=0.2)
+    end = time.time()  # a step of the range, so that its last step sees what the instant query saw
+    start = end - math.ceil(end - stack["started"])
+    marked = {name: {s["metric"]["job"] for s in prometheus.api("query_range", query=expr, start=start, end=end,
+                                                                 step="1s")["result"]}
+              for name, expr in annotations.items()}
+    assert marked == {"Promotions": {"driftloop-monitor"}, "Rollbacks": set()}

@@ -48,9 +48,27 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML 
 
 
 def _settings(config: Path | None):  # noqa: ANN202
+    """The settings of ``--config`` (or DRIFTLOOP_CONFIG); without either, the defaults, and a line
+    on stderr saying which project, registry and store they mean (a command that finds nothing
+    there should not look like an empty project of one's own)."""
     from driftloop.settings import load_settings
 
-    return load_settings(config)
+    settings = load_settings(config)
+    if config is None:
+        typer.secho(f"no --config (nor DRIFTLOOP_CONFIG): the defaults, project {settings.registry.project!r} "
+                    f"(data: {settings.data.path or 'the built-in ' + settings.data.scenario + ' scenario'}), "
+                    f"registry {settings.registry.home}, store {_safe_url(settings.store.url)}",
+                    fg=typer.colors.YELLOW, err=True)
+    return settings
+
+
+def _safe_url(url: str) -> str:
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(an invalid URL)"
 
 
 def _fail(exc: Exception) -> None:
@@ -460,14 +478,20 @@ def bench(rows: Annotated[int, typer.Option(min=10, help="Training rows per mode
 @models_app.command("list")
 def models_list(config: ConfigOpt = None) -> None:
     """Every version, oldest first; * marks the champion."""
-    registry = _registry(_settings(config))
+    settings = _settings(config)
+    registry = _registry(settings)
     champion = registry.champion()
-    for v in registry.versions():
+    versions = registry.versions()
+    if not versions:
+        typer.echo(f"no versions in project {settings.registry.project!r} (registry {settings.registry.home}): "
+                   "driftloop train makes the first")
+    for v in versions:
         mark = "*" if champion and champion.version == v.version else " "
-        acc = v.metrics.get("accuracy", v.metrics.get("rmse"))
+        name = next((m for m in ("accuracy", "rmse", "silhouette") if m in v.metrics), None)
+        rows = (v.metadata.get("rows") or {}).get("validation")
+        figure = "" if name is None else f"{name} {v.metrics[name]:.4f}" + (f" on {rows} validation rows" if rows else "")
         typer.echo(f"{mark} {v.version:<6} {v.created_at:%Y-%m-%d %H:%M:%S} {v.metadata.get('kind', ''):<20} "
-                   f"{v.metadata.get('trigger', ''):<9} parent={v.metadata.get('parent') or '-':<6} "
-                   f"{'' if acc is None else f'{acc:.4f}'}")
+                   f"{v.metadata.get('trigger', ''):<9} parent={v.metadata.get('parent') or '-':<6} {figure}")
 
 
 @models_app.command("show")

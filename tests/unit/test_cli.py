@@ -162,8 +162,10 @@ def test_serve_on_a_port_in_use_is_one_line_and_starts_nothing(tmp_path: Path) -
         port = taken.getsockname()[1]
         result = runner.invoke(app, ["serve", "--port", str(port)])
     assert result.exit_code == 2
-    assert result.output.strip() == (f"error: serving address 127.0.0.1:{port} is in use (another process listens "
-                                     "there): stop it, or choose another with --port or serving.port")
+    notice, error = result.output.strip().splitlines()  # which defaults (no --config), then the one error line
+    assert notice.startswith("no --config (nor DRIFTLOOP_CONFIG): the defaults, project 'loans'")
+    assert error == (f"error: serving address 127.0.0.1:{port} is in use (another process listens "
+                     "there): stop it, or choose another with --port or serving.port")
 
 
 def test_third_party_routine_is_quiet_unless_verbose() -> None:

@@ -112,6 +112,7 @@ class ServingConfig(_Section):
     max_rows: int = Field(1000, ge=1)  # rows per /predict request
     log_flush_interval_s: float = Field(0.2, gt=0.0, le=1.0)  # most a hard kill can lose
     log_queue_rows: int = Field(100_000, ge=100)  # bound on buffered prediction-log rows
+    log_queue_bytes: int = Field(256 * 2**20, ge=2**20)  # ...and on their estimated memory, per worker
     access_log: bool = False  # BentoML's log line per request (metrics carry the same counts)
     tracing: bool = False  # OpenTelemetry spans per request (configure an exporter through BentoML)
     prediction_log: bool = True  # every predicted row into the store (the monitor needs it)

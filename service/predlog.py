@@ -1,7 +1,10 @@
 """The prediction-log writer: buffered, batched inserts off the request path.
 
 ``submit`` never blocks and never raises: rows go into a bounded queue, and when the queue is
-full they are dropped and counted. A background thread drains the queue every
+full they are dropped and counted. It is bounded in rows (``max_rows``) and, when the caller
+estimates a row's memory, in bytes (``max_bytes``): a queued row costs far more than its JSON
+(about 1.2 KB for 6 features, 11.6 KB for 100; ``python -m bench.memory``), so a row bound alone
+lets a wide model's queue take gigabytes during a store outage. A background thread drains the queue every
 ``flush_interval_s`` (or sooner, once ``batch_rows`` are waiting) and inserts them in one
 transaction. ``close`` drains everything before returning, so a graceful stop loses nothing;
 a hard kill loses at most the rows of the last ``flush_interval_s``. If an insert fails (the
@@ -41,8 +44,10 @@ class PredictionLogWriter:
                  on_written: Callable[[int], None] = lambda n: None,
                  on_dropped: Callable[[int], None] = lambda n: None,
                  after_write: Callable[[list[dict[str, Any]]], None] | None = None,
-                 on_queue: Callable[[int], None] = lambda n: None) -> None:
+                 on_queue: Callable[[int], None] = lambda n: None, max_bytes: int | None = None) -> None:
         self._insert = insert
+        self._max_bytes = max_bytes
+        self._bytes = 0.0  # the queued rows' estimated memory (what ``submit`` was told), when bounded
         self._on_queue = on_queue
         self._after_write = after_write
         self._max_rows = max_rows
@@ -58,13 +63,18 @@ class PredictionLogWriter:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def submit(self, rows: Sequence[dict[str, Any]]) -> None:
+    def submit(self, rows: Sequence[dict[str, Any]], row_bytes: int = 0) -> None:
+        """Queue ``rows`` (never blocks): what does not fit under ``max_rows`` or, given the
+        caller's estimate of a row's memory, ``max_bytes``, is dropped and counted."""
         with self._cond:
             room = self._max_rows - len(self._rows)
+            if self._max_bytes is not None and row_bytes > 0:
+                room = min(room, int((self._max_bytes - self._bytes) // row_bytes))
             if self._closing:
                 room = 0
             accepted = rows[:max(room, 0)]
             self._rows.extend(accepted)
+            self._bytes += len(accepted) * row_bytes
             lost = len(rows) - len(accepted)
             if len(self._rows) >= self._batch_rows:
                 self._cond.notify()
@@ -145,12 +155,16 @@ class PredictionLogWriter:
                     self._cond.wait_for(lambda: self._closing or self._flush_requested
                                         or len(self._rows) >= self._batch_rows, self._interval)
                 self._flush_requested = False
-                batch = [self._rows.popleft() for _ in range(min(len(self._rows), self._batch_rows))]
+                before = len(self._rows)
+                batch = [self._rows.popleft() for _ in range(min(before, self._batch_rows))]
+                # The batch's share of the estimate leaves with it (and comes back if it fails)
+                share = self._bytes * len(batch) / before if before else 0.0
+                self._bytes -= share
                 closing = self._closing
                 self._busy = bool(batch)
                 self._busy_since = time.time() if batch else None
             if batch:
-                self._write(batch)
+                self._write(batch, share)
             with self._cond:
                 self._busy, self._busy_since = False, None
                 self._cond.notify_all()
@@ -160,7 +174,7 @@ class PredictionLogWriter:
             if done:
                 return
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+    def _write(self, batch: list[dict[str, Any]], share: float = 0.0) -> None:
         try:
             self._insert(batch)
         except Exception as exc:
@@ -171,8 +185,12 @@ class PredictionLogWriter:
                     self._on_dropped(len(batch))
                     return
                 room = self._max_rows - len(self._rows)
+                per_row = share / len(batch)
+                if self._max_bytes is not None and per_row > 0:
+                    room = min(room, int((self._max_bytes - self._bytes) // per_row))
                 keep, lost = batch[:max(room, 0)], len(batch) - max(room, 0)
                 self._rows.extendleft(reversed(keep))
+                self._bytes += len(keep) * per_row
                 if lost > 0:
                     self.dropped += lost
             if lost > 0:

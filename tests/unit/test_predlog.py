@@ -238,3 +238,26 @@ def test_a_stuck_insert_makes_the_writer_behind_until_its_backlog_is_written(wri
     drain.set()
     assert w.flush(timeout=10) is True
     assert w.behind_since() is None
+
+
+def test_the_queue_is_bounded_in_bytes_too_and_a_failed_batch_keeps_its_share(writers) -> None:  # noqa: ANN001
+    down = threading.Event()
+    down.set()
+    dropped: list[int] = []
+    written: list[int] = []
+
+    def insert(batch: Sequence[dict[str, Any]]) -> None:
+        if down.is_set():
+            raise ConnectionError("store down")
+        written.extend(r["i"] for r in batch)
+
+    w = writers(insert, max_rows=1000, max_bytes=10_000, flush_interval_s=SHORT, batch_rows=4,
+                on_dropped=dropped.append)
+    w.submit(rows(0, 8), row_bytes=1000)  # 8 KB of 10
+    wait_until(lambda: w.failing, "a failed insert (its batch back in the queue)")
+    w.submit(rows(8, 5), row_bytes=1000)  # 10 KB in all: 3 rows too many (these, or a retried batch's)
+    down.clear()
+    assert w.flush(timeout=10) is True
+    assert len(written) == 10 and len(set(written)) == 10 and w.dropped == 3 and sum(dropped) == 3
+    w.submit(rows(100, 10), row_bytes=1000)  # the queue is empty again: all fit
+    assert w.flush(timeout=10) is True and len(written) == 20

@@ -10,12 +10,14 @@ import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
-import pandas as pd
-from sklearn.pipeline import Pipeline
+
+if TYPE_CHECKING:  # a serving worker loads graphs: it needs neither pandas nor scikit-learn here
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
 
 from driftloop.models.errors import ExportError
 from driftloop.models.schema import FeatureSchema

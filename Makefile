@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo bento test test-fast bench-models bench-serving bench-serving-features bench-drift bench-policy bench-gate chaos lint clean
+.PHONY: install system-deps demo bento test test-fast bench-models bench-serving bench-serving-features bench-drift bench-policy bench-gate chaos bench-monitor bench-memory lint clean
 
 install: $(STAMP)
 
@@ -67,6 +67,18 @@ bench-gate: $(STAMP)
 chaos: $(STAMP)
 	@scripts/system-deps.sh
 	$(BIN)/python -m bench.chaos --json var/chaos.json
+
+# The monitor's cost (bench/monitor.py): rows/s checked at 500- and 5,000-row windows, Evidently workspace on
+# and off, on SQLite and PostgreSQL (from system-deps; skipped without it); catch-up on a backlog with a change
+# in its newest windows; the monitor's memory over a replay; disk after retention. Figures only, no speed asserted.
+bench-monitor: $(STAMP)
+	@scripts/system-deps.sh || echo "bench-monitor: without PostgreSQL its runs are skipped"
+	$(BIN)/python -m bench.monitor --json var/bench-monitor.json
+
+# A serving worker's resident memory under 64 connections, split by cause (bench/memory.py).
+bench-memory: $(STAMP)
+	@scripts/system-deps.sh
+	$(BIN)/python -m bench.memory --json var/bench-memory.json
 
 clean:
 	rm -rf var .pytest_cache build *.egg-info

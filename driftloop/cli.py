@@ -243,7 +243,7 @@ def jobs_list(config: ConfigOpt = None) -> None:
         typer.echo("no jobs yet: `driftloop monitor` adds them on its first start")
     for job in jobs:
         when = "paused" if job.next_run_time is None else f"next {job.next_run_time:%Y-%m-%d %H:%M:%S %Z}"
-        typer.echo(f"{job.id:<10} {when:<30} {describe_trigger(job.trigger):<28} {job.name}")
+        typer.echo(f"{job.id:<16} {when:<30} {describe_trigger(job.trigger):<28} {job.name}")
     if lease.active:
         typer.echo(f"active monitor: {lease.owner} (lease epoch {lease.epoch}, {lease.expires_in_s:.1f}s left)")
     else:
@@ -410,17 +410,29 @@ def predict(source: Annotated[Path, typer.Argument(help="A CSV or Parquet file w
 
 @app.command()
 def history(config: ConfigOpt = None,
-            events: Annotated[bool, typer.Option(help="Show the audit events instead of the checks.")] = False) -> None:
-    """The monitor's checks (one per window) or its audit events."""
+            events: Annotated[bool, typer.Option(help="Show the audit events instead of the checks.")] = False,
+            limit: Annotated[int, typer.Option(min=1, help="The newest N (oldest first).")] = 100,
+            as_json: Annotated[bool, typer.Option("--json", help="One JSON document, as GET /history "
+                                                  "answers.")] = False) -> None:
+    """The monitor's checks (one per window: figures, decision, why) or its audit events."""
+    from driftloop.models.files import jsonable
     from driftloop.monitoring.store import PredictionStore
 
     settings = _settings(config)
     store = PredictionStore(settings.store.url).create()
     if events:
-        for e in store.events():
+        records = store.events(limit=limit)
+        if as_json:
+            typer.echo(json.dumps({"events": jsonable(records)}, indent=2))
+            return
+        for e in records:
             typer.echo(_event_line(e))
         return
-    for c in store.checks():
+    checks = store.checks(limit=limit)
+    if as_json:
+        typer.echo(json.dumps({"checks": jsonable([c.to_dict() for c in checks])}, indent=2))
+        return
+    for c in checks:  # the reason whole, waiting reasons included
         typer.echo(f"window {c.window:>4} rows={c.rows} drift={c.drift_share:.2f} {_performance(c, settings.task)} "
                    f"model={c.model_version} {c.decision} {c.outcome or ''}  {c.reason}")
 
@@ -445,7 +457,7 @@ def _event_line(event: dict[str, Any]) -> str:
     detail = event["detail"]
     shown = [k for k in EVENT_HEADLINE if detail.get(k) is not None]
     head = " ".join(f"{k}={detail[k]}" if k != "series_ended" else f"series ended ({detail[k]})" for k in shown)
-    rest = json.dumps({k: v for k, v in detail.items() if k not in shown}, default=str)[:160]
+    rest = json.dumps({k: v for k, v in detail.items() if k not in shown}, default=str)  # whole: why a retrain waits
     return (f"{event['created_at']:%Y-%m-%d %H:%M:%S} {event['kind']:<20} window={event['window']} "
             f"{head + ' ' if head else ''}{rest}")
 
@@ -547,7 +559,9 @@ def models_rollback(config: ConfigOpt = None,
 def models_diff(a: Annotated[str, typer.Argument(metavar="V1")], b: Annotated[str, typer.Argument(metavar="V2")],
                 config: ConfigOpt = None,
                 as_json: Annotated[bool, typer.Option("--json", help="Machine output (JSON).")] = False) -> None:
-    """V1 and V2 side by side: metrics, model, schema changes and feature importance."""
+    """V1 and V2 side by side: metrics with the rows they were measured on (a delta only between
+    figures of the same rows; the retrain gate's pair when one was judged against the other),
+    model, schema changes and feature importance."""
     try:
         diff = _registry(_settings(config)).diff(a, b)
     except DriftloopError as exc:
@@ -643,10 +657,12 @@ def shadow_clear(config: ConfigOpt = None,
 
 
 def _diff_lines(diff: dict) -> list[str]:
-    """The diff as an aligned table: one row per metric, field, schema change and feature."""
+    """The diff as an aligned table: the rows each side's metrics were measured on, one row per
+    metric with its set and rows (a delta only between figures of the same rows), the gate's pair
+    when one side was judged against the other, then each field, schema change and feature."""
     rows: list[tuple[str, ...]] = [("", diff["a"], diff["b"], "delta")]
-    rows.append(("metrics",))
-    rows += [(f"  {m['name']}", _cell(m["a"]), _cell(m["b"]), _delta(m["delta"])) for m in diff["metrics"]]
+    rows += _evaluation_rows(diff)
+    rows += _gate_rows(diff)
     rows.append(("model",))
     for f in diff["fields"]:
         a, b = (_cell(x, field=f["name"]) for x in (f["a"], f["b"]))
@@ -671,8 +687,59 @@ def _diff_lines(diff: dict) -> list[str]:
         rows += [(f"  {m['name']}", _cell(m["a"]), _cell(m["b"]), _delta(m["delta"])) for m in diff["importance"]]
     elif diff["importance_recorded"]:
         rows.append(("importance", "", "", f"recorded for {', '.join(diff['importance_recorded'])} only"))
-    widths = [max(len(r[i]) for r in rows if len(r) > i) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows if len(r) > 1) for i in range(4)]  # one-cell rows: headings
     return [("  ".join(c.ljust(w) for c, w in zip(r, widths))).rstrip() if len(r) > 1 else r[0] for r in rows]
+
+
+def _evaluation_rows(diff: dict) -> list[tuple[str, ...]]:
+    """What each side's metrics were measured on, then the metrics: "not comparable (why)" in place
+    of a delta unless both are of the same rows."""
+    ev = diff["evaluation"]
+    rows: list[tuple[str, ...]] = [("metrics, each measured on",)]
+    for side in "ab":
+        e = ev[side]
+        rows.append((f"  {diff[side]}: {e.get('description') or e.get('set')}{_fingerprint(e.get('fingerprint'))}",))
+    rows.append(("  the same rows: the deltas compare them" if ev["same_rows"]
+                 else f"  {ev['why']}: the two sides' figures do not compare, so no delta",))
+    for m in diff["metrics"]:
+        name = m["name"] + (f" ({m['average']})" if m["average"] else "")
+        # averages that differ: each side's in its cell
+        averages = {side: None if m["average"] else (ev[side].get("averages") or {}).get(m["name"]) for side in "ab"}
+        cells = [_figure(m[side], m["set"][side], m["rows"][side], averages[side]) for side in "ab"]
+        both = m["a"] is not None and m["b"] is not None
+        rows.append((f"  {name}", *cells, _delta(m["delta"]) if m["comparable"] or not both
+                     else f"not comparable ({m['why']})"))
+    return rows
+
+
+def _gate_rows(diff: dict) -> list[tuple[str, ...]]:
+    """The retrain gate's pair, when one side was judged against the other on the same rows."""
+    gate = diff.get("gate")
+    if gate is None:
+        return []
+    rows: list[tuple[str, ...]] = [(f"gate: {gate['candidate']} judged against {gate['champion']} on the same rows, "
+                                    f"{gate['description']}{_fingerprint(gate.get('fingerprint'))}",)]
+    what = f"{gate['set']}, importance-weighted" if gate["weighted"] else gate["set"]
+    for m in gate["metrics"]:
+        name = m["name"] + (f" ({m['average']})" if m["average"] else "")
+        rows.append((f"  {name}", *(_figure(m[side], what, gate["rows"]) for side in "ab"), _delta(m["delta"])))
+    guard = gate.get("guard")
+    if guard is not None:
+        cells = (_figure(guard[side], "guard", guard["rows"]) for side in "ab")
+        rows.append((f"  {guard['metric']}, guard set", *cells, _delta(guard["delta"])))
+    return rows
+
+
+def _fingerprint(digest: str | None) -> str:
+    return f"; fingerprint {digest[:12]}" if digest else ""  # a sha256 prefix; --json has it whole
+
+
+def _figure(value: object, on: str | None, rows: int | None, average: str | None = None) -> str:
+    """A metric with the set and rows it was measured on: ``0.9123 (validation, 84 rows)``."""
+    if value is None:
+        return "-"
+    where = ", ".join(x for x in (on, None if rows is None else f"{rows} rows", average) if x)
+    return f"{_cell(value)} ({where})" if where else _cell(value)
 
 
 def _cell(value: object, field: str = "") -> str:

@@ -203,6 +203,7 @@ def run_demo(workdir: Path = Path("var/demo"), config: Path | None = None,
         if scheduler.running:
             scheduler.shutdown(wait=True)
         service.stop()
+        monitor.flush(timeout=120)  # the reports and snapshots the checks queued, before the summary copies one
     summary = summarize(checks, store, registry, replay.traffic, sizes, workers, time.time() - t0)
     _report(summary, checks, period_of_window, store, workdir)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -191,6 +191,34 @@ class WorkspaceConfig(_Section):
     windows: Literal["all", "flagged"] = "all"
 
 
+class RetentionConfig(_Section):
+    # What grows is pruned by the monitor's `store_retention` job every interval_s (0: no job;
+    # `driftloop db prune` by hand) and by `driftloop db prune` (monitoring/retention.py). Each
+    # limit: 0 or null switches it off. Whatever the limits, what the monitor still needs stays:
+    # unchecked rows, the newest keep_windows windows (at least consecutive, cooldown_windows + 1,
+    # shadow.max_windows and watch.max_windows) with their rows and events, the flagged streak, a
+    # pending retry, an open follow-up series, a pending request (README "Retention").
+    interval_s: float = Field(3600.0, ge=0.0)
+    predictions_days: float | None = Field(30.0, ge=0.0)  # the prediction log, with its feedback and shadow answers
+    archive_dir: Path | None = None  # Parquet copies of those rows before they are deleted (unset: no copy)
+    checks_days: float | None = Field(365.0, ge=0.0)
+    checks_max: int | None = Field(500_000, ge=0)  # newest checks kept (one per window)
+    events_days: float | None = Field(365.0, ge=0.0)
+    events_max: int | None = Field(500_000, ge=0)
+    keep_windows: int = Field(50, ge=1)
+    reports_days: float | None = Field(30.0, ge=0.0)  # HTML reports in monitoring.reports_dir (~4 MB each)
+    reports_max: int | None = Field(200, ge=0)
+    snapshots_days: float | None = Field(30.0, ge=0.0)  # Evidently workspace snapshots (~320 KB each)
+    snapshots_max: int | None = Field(3000, ge=0)
+    batch_rows: int = Field(10_000, ge=100, le=1_000_000)  # ids (or windows) deleted per transaction
+
+    @field_validator("predictions_days", "checks_days", "checks_max", "events_days", "events_max",
+                     "reports_days", "reports_max", "snapshots_days", "snapshots_max")
+    @classmethod
+    def _zero_is_off(cls, value: float | int | None) -> float | int | None:
+        return value or None  # 0 switches the limit off, as null does (never "keep nothing")
+
+
 class MonitoringConfig(_Section):
     interval_s: float = Field(5.0, gt=0.0)
     window_rows: int = Field(500, ge=10)
@@ -220,6 +248,7 @@ class MonitoringConfig(_Section):
     reports_dir: Path = Path("var/reports")
     drift: DriftConfig = DriftConfig()  # drift methods and thresholds (monitoring/drift.py)
     workspace: WorkspaceConfig = WorkspaceConfig()  # Evidently snapshots for `evidently ui`
+    retention: RetentionConfig = RetentionConfig()  # what grows, pruned (monitoring/retention.py)
 
 
 class GuardConfig(_Section):

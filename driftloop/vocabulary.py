@@ -93,6 +93,7 @@ class EventKind(StrEnum):
     WATCH_ROLLED_BACK = "watch_rolled_back"  # it is: rolled back to its predecessor
     WATCH_EXPIRED = "watch_expired"  # max_windows without enough labels: the watch ends
     VERSIONS_DELETED = "versions_deleted"  # registry retention
+    STORE_PRUNED = "store_pruned"  # store retention: old log rows, checks, events, reports, snapshots deleted
     SCHEDULER_ACTIVE = "scheduler_active"  # this monitor took the scheduler lease
     JOB_FAILED = "job_failed"  # a scheduler job raised
     JOB_PAUSE = "job_pause"  # ``driftloop jobs pause|resume|run`` (the command's verb, as recorded)

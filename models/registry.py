@@ -132,15 +132,29 @@ def sha256_file(path: Path) -> str:
 def diff_versions(a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
     """``a`` and ``b`` side by side, as plain JSON-able data.
 
-    ``metrics`` and ``importance`` are rows ``{name, a, b, delta}`` (delta ``b - a`` when both
-    are numbers); ``importance`` is None unless both versions record one (a feature -> score
-    dict). ``fields`` compares :data:`DIFF_FIELDS`; ``schema`` lists what changed.
+    Each version's ``metrics`` were measured on its own validation rows, which are rarely the same:
+    a figure means little without its rows. ``evaluation`` holds both sides' record of them
+    (:func:`evaluation_of`), ``same_rows`` and ``why`` not. ``metrics`` are rows ``{name, average,
+    a, b, set, rows, comparable, why, delta}``: ``set`` and ``rows`` per side; ``average`` names
+    how an averaged metric averages over classes; ``delta`` (``b - a``) only when ``comparable``
+    (the same rows, by fingerprint, and the same average), else None and ``why`` says why
+    ("different rows", "rows not recorded", "different averages").
+
+    ``gate``: when one version's retrain gate judged it against the other, both on the same held-out
+    rows, that pair of figures (:func:`_gate_pair`): the comparable one; else None.
+
+    ``importance`` rows are ``{name, a, b, delta}``, None unless both versions record one (a
+    feature -> score dict). ``fields`` compares :data:`DIFF_FIELDS`; ``schema`` lists what changed.
     """
     ia, ib = a.metadata.get("importance"), b.metadata.get("importance")
     both = isinstance(ia, dict) and isinstance(ib, dict)
+    ea, eb = evaluation_of(a), evaluation_of(b)
+    same, why = _same_rows(ea, eb)
     return {
         "a": a.version, "b": b.version, "project": a.project,
-        "metrics": _side_by_side(a.metrics, b.metrics),
+        "evaluation": {"a": ea, "b": eb, "same_rows": same, "why": why},
+        "metrics": _metric_rows(a.metrics, b.metrics, ea, eb, why),
+        "gate": _gate_pair(a, b),
         "fields": [{"name": k, "a": a.metadata.get(k), "b": b.metadata.get(k),
                     "same": a.metadata.get(k) == b.metadata.get(k)} for k in DIFF_FIELDS],
         "schema": _schema_diff(a.metadata.get("schema") or {}, b.metadata.get("schema") or {}),
@@ -149,12 +163,107 @@ def diff_versions(a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
     }
 
 
-def _side_by_side(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+def evaluation_of(mv: ModelVersion) -> dict[str, Any]:
+    """What ``mv``'s ``metrics`` were measured on: its ``metadata["evaluation"]`` (``set``, ``rows``,
+    ``source``, ``description``, ``fingerprint``, ``averages``; see training/train.py), or, for a
+    version registered before that was recorded, what its metadata still says: the validation
+    split, its row count, no fingerprint (so nothing is known comparable), and the averages
+    training/evaluate.py has always used."""
+    recorded = mv.metadata.get("evaluation")
+    if isinstance(recorded, dict):
+        return recorded
+    schema = mv.metadata.get("schema") or {}
+    return {"set": "validation", "rows": (mv.metadata.get("rows") or {}).get("validation"), "source": None,
+            "description": "its validation split (the rows were not recorded)", "fingerprint": None,
+            "averages": _legacy_averages(schema.get("task"), len(schema.get("labels") or ()))}
 
+
+def _legacy_averages(task: str | None, labels: int) -> dict[str, str]:
+    """How the classification metrics of a version without a recorded ``averages`` were averaged:
+    as training/evaluate.py has done since its first version (macro; ``roc_auc`` on the second
+    label's probability for two classes, one-vs-rest macro for more). History, not a second copy
+    of today's rule: a change there must not rewrite what old versions measured."""
+    if task != "classification":
+        return {}
+    return {"precision": "macro", "recall": "macro", "f1": "macro", "roc_auc": "binary" if labels == 2 else "macro_ovr"}
+
+
+def _same_rows(ea: dict[str, Any], eb: dict[str, Any]) -> tuple[bool, str | None]:
+    """Whether two evaluation records are of the same rows, and if not, why: only a recorded
+    fingerprint proves it (two versions validated on "84 rows" rarely validated on the same 84)."""
+    fa, fb = ea.get("fingerprint"), eb.get("fingerprint")
+    if fa and fb:
+        return (True, None) if fa == fb else (False, "different rows")
+    if ea.get("rows") is not None and eb.get("rows") is not None and ea["rows"] != eb["rows"]:
+        return False, "different rows"
+    return False, "rows not recorded"
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _metric_rows(a: dict[str, Any], b: dict[str, Any], ea: dict[str, Any], eb: dict[str, Any],
+                 why_not: str | None) -> list[dict[str, Any]]:
+    """One row per metric of either version (see :func:`diff_versions`)."""
+    out = []
+    for name in {**a, **b}:
+        avg_a, avg_b = ((e.get("averages") or {}).get(name) for e in (ea, eb))
+        if name not in a or name not in b:  # one side's average is the only one
+            avg_a = avg_b = avg_a or avg_b
+        why = why_not or (None if avg_a == avg_b else "different averages")
+        delta = b[name] - a[name] if why is None and _number(a.get(name)) and _number(b.get(name)) else None
+        out.append({"name": name, "average": avg_a if avg_a == avg_b else None, "a": a.get(name), "b": b.get(name),
+                    "set": {"a": ea.get("set"), "b": eb.get("set")}, "rows": {"a": ea.get("rows"), "b": eb.get("rows")},
+                    "comparable": why is None, "why": why, "delta": delta})
+    return out
+
+
+def _gate_pair(a: ModelVersion, b: ModelVersion) -> dict[str, Any] | None:
+    """The figures of a retrain gate that scored one of ``a`` and ``b`` against the other (the
+    candidate's ``metadata["gate"]`` names the other as ``champion_version``), sides as in the
+    diff: both on the same held-out rows, so every ``delta`` is comparable. Gates recorded before
+    their ``evaluation`` was give the primary metric alone. ``guard``: the pair on the guard set."""
+    for candidate, champion in ((b, a), (a, b)):
+        gate = candidate.metadata.get("gate")
+        if isinstance(gate, dict) and gate.get("champion_version") == champion.version:
+            break
+    else:
+        return None
+    record = gate.get("evaluation") or {}
+    metric = gate.get("metric")
+    figures = record.get("metrics") or {"candidate": {}, "champion": {}}
+    # the verdict's own figures for the primary metric (the paired test's), the rest for the record
+    mine, theirs = dict(figures["candidate"]), dict(figures["champion"])
+    if metric:
+        mine[metric], theirs[metric] = gate.get("candidate"), gate.get("champion")
+    side_a, side_b = (theirs, mine) if candidate is b else (mine, theirs)
+    averages = record.get("averages") or {}
+    rows = gate.get("holdout_rows")
+    guard = gate.get("guard")
+    return {
+        "candidate": candidate.version, "champion": champion.version, "set": record.get("set", "holdout"),
+        "rows": rows, "weighted": bool(gate.get("weighted")),
+        "description": record.get("description") or f"{rows} held-out rows ({gate.get('holdout_source')})",
+        "fingerprint": record.get("fingerprint"),
+        "metrics": [{"name": k, "average": averages.get(k), "a": side_a.get(k), "b": side_b.get(k),
+                     "delta": side_b[k] - side_a[k] if _number(side_a.get(k)) and _number(side_b.get(k)) else None}
+                    for k in {**side_a, **side_b}],
+        "guard": None if not isinstance(guard, dict) else _guard_pair(guard, candidate is b),
+    }
+
+
+def _guard_pair(guard: dict[str, Any], candidate_is_b: bool) -> dict[str, Any]:
+    a, b = guard.get("candidate"), guard.get("champion")
+    if candidate_is_b:
+        a, b = b, a
+    return {"metric": guard.get("metric"), "rows": guard.get("rows"), "a": a, "b": b,
+            "delta": b - a if _number(a) and _number(b) else None}
+
+
+def _side_by_side(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"name": k, "a": a.get(k), "b": b.get(k),
-             "delta": b[k] - a[k] if number(a.get(k)) and number(b.get(k)) else None} for k in {**a, **b}]
+             "delta": b[k] - a[k] if _number(a.get(k)) and _number(b.get(k)) else None} for k in {**a, **b}]
 
 
 def _schema_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -62,13 +62,18 @@ class Baselines:
         mv = self.version(version)
         if mv.schema.task != "classification" or "confidence" not in frame:
             return None
-        rows = frame.loc[frame["model_version"] == version, "confidence"].dropna()
-        return estimate_accuracy(mv.metadata.get("confidence_calibration"), rows.to_numpy(dtype=float))
+        confidence = frame["confidence"].to_numpy(dtype=float)  # missing: NaN, which the estimate leaves out
+        answered = (frame["model_version"] == version).to_numpy()
+        return estimate_accuracy(mv.metadata.get("confidence_calibration"),
+                                 confidence if answered.all() else confidence[answered])
 
     def unfamiliar(self, version: str, frame: pd.DataFrame) -> float | None:
         """Share of ``version``'s rows in ``frame`` with a value outside its training ranges or an
         unseen category (:meth:`FeatureSchema.outside_training`); None: no such row to judge."""
-        mine = frame[frame["model_version"] == version] if "model_version" in frame else frame
+        mine = frame
+        if "model_version" in frame:
+            answered = (frame["model_version"] == version).to_numpy()
+            mine = frame if answered.all() else frame[answered]  # the usual window: no copy
         outside = self.version(version).schema.outside_training(mine)
         if mine.empty or not outside:
             return None

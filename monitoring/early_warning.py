@@ -49,7 +49,7 @@ class EarlyWarning:
             self._estimated = (index, int(frame["id"].iloc[-1]))
             self._suspect(index, frame)
         rows = self.config.window_rows
-        while len(ahead := self.store.window(self._estimated[1], rows)) == rows:
+        while len(ahead := self.store.window(self._estimated[1], rows, request_ids=False)) == rows:
             self._estimated = (self._estimated[0] + 1, int(ahead["id"].iloc[-1]))
             self._suspect(self._estimated[0], ahead)
 

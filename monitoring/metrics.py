@@ -21,6 +21,10 @@ ROLLBACK_WATCH = "watch"  # driftloop_rollbacks_total's reason: the promotion wa
 # test and the gate compare) and MAE; a classifier's error rate (1 - accuracy), so that one panel
 # shows every supervised champion's error
 RMSE, MAE, ERROR_RATE = "rmse", "mae", "error_rate"
+# driftloop_pictures_total's kinds (a window's Evidently snapshot into the workspace, a flagged
+# window's HTML report: monitoring/workspace.py Pictures) and outcomes
+SNAPSHOT, REPORT = "snapshot", "report"
+DRAWN, FAILED, DROPPED = "drawn", "failed", "dropped"
 
 
 class MonitorMetrics:
@@ -77,6 +81,12 @@ class MonitorMetrics:
                                     "by reason (watch: significantly worse than its predecessor on the live rows "
                                     "both answered).", ["reason"], registry=r)
         self.champion = pc.Gauge("driftloop_champion", "1 for the champion version.", ["model_version"], registry=r)
+        self.pictures = pc.Counter("driftloop_pictures", "Checked windows' pictures, drawn after the check by a "
+                                   "background worker, by kind (snapshot: into the Evidently workspace; report: a "
+                                   "flagged window's HTML report) and outcome (drawn, failed, dropped: the queue was "
+                                   "full). Never part of a decision.", ["kind", "outcome"], registry=r)
+        self.pictures_pending = pc.Gauge("driftloop_pictures_pending", "Checked windows whose pictures wait to be "
+                                         "drawn.", registry=r)
         self.last_check = pc.Gauge("driftloop_last_check_timestamp_seconds", "When the last window was checked.",
                                    registry=r)
         for decision in Decision:
@@ -87,6 +97,9 @@ class MonitorMetrics:
                 if trigger != Trigger.INITIAL:  # the first training is no monitor's job
                     self.retrain_jobs.labels(trigger, outcome)
         self.rollbacks.labels(ROLLBACK_WATCH)
+        for kind in (SNAPSHOT, REPORT):
+            for outcome in (DRAWN, FAILED, DROPPED):
+                self.pictures.labels(kind, outcome)
         self.set_signals(())
         self._server: Any = None
 

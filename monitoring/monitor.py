@@ -2,10 +2,13 @@
 
 It is the composition of the loop's rooms, each given only the settings it reads:
 
-- :class:`~monitoring.check.WindowCheck` (``monitoring``): the next ready window measured (drift,
-  accuracy, the confidence estimate), decided by the policy, recorded with its events, report and
-  Evidently snapshot; its gauges set. Windows waiting for labels are estimated meanwhile
+- :class:`~monitoring.check.WindowCheck` (``monitoring``): the ready windows measured (drift,
+  accuracy, the confidence estimate), decided by the policy, recorded with their events; their
+  gauges set. Windows waiting for labels are estimated meanwhile
   (:class:`~monitoring.early_warning.EarlyWarning`).
+- :class:`~monitoring.workspace.Pictures` (``monitoring.workspace``): each check's HTML report
+  (flagged windows) and Evidently snapshot, drawn by a background thread after the check, while
+  no window is being checked; :meth:`Monitor.flush` waits for them.
 - :class:`~monitoring.retraining.RetrainRunner` (``retraining.retry``): what a retrain decision
   leads to, retried with back-off; retrains interrupted by a dead process.
 - :class:`~monitoring.requests.RetrainRequests` (``monitoring.consecutive``, ``retraining.retry``):
@@ -22,9 +25,10 @@ It is the composition of the loop's rooms, each given only the settings it reads
 
 They share one :class:`~monitoring.policy.RetrainPolicy`, rebuilt from the stored checks when a
 monitor starts. :meth:`Monitor.run_once` is the scheduler's job: queued requests and due retries
-first, then every ready window in log order (a check is recorded, as ``running``, before the
-retrain it decided starts), then the shadow. :meth:`Monitor.retrain_on_schedule` is the
-``retrain`` job's, when ``retraining.schedule`` is on.
+first, then every ready window in log order, however many (read many at a time; a check is
+recorded, as ``running``, before the retrain it decided starts, and the windows after a retrain
+are read again, with the labels that arrived meanwhile), then the shadow.
+:meth:`Monitor.retrain_on_schedule` is the ``retrain`` job's, when ``retraining.schedule`` is on.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ from driftloop.monitoring.scheduled import ScheduledRetrain
 from driftloop.monitoring.shadow import ShadowJudge
 from driftloop.monitoring.store import PredictionStore
 from driftloop.monitoring.watch import PromotionWatch
-from driftloop.monitoring.workspace import DriftWorkspace
+from driftloop.monitoring.workspace import DriftWorkspace, Pictures
+from driftloop.monitoring.retention import restore_checks
 from driftloop.vocabulary import RETRAINED, Check, Decision, EventKind, Outcome, Trigger
 
 if TYPE_CHECKING:
@@ -94,8 +99,9 @@ class Monitor:
         self.baselines = Baselines(registry, settings.monitoring.drift)
         job = counted(partial(retrainer, settings, registry), self.metrics)
         fresh = FreshRows(store, settings.task, settings.data)
+        self.pictures = Pictures(DriftWorkspace.from_settings(settings), self.metrics)
         self.windows = WindowCheck(settings.monitoring, settings.task, store, registry, self.baselines, self.policy,
-                                   self.metrics, workspace=DriftWorkspace.from_settings(settings), clock=clock)
+                                   self.metrics, pictures=self.pictures, clock=clock)
         self.retraining = RetrainRunner(settings.retraining.retry, store, registry, job, fresh, self.policy,
                                         self.metrics, clock=clock)
         self.requests = RetrainRequests(store, job, fresh, self.metrics, windows=settings.monitoring.consecutive,
@@ -106,7 +112,9 @@ class Monitor:
         self.scheduled = ScheduledRetrain(settings.retraining.schedule, store, registry, job, fresh, self.policy,
                                           self.metrics)
         self._lock = threading.Lock()  # one run at a time: the check job and the scheduled retrain
-        restore(self.policy, self.baselines, store.checks(), scheduled_promotions(store), promising_rejections(store))
+        # A bounded slice: the checks the policy's state can depend on (monitoring/retention.py), not every one
+        restore(self.policy, self.baselines, restore_checks(store, settings), scheduled_promotions(store),
+                promising_rejections(store))
 
     def run_once(self) -> list[Check]:
         """Serve queued retrain requests and due retries, check every window that is ready, then
@@ -116,9 +124,13 @@ class Monitor:
 
     def _run_once(self) -> list[Check]:
         retrained = bool(self.handle_requests()) | bool(self.handle_retries())
-        done = []
-        while (ready := self.windows.ready()) is not None:
-            done.append(self.check_window(*ready))
+        done: list[Check] = []
+        with self.pictures.paused():  # every core for the checks while windows wait
+            while ready := self.windows.ready_windows():
+                for index, frame in ready:
+                    done.append(self.check_window(index, frame))
+                    if done[-1].decision == Decision.RETRAIN:
+                        break  # it took a while: the next windows are read again, with their new labels
         self.judge_shadow()
         self.watch.run()  # after the shadow's verdict: a promotion it made is watched at once
         # last, and never in a run that retrained already (monitoring/follow_up.py)
@@ -139,6 +151,15 @@ class Monitor:
         if self.on_check:
             self.on_check(check)
         return check
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the pictures (reports, snapshots) of every check so far are drawn; False if
+        ``timeout`` passed first."""
+        return self.pictures.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Draw the pictures still queued and let their thread end (a clean shutdown)."""
+        return self.pictures.close(timeout)
 
     def handle_requests(self) -> list[dict[str, Any]]:
         """Run the retrains requested through ``POST /admin/retrain``; returns what was done."""

@@ -60,7 +60,7 @@ class RetrainRequests:
         for event in self.store.events(TRIED):
             if event["detail"].get("request") is not None:
                 tries.setdefault(event["detail"]["request"], []).append(event)
-        checks = self.store.checks()[-self.windows:]
+        checks = self.store.checks(limit=self.windows)
         done = []
         for request in pending:
             detail: dict[str, Any] = {"request": request["id"]}

@@ -1,7 +1,11 @@
 """The monitor's APScheduler: jobs kept in the store's database, one active scheduler at a time.
 
 Jobs. ``check`` runs :meth:`Monitor.run_once` every ``monitoring.interval_s``; ``retention``
-prunes the registry (``registry.keep_*``) every ``registry.retention_interval_s``; ``retrain``
+prunes the registry (``registry.keep_*``) every ``registry.retention_interval_s``;
+``store_retention`` prunes the store, the reports and the Evidently snapshots
+(``monitoring.retention``, :mod:`monitoring.retention`) every ``monitoring.retention.interval_s``,
+beside the check (it never takes the monitor's lock: it deletes nothing a check or a retrain still
+reads) and is removed on start when that interval is 0; ``retrain``
 (only with ``retraining.schedule.enabled``) runs :meth:`Monitor.retrain_on_schedule` every
 ``retraining.schedule.interval_s`` or on its ``cron`` expression (five fields, UTC, weekdays by
 name: :func:`~driftloop.adapters.apscheduler.crontab`). With the schedule off, a ``retrain`` job
@@ -60,6 +64,7 @@ import sqlalchemy as sa
 from driftloop.models.errors import ConfigError
 from driftloop.monitoring.lease import RETRAIN, SCHEDULER, Heartbeat, Lease, holding
 from driftloop.monitoring.monitor import Monitor
+from driftloop.monitoring.retention import retention_counter, run_store_retention
 from driftloop.monitoring.store import PredictionStore, StoreError
 from driftloop.vocabulary import EventKind
 
@@ -69,6 +74,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("driftloop.scheduler")
 CHECK_JOB = "check"
 RETENTION_JOB = "retention"
+STORE_RETENTION_JOB = "store_retention"
 RETRAIN_JOB = "retrain"
 JOB_FUNC = "driftloop.monitoring.scheduler:_unbound_job"
 LEGACY_JOB_FUNC = "monitoring.scheduler:_unbound_job"  # what driftloop wrote before the one import name
@@ -151,8 +157,12 @@ def build_scheduler(monitor: Monitor, interval_s: float, lease: Lease | None = N
             return run()
         return job
 
+    def stopping() -> bool:  # a long job's question between batches: shutting down, or the lease lost
+        return not scheduler.running or (lease is not None and not lease.held)
+
     runners = {CHECK_JOB: guarded(CHECK_JOB, monitor.run_once),
                RETENTION_JOB: guarded(RETENTION_JOB, lambda: run_retention(monitor)),
+               STORE_RETENTION_JOB: guarded(STORE_RETENTION_JOB, lambda: run_store_retention(monitor, stop=stopping)),
                RETRAIN_JOB: guarded(RETRAIN_JOB, monitor.retrain_on_schedule)}
 
     def keep(stored: datetime | None, fresh: datetime, same_schedule: bool) -> datetime | None:
@@ -173,6 +183,16 @@ def build_scheduler(monitor: Monitor, interval_s: float, lease: Lease | None = N
     if monitor.settings.registry.retention_interval_s > 0:
         scheduler.add_job(JOB_FUNC, "interval", seconds=monitor.settings.registry.retention_interval_s,
                           args=[RETENTION_JOB], id=RETENTION_JOB, name="registry retention", replace_existing=True)
+    store_every = monitor.settings.monitoring.retention.interval_s
+    if store_every > 0:
+        if (metrics := getattr(monitor, "metrics", None)) is not None:
+            retention_counter(metrics)  # at 0 on /metrics from the start: its first run is an increase()
+        scheduler.add_job(JOB_FUNC, "interval", seconds=store_every, args=[STORE_RETENTION_JOB],
+                          id=STORE_RETENTION_JOB, replace_existing=True,
+                          name="store retention (prediction log, checks, events, reports, snapshots)")
+    elif jobs.lookup_job(STORE_RETENTION_JOB) is not None:  # ours, from when it had an interval
+        jobs.remove_job(STORE_RETENTION_JOB)
+        log.info("job %s removed: monitoring.retention.interval_s is 0", STORE_RETENTION_JOB)
     if trigger is not None:
         scheduler.add_job(JOB_FUNC, trigger, args=[RETRAIN_JOB], id=RETRAIN_JOB, name="scheduled retrain",
                           replace_existing=True)
@@ -229,6 +249,7 @@ class ActiveScheduler:
         # the scheduler (imports, the job store) can take longer than the lease on a loaded machine,
         # and a lease left to expire meanwhile would let a second monitor start a second scheduler.
         scheduler: Any = None
+        monitor: Monitor | None = None
 
         def wake() -> None:  # each renewal: see operator changes to the job store
             if scheduler is not None and scheduler.running:
@@ -251,6 +272,8 @@ class ActiveScheduler:
             self.active.clear()
             if scheduler is not None and scheduler.running:
                 scheduler.shutdown(wait=True)  # a running check finishes (its retrain holds its own lease)
+            if monitor is not None:
+                monitor.close(timeout=60)  # the pictures its checks queued are drawn before the handover
             beat.stop()
             if not beat.lost.is_set():
                 self.lease.release()

@@ -55,7 +55,8 @@ class ShadowJudge:
                                   "labelled": len(labelled), "min_labels": config.min_labels}
         if len(labelled) < config.min_labels:
             since = as_utc(shadow.set_at)
-            waited = [c.window for c in self.store.checks() if as_utc(c.created_at) >= since]
+            waited = [c.window for c in self.store.checks(limit=config.max_windows)
+                      if as_utc(c.created_at) >= since]
             if len(waited) < config.max_windows:
                 return None
             verdict = Outcome.REJECTED

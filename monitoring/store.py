@@ -306,13 +306,14 @@ class PredictionStore:
         return insert(table)
 
     # -- windows for the monitor ------------------------------------------------------------
-    def window(self, after_id: int, limit: int) -> pd.DataFrame:
+    def window(self, after_id: int, limit: int, *, request_ids: bool = True) -> pd.DataFrame:
         """Up to ``limit`` predictions with id > ``after_id``, in id order, joined with labels.
 
         Columns: id, request_id, created_at, model_version, prediction, confidence, label
-        (``None`` where no feedback yet), then one column per feature.
+        (``None`` where no feedback yet), then one column per feature. ``request_ids=False`` (the
+        monitor's checks, which never read it): without the request_id column.
         """
-        return self._joined(predictions.c.id > after_id, limit=limit)
+        return self._joined(predictions.c.id > after_id, limit=limit, request_ids=request_ids)
 
     def rows_between(self, first_id: int, last_id: int) -> pd.DataFrame:
         """Every prediction with an id in ``[first_id, last_id]``, labelled or not, in id order."""
@@ -377,15 +378,25 @@ class PredictionStore:
             "label": _label(r["label"]),
         } for r in rows], columns=columns)
 
-    def _joined(self, where: Any, labelled_only: bool = False, limit: int | None = None) -> pd.DataFrame:
+    def _joined(self, where: Any, labelled_only: bool = False, limit: int | None = None,
+                request_ids: bool = True) -> pd.DataFrame:
+        """The rows as :func:`_frame` builds them. Only the columns it needs are read; SQLite's times
+        come as their stored text, parsed for the whole column at once (SQLAlchemy would parse
+        them one row at a time: a tenth of a window's check)."""
         on = predictions.c.request_id == feedback.c.request_id
         joined = predictions.join(feedback, on) if labelled_only else predictions.outerjoin(feedback, on)
-        q = sa.select(predictions, feedback.c.label).select_from(joined).where(where).order_by(predictions.c.id)
+        created: Any = predictions.c.created_at
+        if self.dialect == "sqlite":
+            created = sa.type_coerce(created, sa.String).label("created_at")
+        columns = [predictions.c.id, *([predictions.c.request_id] if request_ids else []), created,
+                   predictions.c.model_version, predictions.c.features, predictions.c.prediction,
+                   predictions.c.confidence, feedback.c.label]
+        q = sa.select(*columns).select_from(joined).where(where).order_by(predictions.c.id)
         if limit is not None:
             q = q.limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(q).mappings().all()
-        return _frame(rows)
+            rows = conn.execute(q).all()
+        return _frame(rows, request_ids=request_ids)
 
     # -- checks and events ------------------------------------------------------------------
     def last_check(self) -> Check | None:
@@ -421,13 +432,17 @@ class PredictionStore:
         if result.rowcount == 0:
             raise KeyError(f"no check recorded for window {window}")
 
-    def checks(self, since_window: int = -1, outcome: Outcome | None = None) -> list[Check]:
-        """Checks after ``since_window`` in window order; only those with ``outcome`` if given."""
-        q = sa.select(checks).where(checks.c.window > since_window).order_by(checks.c.window)
+    def checks(self, since_window: int = -1, outcome: Outcome | None = None, limit: int | None = None) -> list[Check]:
+        """Checks after ``since_window`` in window order; only those with ``outcome`` if given; only
+        the newest ``limit`` of them if given (still oldest first): what start-up and ``/history``
+        read, never every check ever stored."""
+        q = sa.select(checks).where(checks.c.window > since_window)
         if outcome is not None:
             q = q.where(checks.c.outcome == str(outcome))
+        q = q.order_by(checks.c.window) if limit is None else q.order_by(checks.c.window.desc()).limit(limit)
         with self.engine.connect() as conn:
-            return [_check(r) for r in conn.execute(q).mappings()]
+            found = [_check(r) for r in conn.execute(q).mappings()]
+        return found if limit is None else found[::-1]
 
     def record_event(self, kind: str, detail: dict[str, Any], window: int | None = None,
                      model_version: str | None = None) -> int:
@@ -439,29 +454,53 @@ class PredictionStore:
                                                     "detail": json.dumps(detail, default=str)})
             return int(result.inserted_primary_key[0])
 
-    def events(self, kind: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
-        """The audit trail in id order; only events of ``kind`` (one kind, or several) if given."""
-        q = sa.select(events).order_by(events.c.id)
+    def events(self, kind: str | Iterable[str] | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The audit trail in id order; only events of ``kind`` (one kind, or several) if given;
+        only the newest ``limit`` of them if given (still oldest first)."""
+        q = sa.select(events)
         if isinstance(kind, str):
             if kind:
                 q = q.where(events.c.kind == str(kind))
         elif kind is not None:
             q = q.where(events.c.kind.in_([str(k) for k in kind]))
+        q = q.order_by(events.c.id) if limit is None else q.order_by(events.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            return [dict(r) | {"detail": json.loads(r["detail"])} for r in conn.execute(q).mappings()]
+            found = [dict(r) | {"detail": json.loads(r["detail"])} for r in conn.execute(q).mappings()]
+        return found if limit is None else found[::-1]
+
+    # -- retention (monitoring/retention.py decides what goes) -------------------------------
+    def checks_of(self, windows: Iterable[int]) -> list[Check]:
+        """The checks of ``windows`` (those recorded), in window order."""
+        wanted = sorted(set(windows))
+        if not wanted:
+            return []
+        q = sa.select(checks).where(checks.c.window.in_(wanted)).order_by(checks.c.window)
+        with self.engine.connect() as conn:
+            return [_check(r) for r in conn.execute(q).mappings()]
 
 
-def _frame(rows: Sequence[Any]) -> pd.DataFrame:
-    base = ["id", "request_id", "created_at", "model_version", "prediction", "confidence", "label"]
+def _frame(rows: Sequence[Any], request_ids: bool = True) -> pd.DataFrame:
+    """``rows`` of :meth:`PredictionStore._joined` as a frame: the base columns, then one column per
+    feature. Each JSON column is parsed in one ``json.loads`` of the column as a JSON array (one
+    call instead of one per row: the same values); times given as text (SQLite) are parsed as a
+    column, to the naive datetimes SQLAlchemy would give."""
+    base = ["id", *(["request_id"] if request_ids else []), "created_at", "model_version", "prediction",
+            "confidence", "label"]
     if not rows:
         return pd.DataFrame(columns=base)
-    frame = pd.DataFrame([{
-        "id": r["id"], "request_id": r["request_id"], "created_at": r["created_at"],
-        "model_version": r["model_version"], "prediction": json.loads(r["prediction"]),
-        "confidence": r["confidence"], "label": _label(r["label"]),
-    } for r in rows], columns=base)
-    feats = pd.DataFrame([json.loads(r["features"]) for r in rows])
-    return pd.concat([frame, feats], axis=1)
+    values = dict(zip([*base[:-3], "features", *base[-3:]], zip(*rows)))
+    created = values["created_at"]
+    if isinstance(created[0], str):
+        values["created_at"] = pd.to_datetime(list(created), format="ISO8601")
+    values["prediction"] = _json_column(values["prediction"])
+    values["label"] = _json_column(["null" if label is None else label for label in values["label"]])
+    feats = pd.DataFrame(_json_column(values.pop("features")))
+    return pd.concat([pd.DataFrame({name: values[name] for name in base}, columns=base), feats], axis=1)
+
+
+def _json_column(texts: Sequence[str]) -> list[Any]:
+    """JSON texts (one per row) parsed at once."""
+    return json.loads("[" + ",".join(texts) + "]")
 
 
 def _label(stored: str | None) -> Any:

@@ -113,7 +113,8 @@ class PromotionWatch:
         if shadow is not None and shadow.role == ShadowRole.CANDIDATE:
             return None  # the candidate keeps the pointer; this promotion is watched once it is judged
         since = as_utc(champion.promoted_at)
-        waited = [c.window for c in self.store.checks() if as_utc(c.created_at) >= since]
+        # at most max_windows: all a decision needs to know is whether that many have passed
+        waited = [c.window for c in self.store.checks(limit=self.config.max_windows) if as_utc(c.created_at) >= since]
         if len(waited) >= self.config.max_windows:
             return self._clear_stray(shadow, "no promotion is watched")  # past its watch (an older promotion)
         predecessor = champion.lineage[-1]
@@ -159,7 +160,8 @@ class PromotionWatch:
         labelled = rows[rows["label"].notna()]
         counts = {"scored": len(rows), "labelled": len(labelled)}
         since = as_utc(shadow.set_at)
-        waited = [c.window for c in self.store.checks() if as_utc(c.created_at) >= since]
+        # at most max_windows: all a decision needs to know is whether that many have passed
+        waited = [c.window for c in self.store.checks(limit=self.config.max_windows) if as_utc(c.created_at) >= since]
         out_of_time = len(waited) >= self.config.max_windows
         reached = sum(len(labelled) >= n for n in points)  # schedule points passed (a burst of labels: several)
         if reached <= done and not out_of_time:

@@ -1,4 +1,5 @@
-"""An Evidently 0.7 workspace of every checked window, browsable with ``evidently ui --workspace <path>``.
+"""An Evidently 0.7 workspace of every checked window, browsable with ``evidently ui --workspace <path>``,
+and the checks' pictures (:class:`Pictures`), drawn off the check's path.
 
 One Evidently project per model version (``"<registry project> <version>"``), created on the
 version's first recorded window with a small dashboard (share of drifted columns, drifted
@@ -33,21 +34,53 @@ Design notes, from Evidently 0.7.23's source (``evidently/ui``):
   the link is atomic and is what the UI's file watcher sees as a new snapshot (it ignores a
   rename, whose source name is not a snapshot's). A failure raises; nothing is swallowed (the
   caller decides whether to log and go on).
+
+Pictures. A window's snapshot and a flagged window's HTML report cost 0.5 to 1.3 s (Evidently's
+``Report.run`` and its rendering), a hundred times the check that decides (a few milliseconds a
+window), so a decision never waits for one: the check records itself and hands a :class:`Picture`
+(the drift result, which holds the window's compared columns) to :class:`Pictures`, whose one
+thread draws them afterwards, oldest first. That thread:
+
+- runs only while the monitor is not checking (:meth:`Pictures.paused` around the monitor's
+  windows): on two cores a picture drawn beside a backlog of checks would take half of them;
+- is started by the first picture and ends when none is left, and is not a daemon: a process that
+  exits (``driftloop monitor --once``) draws what is queued first; :meth:`Pictures.flush` waits
+  for them (tests, the demo, a clean shutdown);
+- holds at most ``MAX_PENDING`` pictures and ``MAX_PENDING_ROWS`` of their rows (a monitor
+  catching up on hours of log would otherwise keep every window's rows): beyond that the oldest
+  picture without a report is dropped (else the oldest), counted in
+  ``driftloop_pictures_total{kind, outcome="dropped"}`` and logged (once a minute at most);
+- logs a failed picture with its window and counts it (``outcome="failed"``); the check, its
+  events and its decision were recorded before, so nothing about them depends on a picture. A
+  check's ``report_path`` names where its report is written (a report dropped or failed leaves
+  the path without a file, and says so in the log).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from driftloop.adapters.evidently import local_workspace_class, no_telemetry
+from driftloop.monitoring.metrics import DRAWN, DROPPED, FAILED, REPORT, SNAPSHOT
 
 if TYPE_CHECKING:
     from driftloop.settings import Settings
     from driftloop.monitoring.drift import DriftResult
+    from driftloop.monitoring.metrics import MonitorMetrics
+
+log = logging.getLogger("driftloop.monitor")
+MAX_PENDING = 64  # pictures waiting to be drawn (about a minute of drawing)...
+MAX_PENDING_ROWS = 500_000  # ...and their windows' rows, which they hold until drawn
+DROP_LOG_EVERY_S = 60.0
 
 VALUE_DRIFT = "evidently:metric_v2:ValueDrift"  # the preset's per-column metric
 DRIFTED_COLUMNS = "evidently:metric_v2:DriftedColumnsCount"  # and its count/share of drifted columns
@@ -201,3 +234,179 @@ def dashboard(columns: Sequence[str]) -> Any:
                         "the threshold, distances above it"),
     ]
     return DashboardModel(tabs=[DashboardTabModel(title="Drift", panels=[p.id for p in panels])], panels=panels)
+
+
+# -- the checks' pictures, drawn off the check's path ---------------------------------------------
+@dataclass(frozen=True)
+class Picture:
+    """What a recorded check leaves to draw: its window's snapshot into the workspace
+    (``snapshot``) and, for a flagged window, its HTML report (``report``: the path)."""
+
+    window: int
+    version: str  # the reference version: the workspace project
+    result: DriftResult  # its snapshot is built from the window's columns it holds
+    timestamp: datetime  # the window's newest row
+    rows: int
+    tags: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    description: str | None = None  # a new project's
+    snapshot: bool = True
+    report: Path | None = None
+
+
+class Pictures:
+    """Draws checks' pictures (see the module docstring): in one background thread, or at once
+    when ``background`` is False (a :class:`~monitoring.check.WindowCheck` used on its own)."""
+
+    def __init__(self, workspace: DriftWorkspace | None, metrics: MonitorMetrics | None = None, *,
+                 background: bool = True, max_pending: int = MAX_PENDING,
+                 max_pending_rows: int = MAX_PENDING_ROWS) -> None:
+        self.workspace = workspace
+        self.metrics = metrics
+        self.background = background
+        self.max_pending = max_pending
+        self.max_pending_rows = max_pending_rows
+        self._queue: deque[Picture] = deque()
+        self._rows = 0  # of the queued pictures
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._drawing = False
+        self._paused = 0  # nested paused() blocks
+        self._flushing = 0  # flush() callers: they draw even while paused
+        self._dropped = 0
+        self._dropped_logged_at = -DROP_LOG_EVERY_S
+
+    def submit(self, picture: Picture) -> None:
+        """Queue ``picture`` (never blocks; drops the oldest when full), or draw it now."""
+        if picture.report is None and not (picture.snapshot and self.workspace is not None):
+            return  # nothing to draw
+        if not self.background:
+            self._draw(picture)
+            return
+        with self._cond:
+            self._queue.append(picture)
+            self._rows += picture.rows
+            while len(self._queue) > 1 and (len(self._queue) > self.max_pending or self._rows > self.max_pending_rows):
+                self._drop()
+            if self._thread is None:
+                self._start()
+            self._pending()
+            if not self._paused or self._flushing:
+                self._cond.notify_all()
+
+    def _start(self) -> None:
+        """The worker (the lock is held); a process that can start no thread (shutting down) drops
+        the queued pictures, counted, rather than fail the check that queued them."""
+        thread = threading.Thread(target=self._work, name="driftloop-pictures", daemon=False)
+        try:
+            thread.start()
+        except RuntimeError:
+            log.exception("the pictures' thread could not start: %d pictures dropped", len(self._queue))
+            while self._queue:
+                self._drop(self._queue[0])
+            return
+        self._thread = thread
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No new picture is started inside (the one being drawn finishes)."""
+        with self._cond:
+            self._paused += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._paused -= 1
+                self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every picture submitted so far is drawn (or dropped), paused or not;
+        False if ``timeout`` passed first."""
+        with self._cond:
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: not self._queue and not self._drawing, timeout)
+            finally:
+                self._flushing -= 1
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Draw what is queued and let the thread end (False: ``timeout`` passed first)."""
+        done = self.flush(timeout)
+        with self._cond:
+            thread = self._thread
+        if done and thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        return done
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue) + self._drawing
+
+    # -- the worker --------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: not self._queue or not self._paused or self._flushing)
+                if not self._queue:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                picture = self._queue.popleft()
+                self._rows -= picture.rows
+                self._drawing = True
+            try:
+                self._draw(picture)
+            finally:
+                with self._cond:
+                    self._drawing = False
+                    self._pending()
+                    self._cond.notify_all()
+
+    def _draw(self, picture: Picture) -> None:
+        """The report, then the snapshot (both from the one ``Report.run``); a failure is logged
+        and counted, and the other is still drawn."""
+        if picture.report is not None:
+            try:
+                picture.result.save_html(picture.report)
+                self._count(REPORT, DRAWN)
+            except Exception:
+                log.exception("window %d: the Evidently report could not be written to %s", picture.window,
+                              picture.report)
+                self._count(REPORT, FAILED)
+        if picture.snapshot and self.workspace is not None:
+            try:
+                self.workspace.record(picture.version, picture.window, picture.result, timestamp=picture.timestamp,
+                                      tags=picture.tags, metadata=picture.metadata, description=picture.description)
+                self._count(SNAPSHOT, DRAWN)
+            except Exception:
+                log.exception("window %d: the Evidently snapshot could not be written", picture.window)
+                self._count(SNAPSHOT, FAILED)
+
+    def _drop(self, victim: Picture | None = None) -> None:
+        """Drop ``victim``, by default the oldest picture without a report, else the oldest (the
+        lock is held)."""
+        if victim is None:
+            victim = next((p for p in self._queue if p.report is None), self._queue[0])
+        self._queue.remove(victim)
+        self._rows -= victim.rows
+        kinds = [kind for kind, drawn in ((REPORT, victim.report is not None),
+                                          (SNAPSHOT, victim.snapshot and self.workspace is not None)) if drawn]
+        for kind in kinds:
+            self._count(kind, DROPPED)
+        self._dropped += 1
+        now = time.monotonic()
+        if now - self._dropped_logged_at >= DROP_LOG_EVERY_S:
+            self._dropped_logged_at = now
+            log.warning("window %d: its %s dropped, not drawn: %d pictures wait (at most %d, %d rows); %d dropped "
+                        "so far", victim.window, " and ".join(kinds), len(self._queue), self.max_pending,
+                        self.max_pending_rows, self._dropped)
+
+    def _count(self, kind: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.pictures.labels(kind, outcome).inc()
+
+    def _pending(self) -> None:
+        if self.metrics is not None:
+            self.metrics.pictures_pending.set(len(self._queue) + self._drawing)

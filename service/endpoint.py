@@ -158,11 +158,11 @@ class Endpoint:
             raise HttpError(422, f"limit must be a whole number from 1 to 1000, got {limit!r}", "limit")
         store = self.serving.store
         with _mapped():
-            if kind == "checks":
-                records = [check.to_dict() for check in store.checks()]  # Checks; events are dicts
+            if kind == "checks":  # the newest limit only: never every check ever stored
+                records = [check.to_dict() for check in store.checks(limit=int(limit))]  # Checks; events are dicts
             else:
-                records = store.events()
-        return {kind: jsonable(records[-int(limit):])}
+                records = store.events(limit=int(limit))
+        return {kind: jsonable(records)}
 
     def openapi(self, base: dict[str, Any]) -> dict[str, Any]:
         """``GET /docs.json``: BentoML's document of this service, with the request rows and the

@@ -11,19 +11,38 @@ from sklearn import metrics as skm
 from driftloop.models.schema import plain_label, same_label
 
 
+# How precision, recall and f1 average over classes: the unweighted mean of each class's figure,
+# so a rare class counts as much as a common one (two classes too: both, not the positive one alone).
+AVERAGE = "macro"
+
+
+def averages(task: str, n_labels: int) -> dict[str, str]:
+    """Which average each averaged metric of :func:`classification_metrics` is, for ``n_labels``
+    classes: recorded beside a version's metrics (``metadata["evaluation"]["averages"]``) so that
+    ``models diff`` names it and never sets a macro figure against a weighted one. ``roc_auc`` is
+    ``binary`` (the second label's probability) for two classes, else ``macro_ovr`` (one-vs-rest,
+    macro-averaged). Other tasks average nothing."""
+    if task != "classification":
+        return {}
+    return {"precision": AVERAGE, "recall": AVERAGE, "f1": AVERAGE,
+            "roc_auc": "binary" if n_labels == 2 else f"{AVERAGE}_ovr"}
+
+
 def classification_metrics(y_true: Any, y_pred: Any, proba: np.ndarray | None,
                            labels: list[Any]) -> dict[str, float]:
+    """The classifier's figures on these rows; the averaged ones as :func:`averages` names them."""
     out = {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "precision": float(skm.precision_score(y_true, y_pred, average="macro", zero_division=0)),
-        "recall": float(skm.recall_score(y_true, y_pred, average="macro", zero_division=0)),
-        "f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "precision": float(skm.precision_score(y_true, y_pred, average=AVERAGE, zero_division=0)),
+        "recall": float(skm.recall_score(y_true, y_pred, average=AVERAGE, zero_division=0)),
+        "f1": float(skm.f1_score(y_true, y_pred, average=AVERAGE, zero_division=0)),
     }
     if proba is not None and len(set(np.asarray(y_true).tolist())) > 1:
         if len(labels) == 2:
             out["roc_auc"] = float(skm.roc_auc_score(y_true, proba[:, 1]))
         else:
-            out["roc_auc"] = float(skm.roc_auc_score(y_true, proba, multi_class="ovr", labels=labels))
+            out["roc_auc"] = float(skm.roc_auc_score(y_true, proba, multi_class="ovr", average=AVERAGE,
+                                                         labels=labels))
         out["log_loss"] = float(skm.log_loss(y_true, proba, labels=labels))
     if proba is not None and len(y_true) > 0 and np.shape(proba)[-1] == len(labels):
         figures = calibration(y_true, proba, labels)

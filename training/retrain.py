@@ -33,8 +33,12 @@ strategies (``retraining.strategy``):
                          changed) cannot be fixed by reweighting the old labels.
 
 The candidate's metadata records ``gate`` (:class:`GateResult`: metric, both scores, held-out rows
-and where they came from, margin, ``guard`` figures, ``passed``) and ``training_data`` (strategy,
-rows per source, importance-weight summary); :class:`RetrainOutcome` carries the same. Neural kinds fine-tune from
+and where they came from, margin, ``guard`` figures, ``passed``; ``evaluation``: the held-out rows'
+record, :meth:`Plan.holdout_record`, with every metric of both models on them: unlike the two
+versions' validation figures, a pair measured on the same rows) and ``training_data`` (strategy,
+rows per source, importance-weight summary); its own ``evaluation`` (``training/train.py``) names
+its validation rows, with their prediction ids when they are live. :class:`RetrainOutcome` carries
+the same, and both records (``validation``, ``holdout``) for the retrain events. Neural kinds fine-tune from
 the champion when ``model.warm_start`` is set, whatever the strategy.
 
 **A tournament** (``retraining.tournament``, :func:`run_tournament`) instead of one guess: with
@@ -51,6 +55,7 @@ there is no tournament: ``retraining.strategy`` decides alone, as without one.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -60,19 +65,29 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from driftloop.models.errors import ConfigError, RegistryError
+from driftloop.models.errors import ConfigError, RegistryError, SchemaError
 from driftloop.models.families import expected_anomaly_rate, unfit
-from driftloop.models.onnx_model import OnnxModel
+from driftloop.models.onnx_model import GraphOutput, OnnxModel
 from driftloop.models.registry import MODEL_FILE, Champion, Registry
 from driftloop.models.schema import SUPERVISED, FeatureSchema, plain_label
 from driftloop.training import evaluate
 from driftloop.training.reweight import importance_weights, weighted_metric
-from driftloop.training.train import Fitted, fit, guard_frame, initial_frame, register
+from driftloop.training.train import (
+    Fitted,
+    Origin,
+    describe_source,
+    fit,
+    guard_frame,
+    initial_frame,
+    register,
+    rows_fingerprint,
+)
 from driftloop.vocabulary import Outcome, Trigger
 
 if TYPE_CHECKING:
     from driftloop.settings import GuardConfig, RetrainingConfig, Settings
 
+log = logging.getLogger("driftloop.training")
 LIVE_GATE_ROWS = 50  # reweighted: labelled live rows enough to judge on (and live rows to weight by)
 
 Scorer = Callable[[OnnxModel, pd.DataFrame, np.ndarray | None], float]  # score_rows with the task bound
@@ -97,6 +112,8 @@ class RetrainOutcome:
     # Rejected only because the paired test could not yet tell: better by the margin (and not worse
     # on the guard set), on too few held-out rows. The policy retrains again with more rows.
     promising: bool = False
+    validation: dict[str, Any] | None = None  # the rows the candidate's metrics are on (its metadata["evaluation"])
+    holdout: dict[str, Any] | None = None  # the gate's rows (Plan.holdout_record): both scores are on these
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,11 +134,30 @@ class Plan:
     holdout_weight: np.ndarray | None = None  # per row of ``holdout`` (weighted gate)
     reference: pd.DataFrame | None = None  # the new version's drift reference (None: from ``train``)
     weights: dict[str, Any] | None = None  # importance-weight summary
+    train_ids: np.ndarray | None = None  # live ``train`` rows: their prediction ids (None: not known)
+    holdout_ids: np.ndarray | None = None  # ...and the ``holdout`` rows'
 
     @property
     def trained_rows(self) -> int:
         """Rows handed to the fit: ``train`` and ``base``."""
         return len(self.train) + (0 if self.base is None else len(self.base))
+
+    def train_origin(self, settings: Settings) -> Origin:
+        """Where ``train``'s rows came from: the window's live rows, or the initial data (``reweighted``)."""
+        return Origin.initial(settings) if self.strategy == "reweighted" else Origin.live(self.train_ids)
+
+    def holdout_record(self, settings: Settings, n_labels: int) -> dict[str, Any]:
+        """What the gate scores both models on, as a version's ``evaluation`` names its validation
+        rows: ``set`` (``holdout``), ``rows``, ``source``, ``description``, ``fingerprint``,
+        ``weighted`` and the ``averages`` of the averaged metrics."""
+        origin = Origin.initial(settings) if self.holdout_source == "initial" else Origin.live(self.holdout_ids)
+        source = origin.source(np.arange(len(self.holdout)))
+        target = [settings.data.target] if settings.task in SUPERVISED else []
+        return {"set": "holdout", "rows": len(self.holdout), "source": source,
+                "description": f"{self.holdout_what} ({describe_source(source)})",
+                "fingerprint": rows_fingerprint(self.holdout, [*settings.features, *target]),
+                "weighted": self.holdout_weight is not None,
+                "averages": evaluate.averages(settings.task, n_labels)}
 
     def training_data(self, configured: str, choice: str) -> dict[str, Any]:
         """The candidate's ``metadata["training_data"]``: what it learned from and was judged on."""
@@ -172,6 +208,9 @@ class GateResult:
     # The paired test on the held-out rows (None: an unsupervised task or a weighted gate, judged
     # by the margin alone).
     comparison: evaluate.Comparison | None = None
+    # The held-out rows (Plan.holdout_record) and, under "metrics", every metric of "candidate" and
+    # "champion" on them (None for a weighted gate: its one figure is the weighted primary metric)
+    evaluation: dict[str, Any] | None = None
 
     @property
     def significant(self) -> bool:
@@ -199,7 +238,8 @@ class GateResult:
                 "holdout_source": self.holdout_source, "weighted": self.weighted, "margin_passed": self.margin_passed,
                 "guard": None if self.guard is None else self.guard.to_dict(), "passed": self.passed,
                 "strategy": self.strategy,
-                "test": None if self.comparison is None else self.comparison.to_dict()}
+                "test": None if self.comparison is None else self.comparison.to_dict(),
+                "evaluation": self.evaluation}
 
     def summary(self, candidate_version: str, holdout_what: str, choice: str) -> str:
         """Both scores, on what, and the margin (and the guard set's figures): for reasons and the audit."""
@@ -332,12 +372,12 @@ def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trig
     configured strategy, or the best of a tournament, gate it, register it, promote it if it passed."""
     started = time.perf_counter()
     champion = _champion(registry)
-    usable = usable_rows(settings, fresh)
+    usable, ids = usable_rows(settings, fresh), prediction_ids(settings, fresh)
     schema = registry.get(champion.version).schema
     if in_tournament(settings, len(usable)):
-        entrant = run_tournament(settings, registry, champion.version, schema, fresh, usable)
+        entrant = run_tournament(settings, registry, champion.version, schema, fresh, usable, ids)
     else:
-        entrant = single_candidate(settings, registry, champion.version, schema, fresh, usable, trigger)
+        entrant = single_candidate(settings, registry, champion.version, schema, fresh, usable, trigger, ids)
     if isinstance(entrant, str):
         return RetrainOutcome(Outcome.WAITING, entrant, champion.version)
     plan, contest = entrant.plan, entrant.tournament
@@ -361,7 +401,10 @@ def retrain(settings: Settings, registry: Registry, fresh: pd.DataFrame, *, trig
                           training_data=training_data, guard=None if gate.guard is None else gate.guard.to_dict(),
                           tournament=None if contest is None else contest.to_dict(),
                           promising=status == Outcome.REJECTED and gate.margin_passed and not gate.significant
-                          and (gate.guard is None or gate.guard.passed))
+                          and (gate.guard is None or gate.guard.passed),
+                          validation=entrant.fitted.metadata.get("evaluation"),
+                          holdout=None if gate.evaluation is None
+                          else {k: v for k, v in gate.evaluation.items() if k != "metrics"})
 
 
 # -- the steps of retrain ----------------------------------------------------------------------------
@@ -381,11 +424,30 @@ def usable_rows(settings: Settings, fresh: pd.DataFrame) -> pd.DataFrame:
     return _labelled(settings, fresh) if settings.task in SUPERVISED else _columns(settings, fresh)
 
 
+def prediction_ids(settings: Settings, fresh: pd.DataFrame) -> np.ndarray | None:
+    """The prediction id of each of :func:`usable_rows`' rows, in their order, when ``fresh`` comes
+    from the prediction log (its ``id`` column); None otherwise. Recorded as the first and last id
+    of a version's validation rows and of the gate's held-out rows."""
+    if fresh.empty or "id" not in fresh.columns:
+        return None
+    rows = fresh[fresh[settings.data.target].notna()] if settings.task in SUPERVISED else fresh
+    return rows["id"].to_numpy()
+
+
+def _split_ids(ids: np.ndarray | None, holdout: pd.DataFrame) -> dict[str, np.ndarray | None]:
+    """``train_ids`` and ``holdout_ids`` of a plan carved by :func:`window_split`."""
+    if ids is None:
+        return {}
+    return {"train_ids": ids[:-len(holdout)], "holdout_ids": ids[-len(holdout):]}
+
+
 def single_candidate(settings: Settings, registry: Registry, champion: str, schema: FeatureSchema,
-                     fresh: pd.DataFrame, usable: pd.DataFrame, trigger: Trigger) -> Entrant | str:
-    """The candidate of the strategy :func:`choose_strategy` picks, fitted; or why to wait."""
+                     fresh: pd.DataFrame, usable: pd.DataFrame, trigger: Trigger,
+                     ids: np.ndarray | None = None) -> Entrant | str:
+    """The candidate of the strategy :func:`choose_strategy` picks, fitted; or why to wait.
+    ``ids``: the prediction id of each ``usable`` row (:func:`prediction_ids`)."""
     strategy, why = choose_strategy(settings.retraining, settings.task, len(usable), trigger)
-    plan = None if strategy is None else plan_rows(strategy, settings, schema, fresh, usable)
+    plan = None if strategy is None else plan_rows(strategy, settings, schema, fresh, usable, ids)
     if plan is None:
         return why if strategy is None else f"{len(fresh)} live rows to weight by; {LIVE_GATE_ROWS} needed"
     short = _short_holdout(settings, plan.holdout)
@@ -412,15 +474,16 @@ def window_split(settings: Settings, labelled: pd.DataFrame) -> tuple[pd.DataFra
 
 
 def plan_rows(strategy: str, settings: Settings, schema: FeatureSchema, fresh: pd.DataFrame,
-              labelled: pd.DataFrame) -> Plan | None:
-    """The rows ``strategy`` trains and gates on; None when there are too few live rows to weight by."""
+              labelled: pd.DataFrame, ids: np.ndarray | None = None) -> Plan | None:
+    """The rows ``strategy`` trains and gates on; None when there are too few live rows to weight by.
+    ``ids``: the prediction id of each ``labelled`` row, if known."""
     if strategy in ("window", "window_and_original"):
         train, holdout, what = window_split(settings, labelled)
         if strategy == "window":
-            return Plan(strategy, train, holdout, "window", what, {"window": len(train)})
+            return Plan(strategy, train, holdout, "window", what, {"window": len(train)}, **_split_ids(ids, holdout))
         original = _columns(settings, initial_frame(settings))
         return Plan(strategy, train, holdout, "window", what, {"original": len(original), "window": len(train)},
-                    base=original)
+                    base=original, **_split_ids(ids, holdout))
     if len(fresh) < LIVE_GATE_ROWS:
         return None
     original = _columns(settings, initial_frame(settings))
@@ -428,7 +491,7 @@ def plan_rows(strategy: str, settings: Settings, schema: FeatureSchema, fresh: p
     common = dict(reference=fresh, weights=weights.summary())
     if len(labelled) >= LIVE_GATE_ROWS:
         return Plan(strategy, original, labelled, "live", f"all {len(labelled)} labelled live rows (none trained on)",
-                    {"original": len(original)}, sample_weight=weights.values, **common)
+                    {"original": len(original)}, sample_weight=weights.values, holdout_ids=ids, **common)
     n_hold = max(1, int(round(len(original) * settings.retraining.holdout_fraction)))
     return Plan(strategy, original.iloc[:-n_hold], original.iloc[-n_hold:], "initial",
                 f"the newest {n_hold} initial rows (held out of the fit), importance-weighted "
@@ -450,7 +513,7 @@ def in_tournament(settings: Settings, labelled: int) -> bool:
 
 
 def run_tournament(settings: Settings, registry: Registry, champion: str, schema: FeatureSchema,
-                   fresh: pd.DataFrame, labelled: pd.DataFrame) -> Entrant | str:
+                   fresh: pd.DataFrame, labelled: pd.DataFrame, ids: np.ndarray | None = None) -> Entrant | str:
     """One candidate per strategy and kind of ``retraining.tournament``, each scored through its
     ONNX graph on the same held-out rows; the best, with the field (:class:`Tournament`), or why to
     wait. A strategy or kind that cannot apply is skipped with its reason; no kind that suits the
@@ -471,7 +534,8 @@ def run_tournament(settings: Settings, registry: Registry, champion: str, schema
     entries: list[Entry] = []
     candidates: dict[int, tuple[Plan, Fitted]] = {}
     for strategy in dict.fromkeys(config.strategies):
-        plan = tournament_plan(strategy, settings, schema, fresh, original, train, holdout, what)
+        plan = tournament_plan(strategy, settings, schema, fresh, original, train, holdout, what,
+                               _split_ids(ids, holdout))
         for kind, why_not in kinds.items():
             if isinstance(plan, str) or why_not is not None:
                 entries.append(Entry(strategy, kind, skipped=plan if isinstance(plan, str) else why_not))
@@ -488,16 +552,17 @@ def run_tournament(settings: Settings, registry: Registry, champion: str, schema
 
 def tournament_plan(strategy: str, settings: Settings, schema: FeatureSchema, fresh: pd.DataFrame,
                     original: pd.DataFrame | str | None, train: pd.DataFrame, holdout: pd.DataFrame,
-                    what: str) -> Plan | str:
+                    what: str, ids: dict[str, np.ndarray | None] | None = None) -> Plan | str:
     """``strategy``'s rows in a tournament, judged on the shared ``holdout``; or why it cannot run.
-    ``original``: the initial data, or why it is not at hand."""
+    ``original``: the initial data, or why it is not at hand; ``ids``: :func:`_split_ids`."""
+    ids = ids or {}
     if strategy == "window":
-        return Plan(strategy, train, holdout, "window", what, {"window": len(train)})
+        return Plan(strategy, train, holdout, "window", what, {"window": len(train)}, **ids)
     if isinstance(original, str) or original is None:
         return original or "no initial data"
     if strategy == "window_and_original":
         return Plan(strategy, train, holdout, "window", what, {"original": len(original), "window": len(train)},
-                    base=original)
+                    base=original, **ids)
     if len(fresh) < LIVE_GATE_ROWS:
         return f"{len(fresh)} live rows to weight by; {LIVE_GATE_ROWS} needed"
     try:
@@ -505,14 +570,15 @@ def tournament_plan(strategy: str, settings: Settings, schema: FeatureSchema, fr
     except ConfigError as exc:  # image or sequence features: no domain classifier for them
         return str(exc)
     return Plan(strategy, original, holdout, "window", what, {"original": len(original)},
-                sample_weight=weights.values, reference=fresh, weights=weights.summary())
+                sample_weight=weights.values, reference=fresh, weights=weights.summary(),
+                holdout_ids=ids.get("holdout_ids"))
 
 
 def _original(settings: Settings) -> pd.DataFrame | str:
     """The initial data in a fit's columns, or why it is not at hand (its file is gone, or empty)."""
     try:
         original = _columns(settings, initial_frame(settings))
-    except OSError as exc:
+    except (OSError, ConfigError, SchemaError) as exc:  # gone, unreadable, or without the model's columns
         return f"the initial data cannot be read ({exc})"
     except KeyError as exc:  # a file whose columns are not the model's (the schema moved on since)
         return f"the initial data lacks the model's columns ({exc})"
@@ -536,7 +602,7 @@ def fit_candidate(settings: Settings, registry: Registry, champion: str, plan: P
     weights when ``model.warm_start`` is set."""
     warm = (registry.verify(champion).path / MODEL_FILE).read_bytes() if settings.model.warm_start else None
     return fit(settings, plan.train, warm_start=warm, sample_weight=plan.sample_weight, base=plan.base,
-               reference=plan.reference)
+               reference=plan.reference, origin=plan.train_origin(settings))
 
 
 def judge(settings: Settings, candidate: OnnxModel, champion: OnnxModel, champion_version: str,
@@ -555,21 +621,49 @@ def judge(settings: Settings, candidate: OnnxModel, champion: OnnxModel, champio
     score: Scorer = partial(score_rows, task, settings.data.target, expected_anomaly_rate(settings.model.params))
     metric, _ = evaluate.primary(task)
     guard = guard_check(task, settings.retraining.guard, guard_frame(settings), score, candidate, champion)
+    record = plan.holdout_record(settings, len(candidate.schema.labels))
     common = dict(champion_version=champion_version, margin=margin, holdout_rows=len(plan.holdout),
                   holdout_source=plan.holdout_source, weighted=plan.holdout_weight is not None, guard=guard,
                   strategy=plan.strategy)
-    if task in SUPERVISED and plan.holdout_weight is None:  # the paired test on the same rows
+    if plan.holdout_weight is not None:  # one figure each: the weighted primary metric
+        candidate_score = score(candidate, plan.holdout, plan.holdout_weight)
+        champion_score = score(champion, plan.holdout, plan.holdout_weight)
+        return GateResult(metric, candidate_score, champion_score,
+                          margin_passed=evaluate.beats(task, candidate_score, champion_score, margin),
+                          evaluation=record | {"metrics": None}, **common)
+    models = {"candidate": candidate, "champion": champion}
+    outputs = {role: model.predict_frame(plan.holdout) for role, model in models.items()}
+    figures = holdout_metrics(settings, models, plan.holdout, outputs)
+    common["evaluation"] = record | {"metrics": figures}
+    if task in SUPERVISED:  # the paired test on the same rows
         labels = plan.holdout[settings.data.target]
-        comparison = evaluate.compare(task, labels, champion.predict_frame(plan.holdout).predictions,
-                                      candidate.predict_frame(plan.holdout).predictions, margin=margin,
+        comparison = evaluate.compare(task, labels, outputs["champion"].predictions,
+                                      outputs["candidate"].predictions, margin=margin,
                                       significance=settings.retraining.significance
                                       if significance is None else significance, tolerance=tolerance)
         return GateResult(metric, comparison.candidate, comparison.champion, margin_passed=comparison.margin_passed,
                           comparison=comparison, **common)
-    candidate_score = score(candidate, plan.holdout, plan.holdout_weight)
-    champion_score = score(champion, plan.holdout, plan.holdout_weight)
+    if figures is None:
+        candidate_score, champion_score = score(candidate, plan.holdout, None), score(champion, plan.holdout, None)
+    else:
+        candidate_score, champion_score = figures["candidate"][metric], figures["champion"][metric]
     return GateResult(metric, candidate_score, champion_score,
                       margin_passed=evaluate.beats(task, candidate_score, champion_score, margin), **common)
+
+
+def holdout_metrics(settings: Settings, models: dict[str, OnnxModel], rows: pd.DataFrame,
+                    outputs: dict[str, GraphOutput]) -> dict[str, dict[str, float]] | None:
+    """Every metric of each model (by role) on the gate's held-out ``rows``, from its ``outputs``:
+    for the record, since on the same rows they are the one comparable pair of figures. None when
+    one cannot be computed there (a class a model never learnt: scikit-learn's log loss refuses
+    it); the verdict rests on the primary metric alone and does not depend on these."""
+    rate = expected_anomaly_rate(settings.model.params)
+    try:
+        return {role: output_metrics(settings.task, settings.data.target, rate, model, rows, outputs[role])
+                for role, model in models.items()}
+    except ValueError as exc:
+        log.warning("the held-out rows' metrics are not recorded: %s", exc)
+        return None
 
 
 def guard_check(task: str, config: GuardConfig, rows: pd.DataFrame | None, score: Scorer, candidate: OnnxModel,
@@ -638,11 +732,18 @@ def _labelled(settings: Settings, fresh: pd.DataFrame) -> pd.DataFrame:
 def score_rows(task: str, target: str | None, expected_rate: float, model: OnnxModel, rows: pd.DataFrame,
                weights: np.ndarray | None = None) -> float:
     """The primary metric of ``model`` on ``rows`` (weighted by ``weights`` when given)."""
-    supervised = task in SUPERVISED
-    preds, scores = model.predict_frame(rows)
+    output = model.predict_frame(rows)
     if weights is not None:
-        return weighted_metric(task, rows[target], preds, weights)
+        return weighted_metric(task, rows[target], output.predictions, weights)
     metric, _ = evaluate.primary(task)
+    return output_metrics(task, target, expected_rate, model, rows, output)[metric]
+
+
+def output_metrics(task: str, target: str | None, expected_rate: float, model: OnnxModel, rows: pd.DataFrame,
+                   output: GraphOutput) -> dict[str, float]:
+    """Every metric of the task for ``model``'s ``output`` (its graph's answer) on ``rows``."""
+    supervised = task in SUPERVISED
+    preds, scores = output
     return evaluate.score(task, rows[target] if supervised else None, preds,
                           scores if task == "classification" else None, list(model.schema.labels) or None,
-                          scores=None if supervised else scores, expected_anomaly_rate=expected_rate)[metric]
+                          scores=None if supervised else scores, expected_anomaly_rate=expected_rate)

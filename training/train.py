@@ -70,6 +70,51 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where the rows handed to :func:`fit` came from: what a version's record of its evaluation
+    rows names (``metadata["evaluation"]["source"]``), so that "0.91 on 15 rows" says which 15."""
+
+    data: str  # initial (the data file or the scenario) | live (rows the service logged)
+    name: str  # "file loans.csv", "scenario loans", "the prediction log"
+    ids: np.ndarray | None = None  # live rows: each row's prediction id (None: not known)
+
+    @classmethod
+    def initial(cls, settings: Settings) -> Origin:
+        """The initial data: the configured file, or the built-in scenario."""
+        path = settings.data.path
+        return cls("initial", f"file {path}" if path is not None else f"scenario {settings.data.scenario}")
+
+    @classmethod
+    def live(cls, ids: Any = None) -> Origin:
+        return cls("live", "the prediction log", None if ids is None else np.asarray(ids))
+
+    def source(self, positions: Any) -> dict[str, Any]:
+        """The record of the rows at ``positions`` of the frame: where they came from and, for
+        live rows, the first and last prediction id among them."""
+        out: dict[str, Any] = {"data": self.data, "name": self.name}
+        if self.ids is not None and len(positions):
+            ids = self.ids[np.asarray(positions)]
+            out["prediction_ids"] = [int(ids.min()), int(ids.max())]
+        return out
+
+
+def describe_source(source: dict[str, Any]) -> str:
+    """``source`` (:meth:`Origin.source`) in words: "initial data, scenario loans", "live, prediction
+    ids 1201..1260"."""
+    if source.get("data") == "live":
+        ids = source.get("prediction_ids")
+        return "live" + (f", prediction ids {ids[0]}..{ids[1]}" if ids else "")
+    return f"initial data, {source.get('name')}"
+
+
+def rows_fingerprint(rows: pd.DataFrame, columns: list[str]) -> str:
+    """sha256 of ``rows``' ``columns`` (the features and the target), whatever their order: two
+    versions' figures are comparable when, and only when, their evaluation rows have the same one."""
+    hashes = np.sort(guard.row_hashes(rows[columns]))
+    return hashlib.sha256(hashes.tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """What the validation split showed: the metrics, and what the version's report draws."""
 
@@ -103,7 +148,8 @@ class Fitted:
 
 def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None,
         progress: Progress | None = None, *, sample_weight: np.ndarray | None = None,
-        base: pd.DataFrame | None = None, reference: pd.DataFrame | None = None) -> Fitted:
+        base: pd.DataFrame | None = None, reference: pd.DataFrame | None = None,
+        origin: Origin | None = None) -> Fitted:
     """split -> search -> fit -> evaluate -> export and check parity -> metadata, on ``frame``
     (features and target).
 
@@ -116,7 +162,9 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
     * ``base``: rows always in the training split, before ``frame``'s (never validated): the
       original data under ``window_and_original``, so the validation rows stay the newest live ones;
     * ``reference``: the drift baseline to keep (default: a sample of ``frame``), e.g. the live
-      inputs a reweighted model was adapted to.
+      inputs a reweighted model was adapted to;
+    * ``origin``: where ``frame``'s rows came from (default: the initial data), for the record of
+      the validation rows (``metadata["evaluation"]``).
     """
     started = time.perf_counter()
     step = _Steps(progress)
@@ -136,7 +184,8 @@ def fit(settings: Settings, frame: pd.DataFrame, warm_start: bytes | None = None
     kept = reference_sample(data.frame if reference is None else reference, data.schema.names,
                             settings.training.reference_rows, settings.seed)
     metadata = version_metadata(data, rows, evaluation, parity, kind=settings.model.kind, params=params,
-                                found=found, seed=settings.seed, warm_start=warm_start is not None, started=started)
+                                found=found, seed=settings.seed, warm_start=warm_start is not None, started=started,
+                                origin=origin or Origin.initial(settings))
     return Fitted(data.schema, onnx_bytes, evaluation.metrics, kept, metadata, time.perf_counter() - started,
                   evaluation)
 
@@ -253,13 +302,15 @@ def reference_sample(pool: pd.DataFrame, names: list[str], rows: int, seed: int)
 
 def version_metadata(data: LearningData, rows: Split, evaluation: Evaluation, parity: Parity, *, kind: str,
                      params: dict[str, Any], found: SearchResult | None, seed: int, warm_start: bool,
-                     started: float) -> dict[str, Any]:
+                     started: float, origin: Origin) -> dict[str, Any]:
     """What is stored beside the graph: how it was made, from what, and how well it did."""
     return {
         "kind": kind,
         "params": params,
         "search": found.to_dict() if found else None,
         "metrics": evaluation.metrics,
+        # what "metrics" were measured on: the set, its rows, where they came from, their fingerprint
+        "evaluation": evaluation_record(data, rows, origin),
         # classifiers: top-class confidence -> chance of being right, from the validation rows; the
         # monitor estimates live accuracy with it before labels arrive
         "confidence_calibration": _confidence_calibration(data, evaluation),
@@ -268,7 +319,7 @@ def version_metadata(data: LearningData, rows: Split, evaluation: Evaluation, pa
         **_squared_errors(data, evaluation),
         "parity": parity.to_dict(),
         "rows": {"train": len(rows.train), "validation": len(rows.valid)},
-        "data_fingerprint": fingerprint(data.seen[[*data.schema.names, *([data.target] if data.target else [])]]),
+        "data_fingerprint": fingerprint(data.seen[_row_columns(data)]),
         "time_range": _time_range(data.seen, data.timestamp
                                   if data.base is None or data.timestamp in data.base.columns else None),
         "libraries": library_versions(),
@@ -278,6 +329,26 @@ def version_metadata(data: LearningData, rows: Split, evaluation: Evaluation, pa
         "importance": {name: round(v["mean"], 6) for name, v in evaluation.importance.items()},
         "training_seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def evaluation_record(data: LearningData, rows: Split, origin: Origin) -> dict[str, Any]:
+    """``metadata["evaluation"]``: the validation rows the version's ``metrics`` were measured on.
+
+    ``set`` (``validation``), ``rows``, ``source`` (:meth:`Origin.source`), ``description`` (in
+    words), ``fingerprint`` (:func:`rows_fingerprint`) and ``averages`` (:func:`evaluate.averages`).
+    Each version validates on its own split of its own data, so two versions' metrics are rarely
+    measured on the same rows; the fingerprint says when they are (``models diff``)."""
+    valid = rows.valid
+    source = origin.source(valid.index)
+    which = f"the newest {len(valid)} rows" if rows.time_ordered else f"{len(valid)} random rows"
+    return {"set": "validation", "rows": len(valid), "source": source,
+            "description": f"{which} of its training data, split off for validation ({describe_source(source)})",
+            "fingerprint": rows_fingerprint(valid, _row_columns(data)),
+            "averages": evaluate.averages(data.schema.task, len(data.labels))}
+
+
+def _row_columns(data: LearningData) -> list[str]:
+    return [*data.schema.names, *([data.target] if data.target else [])]
 
 
 def _confidence_calibration(data: LearningData, evaluation: Evaluation) -> dict[str, Any] | None:

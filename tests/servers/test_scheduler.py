@@ -72,7 +72,7 @@ def test_a_retrain_holds_its_own_lease(store: PredictionStore) -> None:
 
 # -- jobs in the database --------------------------------------------------------------------------
 class FakeMonitor:
-    """What the scheduler needs of a Monitor: run_once, retrain_on_schedule, the store, the settings."""
+    """What the scheduler needs of a Monitor: run_once, retrain_on_schedule, close, the store, the settings."""
 
     def __init__(self, store: PredictionStore, settings: Any) -> None:
         self.store = store
@@ -84,6 +84,9 @@ class FakeMonitor:
         self.runs += 1
         return []
 
+    def close(self, timeout: float | None = None) -> bool:  # a Monitor draws its queued pictures here
+        return True
+
     def retrain_on_schedule(self) -> str:
         self.scheduled += 1
         return "promoted"
@@ -91,7 +94,9 @@ class FakeMonitor:
 
 @pytest.fixture
 def monitor(store: PredictionStore, tmp_path: Path) -> FakeMonitor:
-    return FakeMonitor(store, make_settings(tmp_path, store={"url": store.url}))
+    # No store_retention job here: these tests count and drive the check and registry jobs
+    return FakeMonitor(store, make_settings(tmp_path, store={"url": store.url},
+                                            monitoring={"retention": {"interval_s": 0}}))
 
 
 def seed_jobs(monitor: FakeMonitor, interval_s: float) -> None:
@@ -212,7 +217,8 @@ def test_a_scheduled_retrain_job_on_a_cron_schedule(store: PredictionStore, tmp_
 
     def monitor(**schedule: Any) -> FakeMonitor:
         return FakeMonitor(store, make_settings(tmp_path, store={"url": store.url},
-                                                retraining={"schedule": schedule}))
+                                                retraining={"schedule": schedule},
+                                                monitoring={"retention": {"interval_s": 0}}))
 
     daily, weekly = {"enabled": True, "cron": "30 4 * * *"}, {"enabled": True, "cron": "0 3 * * sun"}
     config = write_config(monitor(**daily).settings, tmp_path / "driftloop.yaml")

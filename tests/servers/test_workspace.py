@@ -292,6 +292,7 @@ def test_the_monitor_snapshots_every_checked_window_into_the_workspace(champion_
     for start in range(0, len(live), 300):
         serve(store, registry, live.iloc[start:start + 300])
         monitor.run_once()
+    assert monitor.flush(timeout=120)  # snapshots are drawn after the checks, in the background
     checks = store.checks()
     assert len(checks) == 4
     runs = DriftWorkspace(tmp_path / "reports" / "evidently", "loans").runs("v1")

@@ -88,6 +88,7 @@ def test_loop_detects_both_drifts_after_onset_and_promotes_better_models(world: 
 
     kinds = [e["kind"] for e in world["store"].events()]
     assert kinds.count("retrain_promoted") == 2 and "retrain_started" in kinds
+    assert monitor.flush(timeout=120)  # the reports are drawn after the checks, in the background
     assert all(Path(c.report_path).is_file() for c in checks if c.decision != "none")
 
 
@@ -165,7 +166,7 @@ def test_retention_keeps_the_champion_and_its_lineage(world: dict[str, Any]) -> 
     assert [v.version for v in registry.versions()] == ["v1", "v3", "v5"]
     assert world["store"].events("versions_deleted")[-1]["detail"]["versions"] == ["v2", "v4"]
     scheduler = build_scheduler(monitor, 60)
-    assert {job.id for job in scheduler.get_jobs()} == {"check", "retention"}
+    assert {job.id for job in scheduler.get_jobs()} == {"check", "retention", "store_retention"}
 
 
 def test_every_retrain_job_is_counted_by_trigger_and_outcome() -> None:

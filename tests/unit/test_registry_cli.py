@@ -50,11 +50,13 @@ def cli(config: Path, *args: str):  # noqa: ANN201
 
 def register_like_v1(registry: Registry, schema: FeatureSchema | None = None, reference: pd.DataFrame | None = None,
                      **metadata: Any) -> str:
-    """A new version with v1's graph (and, unless given, its schema and reference)."""
+    """A new version with v1's graph (and, unless given, its schema and reference), measured on
+    v1's validation rows (its ``evaluation`` record)."""
     v1 = registry.get("v1")
+    kept = ("kind", "params", "data_fingerprint", "time_range", "evaluation")
     mv = registry.register((v1.path / MODEL_FILE).read_bytes(), schema or v1.schema,
                            registry.reference("v1") if reference is None else reference,
-                           {k: v1.metadata[k] for k in ("kind", "params", "data_fingerprint", "time_range")} | metadata,
+                           {k: v1.metadata[k] for k in kept} | metadata,
                            trigger="manual", parent="v1")
     return mv.version
 
@@ -100,7 +102,7 @@ def test_diff_shows_metrics_schema_and_fields_aligned(config: Path, registry: Re
     assert rows["tenure"].rstrip().endswith("added") and rows["credit_lines"].rstrip().endswith("removed")
     assert rows["trigger"].split()[1:] == ["initial", "manual", "changed"]
     assert rows["kind"].rstrip().endswith("gradient_boosting")  # the same kind: no "changed"
-    assert rows["roc_auc"].split()[2] == "-"  # a metric only v1 has
+    assert rows["roc_auc"].startswith("  roc_auc (binary) ") and rows["roc_auc"].endswith(" -")  # only v1 has it
 
 
 def test_diff_json_is_machine_readable(config: Path, registry: Registry, changed: str) -> None:
@@ -142,6 +144,135 @@ def test_diff_of_identical_schemas_and_importance(config: Path, registry: Regist
     partial = cli(config, "models", "diff", without, only_one)
     assert partial.exit_code == 0 and f"recorded for {only_one} only" in partial.output
     assert json.loads(cli(config, "models", "diff", without, only_one, "--json").output)["importance"] is None
+
+
+@pytest.fixture
+def retrained(config: Path, registry: Registry, loans: pd.DataFrame) -> Any:
+    """v2: a retrain with ``retraining.min_rows`` lowered, as issue 16 found it: 100 labelled live
+    rows (prediction ids 1201..1300), 25 held out for the gate, 75 to fit: 60 trained on, 15 validated."""
+    from driftloop.training.retrain import retrain
+    from tests.conftest import make_settings
+
+    settings = make_settings(config.parent, retraining={
+        "min_rows": 100, "min_holdout_rows": 20, "margin": 0.0, "significance": 1.0,
+        "tournament": {"enabled": False}})
+    fresh = loans[loans["period"] == "covariate"].head(100).reset_index(drop=True)
+    fresh.insert(0, "id", range(1201, 1301))  # as the prediction log hands them (FreshRows)
+    outcome = retrain(settings, registry, fresh, trigger="drift", reason="test")
+    assert outcome.candidate == "v2", outcome.reason
+    return outcome
+
+
+def test_a_retrained_versions_diff_names_its_rows_and_shows_the_gate_pair(config: Path, registry: Registry,
+                                                                          retrained: Any) -> None:
+    v1, v2 = registry.get("v1").metadata, registry.get("v2").metadata
+    n1 = v1["rows"]["validation"]
+    assert v1["evaluation"]["source"] == {"data": "initial", "name": "scenario loans"} and v1["evaluation"]["rows"] == n1
+    assert v2["rows"] == {"train": 60, "validation": 15}
+    assert v2["evaluation"]["source"]["prediction_ids"] == [1261, 1275]  # the newest 15 of the 75 fitted on
+    gate = v2["gate"]
+    assert gate["evaluation"]["rows"] == 25 and gate["evaluation"]["source"]["prediction_ids"] == [1276, 1300]
+    # the retrain event carries both records (the gate's without the figures)
+    assert retrained.validation == v2["evaluation"]
+    assert {k: v for k, v in gate["evaluation"].items() if k != "metrics"} == retrained.holdout
+
+    diff = json.loads(cli(config, "models", "diff", "v1", "v2", "--json").output)
+    assert diff["evaluation"]["a"]["rows"] == n1 and diff["evaluation"]["b"]["rows"] == 15
+    assert (diff["evaluation"]["same_rows"], diff["evaluation"]["why"]) == (False, "different rows")
+    metrics = {m["name"]: m for m in diff["metrics"]}
+    assert metrics["accuracy"]["set"] == {"a": "validation", "b": "validation"}
+    assert metrics["accuracy"]["rows"] == {"a": n1, "b": 15}
+    assert all(not m["comparable"] and m["delta"] is None and m["why"] == "different rows" for m in diff["metrics"])
+    pair = diff["gate"]
+    assert (pair["candidate"], pair["champion"], pair["set"], pair["rows"]) == ("v2", "v1", "holdout", 25)
+    figures = {m["name"]: m for m in pair["metrics"]}
+    assert (figures["accuracy"]["a"], figures["accuracy"]["b"]) == (gate["champion"], gate["candidate"])
+    assert figures["accuracy"]["delta"] == pytest.approx(gate["candidate"] - gate["champion"])
+    assert figures["f1"]["a"] == gate["evaluation"]["metrics"]["champion"]["f1"] and figures["f1"]["average"] == "macro"
+
+    text = cli(config, "models", "diff", "v1", "v2")
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    validation = next(line for line in lines if line.startswith("  accuracy"))
+    assert f"(validation, {n1} rows)" in validation and "(validation, 15 rows)" in validation
+    assert validation.rstrip().endswith("not comparable (different rows)")
+    at = lines.index(next(line for line in lines if line.startswith("gate: v2 judged against v1 on the same rows")))
+    assert "prediction ids 1276..1300" in lines[at]
+    holdout = lines[at + 1]
+    assert holdout.startswith("  accuracy") and holdout.count("(holdout, 25 rows)") == 2
+    assert holdout.rstrip().endswith(f"{gate['candidate'] - gate['champion']:+.4f}")
+
+    reverse = json.loads(cli(config, "models", "diff", "v2", "v1", "--json").output)["gate"]
+    accuracy = next(m for m in reverse["metrics"] if m["name"] == "accuracy")
+    assert (accuracy["a"], accuracy["b"]) == (gate["candidate"], gate["champion"])  # sides follow the diff
+
+
+def test_versions_without_the_records_still_diff_and_compare_nothing(config: Path, registry: Registry) -> None:
+    """Versions registered before ``evaluation`` existed: rows from ``rows``, no delta (nothing
+    proves the rows the same), the averages training has always used, an old gate's primary pair."""
+    v1 = registry.get("v1")
+    old = {k: v1.metadata[k] for k in ("kind", "params", "data_fingerprint", "time_range")}
+    legacy_gate = {"metric": "accuracy", "candidate": 0.9, "champion": 0.8, "champion_version": "v1",
+                   "margin": 0.01, "holdout_rows": 150, "holdout_source": "window", "passed": True}
+    first = registry.register((v1.path / MODEL_FILE).read_bytes(), v1.schema, registry.reference("v1"),
+                              old | {"metrics": {"accuracy": 0.8, "f1": 0.7}, "rows": {"train": 80, "validation": 20}},
+                              trigger="manual", parent="v1").version
+    second = registry.register((v1.path / MODEL_FILE).read_bytes(), v1.schema, registry.reference("v1"),
+                               old | {"metrics": {"accuracy": 0.9, "f1": 0.8}, "rows": {"train": 80, "validation": 20},
+                                      "gate": legacy_gate}, trigger="drift", parent="v1").version
+
+    diff = json.loads(cli(config, "models", "diff", first, second, "--json").output)
+    assert diff["evaluation"]["a"]["fingerprint"] is None and diff["evaluation"]["a"]["rows"] == 20
+    f1 = next(m for m in diff["metrics"] if m["name"] == "f1")
+    assert (f1["average"], f1["delta"], f1["why"]) == ("macro", None, "rows not recorded")
+    assert diff["gate"] is None  # second's gate judged it against v1, not against first
+
+    text = cli(config, "models", "diff", first, second)
+    assert text.exit_code == 0, text.output
+    f1_line = next(line for line in text.output.splitlines() if line.startswith("  f1 (macro)"))
+    assert "(validation, 20 rows)" in f1_line and f1_line.rstrip().endswith("not comparable (rows not recorded)")
+
+    with_gate = json.loads(cli(config, "models", "diff", "v1", second, "--json").output)
+    assert with_gate["gate"]["metrics"] == [{"name": "accuracy", "average": None, "a": 0.8, "b": 0.9,
+                                             "delta": pytest.approx(0.1)}]
+    assert with_gate["gate"]["rows"] == 150 and with_gate["gate"]["fingerprint"] is None
+    assert "150 held-out rows" in cli(config, "models", "diff", "v1", second).output
+    shown = cli(config, "models", "show", first)
+    assert shown.exit_code == 0 and json.loads(shown.output)["rows"] == {"train": 80, "validation": 20}
+
+
+def test_averaged_metrics_say_which_average(config: Path, registry: Registry, loans: pd.DataFrame) -> None:
+    """The recorded average is the one computed, the diff names it, and a macro figure is never
+    set against a weighted one, even on the same rows."""
+    from sklearn.metrics import f1_score
+
+    from driftloop.training import evaluate
+
+    assert evaluate.averages("classification", 2)["roc_auc"] == "binary"
+    assert evaluate.averages("classification", 3) == {"precision": "macro", "recall": "macro", "f1": "macro",
+                                                      "roc_auc": "macro_ovr"}
+    assert evaluate.averages("regression", 0) == {}
+    y, pred = [0, 0, 0, 0, 0, 0, 1, 1, 2, 2], [0, 0, 0, 0, 0, 1, 1, 0, 2, 1]  # imbalanced: the averages differ
+    recorded = evaluate.averages("classification", 3)["f1"]
+    assert evaluate.classification_metrics(y, pred, None, [0, 1, 2])["f1"] == f1_score(y, pred, average=recorded)
+    assert f1_score(y, pred, average=recorded) != pytest.approx(f1_score(y, pred, average="weighted"))
+    assert registry.get("v1").metadata["evaluation"]["averages"] == evaluate.averages("classification", 2)
+
+    v1 = registry.get("v1")
+    weighted = register_like_v1(registry, metrics={**v1.metrics, "f1": 0.5},
+                                evaluation=v1.metadata["evaluation"] | {
+                                    "averages": v1.metadata["evaluation"]["averages"] | {"f1": "weighted"}})
+    diff = json.loads(cli(config, "models", "diff", "v1", weighted, "--json").output)
+    metrics = {m["name"]: m for m in diff["metrics"]}
+    assert diff["evaluation"]["same_rows"] and metrics["accuracy"]["delta"] == 0.0
+    f1 = metrics["f1"]
+    assert (f1["average"], f1["delta"], f1["why"]) == (None, None, "different averages")
+    assert (metrics["precision"]["average"], metrics["precision"]["delta"]) == ("macro", 0.0)
+    text = cli(config, "models", "diff", "v1", weighted).output.splitlines()
+    f1_line, n = next(line for line in text if line.startswith("  f1 ")), v1.metadata["rows"]["validation"]
+    assert f"{n} rows, macro)" in f1_line and f"{n} rows, weighted)" in f1_line
+    assert f1_line.rstrip().endswith("not comparable (different averages)")
+    assert any(line.startswith("  precision (macro) ") for line in text)
 
 
 def test_diff_of_an_unknown_version_fails_cleanly(config: Path) -> None:

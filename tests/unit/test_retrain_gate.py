@@ -27,7 +27,8 @@ from driftloop.vocabulary import Outcome
 from tests.conftest import make_settings
 
 GATE_KEYS = ["metric", "candidate", "champion", "champion_version", "margin", "holdout_rows", "holdout_source",
-             "weighted", "margin_passed", "guard", "passed", "strategy", "test"]  # test: the paired test (issue 12)
+             "weighted", "margin_passed", "guard", "passed", "strategy", "test",  # test: the paired test (issue 12)
+             "evaluation"]  # the held-out rows' record and both models' metrics on them (issue 16)
 GUARD_KEYS = ["rows", "metric", "candidate", "champion", "drop", "max_drop", "passed", "source"]
 
 
@@ -138,3 +139,24 @@ def test_labels_stay_what_they_are(tmp_path: Path) -> None:
     assert set(_labelled(make_settings(tmp_path), named)[sc.TARGET]) <= {"no", "yes"}
     regression = make_settings(tmp_path, task="regression", model={"kind": "linear_regression"})
     assert _labelled(regression, classes)[sc.TARGET].dtype == np.float64
+
+
+def test_the_holdout_record_names_its_rows_whatever_their_order(tmp_path: Path) -> None:
+    """What the gate scores both models on (issue 16): the rows, where they came from (prediction
+    ids when live) and a fingerprint that is the same for the same rows in any order, and only for them."""
+    settings = make_settings(tmp_path)
+    frame = sc.generate([sc.Period("stable", 12)], seed=1)
+
+    def record(holdout: pd.DataFrame, source: str = "window", **ids: Any) -> dict[str, Any]:
+        plan = Plan("window", frame.iloc[:2], holdout, source, "the newest 10 labelled rows", {"window": 2}, **ids)
+        return plan.holdout_record(settings, 2)
+
+    live = record(frame.iloc[2:], holdout_ids=np.arange(103, 113))
+    assert (live["set"], live["rows"], live["weighted"]) == ("holdout", 10, False)
+    assert live["source"] == {"data": "live", "name": "the prediction log", "prediction_ids": [103, 112]}
+    assert live["description"] == "the newest 10 labelled rows (live, prediction ids 103..112)"
+    assert live["averages"]["f1"] == "macro"
+    shuffled = record(frame.iloc[2:].sample(frac=1.0, random_state=0))
+    assert shuffled["fingerprint"] == live["fingerprint"] and "prediction_ids" not in shuffled["source"]
+    assert record(frame.iloc[1:11])["fingerprint"] != live["fingerprint"]
+    assert record(frame.iloc[2:], "initial")["source"] == {"data": "initial", "name": "scenario loans"}

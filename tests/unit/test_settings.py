@@ -174,3 +174,16 @@ def test_a_tournament_that_cannot_run_is_refused_when_the_config_loads() -> None
         load_settings(None, retraining={"tournament": {"enabled": True, "kinds": ["nope"]}})
     ok = load_settings(None, retraining={"tournament": {"enabled": True, "kinds": ["gradient_boosting", "mlp"]}})
     assert ok.retraining.tournament.kinds == ["gradient_boosting", "mlp"]
+
+
+def test_retention_defaults_are_bounded_and_zero_or_null_switches_a_limit_off(tmp_path: Path) -> None:
+    r = load_settings().monitoring.retention
+    days = (r.predictions_days, r.checks_days, r.events_days, r.reports_days, r.snapshots_days)
+    assert days == (30, 365, 365, 30, 30)
+    assert (r.reports_max, r.snapshots_max, r.interval_s, r.archive_dir) == (200, 3000, 3600, None)
+    path = write(tmp_path, {"monitoring": {"retention": {"predictions_days": 0, "checks_max": None, "reports_max": 0,
+                                                         "archive_dir": "var/archive"}}})
+    r = load_settings(path).monitoring.retention
+    assert (r.predictions_days, r.checks_max, r.reports_max, r.archive_dir) == (None, None, None, Path("var/archive"))
+    with pytest.raises(ConfigError, match="monitoring.retention.events_days: Input should be greater than or equal"):
+        load_settings(write(tmp_path, {"monitoring": {"retention": {"events_days": -1}}}))

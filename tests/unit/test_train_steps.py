@@ -25,7 +25,7 @@ from driftloop.training.train import (
 
 from tests.conftest import make_settings
 
-METADATA_KEYS = ["kind", "params", "search", "metrics", "confidence_calibration", "parity", "rows",
+METADATA_KEYS = ["kind", "params", "search", "metrics", "evaluation", "confidence_calibration", "parity", "rows",
                  "data_fingerprint", "time_range", "libraries", "code_revision", "seed", "warm_start",
                  "importance", "training_seconds"]
 

@@ -92,7 +92,7 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.serving import Prepared, _host_port, _run_async, http_request, machine_info, prepare, process_tree
+from bench.serving import Prepared, _Connection, _host_port, _run_async, http_request, machine_info, prepare, process_tree
 
 FAULTS = ("unwritable", "lock", "moved", "postgres", "kill_worker", "sigterm", "slow_bodies", "hostile")
 HOLD_S = {"unwritable": 10.0, "lock": 20.0, "moved": 5.0, "postgres": 10.0, "slow_bodies": 10.0}
@@ -193,46 +193,6 @@ class Answer:
     done: float
     status: int  # -1: socket error or timeout
     request_id: str | None  # from a 200's body
-
-
-class _Connection:
-    """One keep-alive HTTP/1.1 connection: write a request, read its status and body."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            writer, self.writer, self.reader = self.writer, None, None
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    async def request(self, payload: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None and self.writer is not None
-        self.writer.write(payload)
-        await self.writer.drain()
-        head = (await self.reader.readuntil(b"\r\n\r\n")).lower()
-        status = int(head[9:12])
-        at = head.find(b"\r\ncontent-length:")
-        if at >= 0:
-            body = await self.reader.readexactly(int(head[at + 17:head.index(b"\r\n", at + 2)]))
-        elif b"\r\ntransfer-encoding: chunked" in head:
-            parts = []
-            while size := int((await self.reader.readuntil(b"\r\n")).split(b";", 1)[0], 16):
-                parts.append((await self.reader.readexactly(size + 2))[:-2])
-            await self.reader.readuntil(b"\r\n")
-            body = b"".join(parts)
-        else:
-            body = await self.reader.read()
-            await self.close()
-        if b"\r\nconnection: close" in head:
-            await self.close()
-        return status, body
 
 
 _FAILURES = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError)

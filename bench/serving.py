@@ -157,32 +157,30 @@ class _Connection:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    async def request(self, payload: bytes) -> int:
-        """Send ``payload`` and read the whole answer; its status code."""
+    async def request(self, payload: bytes) -> tuple[int, bytes]:
+        """Send ``payload`` and read the whole answer: its status code and body."""
         if self.writer is None:
             await self.open()
         assert self.reader is not None and self.writer is not None
         self.writer.write(payload)
         await self.writer.drain()
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        head = (await self.reader.readuntil(b"\r\n\r\n")).lower()
         status = int(head[9:12])
-        lower = head.lower()
-        at = lower.find(b"\r\ncontent-length:")
+        at = head.find(b"\r\ncontent-length:")
         if at >= 0:
-            end = lower.index(b"\r\n", at + 2)
-            await self.reader.readexactly(int(lower[at + 17:end]))
-        elif b"\r\ntransfer-encoding: chunked" in lower:
-            while True:
-                size = int((await self.reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-                await self.reader.readexactly(size + 2)
-                if size == 0:
-                    break
+            body = await self.reader.readexactly(int(head[at + 17:head.index(b"\r\n", at + 2)]))
+        elif b"\r\ntransfer-encoding: chunked" in head:
+            parts = []
+            while size := int((await self.reader.readuntil(b"\r\n")).split(b";", 1)[0], 16):
+                parts.append((await self.reader.readexactly(size + 2))[:-2])
+            await self.reader.readuntil(b"\r\n")  # the empty line after the last chunk
+            body = b"".join(parts)
         else:  # no length: the body runs to the end of the connection
-            await self.reader.read()
+            body = await self.reader.read()
             await self.close()
-        if b"\r\nconnection: close" in lower:
+        if b"\r\nconnection: close" in head:
             await self.close()
-        return status
+        return status, body
 
 
 _FAILURES = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError)
@@ -224,7 +222,7 @@ async def _open_loop(host: str, port: int, payload: bytes, rate: float, duration
         while (i := await queue.get()) is not None:
             try:
                 async with asyncio.timeout(timeout):
-                    status[i] = await conn.request(payload)
+                    status[i], _ = await conn.request(payload)
                 done[i] = clock()
             except _FAILURES:
                 status[i] = -1
@@ -270,7 +268,7 @@ async def _closed_loop(host: str, port: int, payload: bytes, duration: float, co
         while (start := clock()) < deadline:
             try:
                 async with asyncio.timeout(timeout):
-                    code = await conn.request(payload)
+                    code, _ = await conn.request(payload)
             except _FAILURES:
                 socket_errors += 1
                 await conn.close()

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo bento test test-fast bench-models bench-serving bench-serving-features bench-drift bench-policy bench-gate chaos bench-monitor bench-memory lint clean
+.PHONY: install system-deps demo bento test test-fast bench-models bench-serving bench-serving-features bench-drift bench-policy bench-gate chaos bench-monitor bench-memory bench-footprint lint clean
 
 install: $(STAMP)
 
@@ -76,6 +76,10 @@ bench-monitor: $(STAMP)
 	$(BIN)/python -m bench.monitor --json var/bench-monitor.json
 
 # A serving worker's resident memory under 64 connections, split by cause (bench/memory.py).
+# A worker's imports, build time and memory, and cold start against the bare app and an empty BentoML service.
+bench-footprint: $(STAMP)
+	$(BIN)/python -m bench.footprint --json var/bench-footprint.json
+
 bench-memory: $(STAMP)
 	@scripts/system-deps.sh
 	$(BIN)/python -m bench.memory --json var/bench-memory.json

@@ -27,10 +27,11 @@ then every row's label through ``insert_feedback``) and reads back what the chil
    unless told), the newest ``--change-windows`` windows from the ``covariate`` period. Printed:
    seconds from the monitor's start until the window holding the first changed row is checked,
    until the retrain it leads to is decided (the retrainer called) and done, and until the whole
-   backlog is checked, and the pictures after it. The time grows with the backlog at the
-   monitor's rows/s (printed beside it: 300,000 rows, and the issue's 3,000,000-row outage, 10
-   minutes at 5,000 rows/s); the default is sized for under two minutes at the ~600 rows/s the
-   monitor checked while the pictures were drawn inside the check.
+   backlog is checked, and the pictures after it. Up to ``monitoring.max_backlog_windows`` (120)
+   windows the time grows with the backlog at the monitor's rows/s (printed beside it: 300,000
+   rows, and the issue's 3,000,000-row outage, 10 minutes at 5,000 rows/s); past it the monitor
+   checks only the newest 120 windows (monitoring/backlog.py), and the rows it left are printed
+   (``--backlog 3000000``: the issue's outage itself; filling it takes ~20 minutes here).
 3. ``memory``: the monitor running as it does in production (``run_once`` every
    ``monitoring.interval_s``, defaults as in the catch-up) while this process replays the
    scenario (stable, then covariate, then concept, repeated) at ``--memory-rate`` rows/s for
@@ -392,6 +393,7 @@ def catchup(opts: Options, root: Path, home: Path, progress: Any) -> dict[str, A
     """A backlog of ``opts.backlog`` rows, its newest ``change_windows`` windows changed."""
     from driftloop.models.registry import Registry
     from driftloop.monitoring.store import PredictionStore
+    from driftloop.vocabulary import EventKind
 
     window = 500  # monitoring.window_rows' default
     changed = opts.change_windows * window
@@ -414,6 +416,9 @@ def catchup(opts: Options, root: Path, home: Path, progress: Any) -> dict[str, A
     checks = [e for e in events if e["kind"] == "check"]
     at = lambda e: round(e["at"] - monitor.spawned, 2)  # noqa: E731
     hit = next((c for c in checks if c["first_id"] <= first_changed <= c["last_id"]), None)
+    store = PredictionStore(url)
+    skips = store.events(EventKind.BACKLOG_SKIPPED)  # monitoring.max_backlog_windows: the older rows left
+    store.close()
     started = [e for e in events if e["kind"] == "retrain_started"]
     done = [e for e in events if e["kind"] == "retrain_done"]
     # the window before the change is checked before any retrain the change leads to starts (a
@@ -437,6 +442,8 @@ def catchup(opts: Options, root: Path, home: Path, progress: Any) -> dict[str, A
         "retrain_outcome": finished["status"] if finished else None,
         "retrains_before_change": len(started) - len(after),
         "windows": len(checks), "drained_s": at(checks[-1]) if checks else None, "rows_per_s": round(rate, 1),
+        "skipped_rows": sum(e["detail"]["rows"] for e in skips),
+        "max_backlog_windows": skips[0]["detail"]["max_backlog_windows"] if skips else None,
         **pictures(run_dir, events, opts.workspace[0]),
         "minutes_for_300k": round(300_000 / rate / 60, 1) if rate else None,
         "minutes_for_issue_backlog": round(ISSUE_BACKLOG / rate / 60, 1) if rate else None,
@@ -714,8 +721,11 @@ def report(out: dict[str, Any]) -> str:
                   f"  pictures drawn           {seconds(c['pictures_after_last_check_s'])} after the last check "
                   f"({drawn(c)} written: reports {c['reports_written']}/{c['reports_due']}, snapshots "
                   f"{c['snapshots_written']}/{c['snapshots_due']})",
-                  f"  at that rate: 300,000 rows {c['minutes_for_300k']} min; the issue's {ISSUE_BACKLOG:,} "
-                  f"(10 min at 5,000 rows/s) {c['minutes_for_issue_backlog']} min"]
+                  (f"  skipped (monitoring.max_backlog_windows {c['max_backlog_windows']}): {c['skipped_rows']:,} "
+                   f"older rows left unchecked, the newest {c['windows']} windows checked"
+                   if c.get("skipped_rows") else
+                   f"  at that rate: 300,000 rows {c['minutes_for_300k']} min; the issue's {ISSUE_BACKLOG:,} "
+                   f"(10 min at 5,000 rows/s) {c['minutes_for_issue_backlog']} min")]
     if "memory" in out:
         m = out["memory"]
         lines += ["", f"memory (SQLite, defaults but workspace {'on' if m['workspace'] else 'off'}): "

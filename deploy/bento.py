@@ -2,10 +2,13 @@
 
     .venv/bin/python deploy/bento.py [--config driftloop.yaml] [--project-root .]
 
-Reads the settings (``--config`` or ``DRIFTLOOP_CONFIG``), finds the champion, and runs
-``bentoml build`` with ``deploy/bentofile.yaml`` plus that one model, with ``BENTOML_HOME`` at the
-registry's home, so the model comes out of the registry's store and the Bento lands beside it
-(``<registry.home>/bentos``). Prints the Bento's tag. The build context is the repository staged in
+Reads the settings (``--config`` or ``DRIFTLOOP_CONFIG``), finds the champion, verifies its
+checksums, and runs ``bentoml build`` with ``deploy/bentofile.yaml`` plus the champion's tag as the
+template argument ``packed_model`` (bento.yaml's ``args``), with ``BENTOML_HOME`` at the registry's
+home, so the model comes out of the registry's store and the Bento lands beside it
+(``<registry.home>/bentos``). The service declares that model (``BentoModel(args.packed_model)``,
+:mod:`driftloop.service.packed`): BentoML ships it with the Bento and a worker serves it while no
+registry names a champion. Prints the Bento's tag. The build context is the repository staged in
 the installed layout (pyproject.toml's ``package-dir``: ``models/`` becomes ``driftloop/models/``,
 ...), so the Bento imports ``driftloop.service.app`` exactly as an installed driftloop does. Nothing is downloaded: the Python packages
 are recorded, not resolved (``lock_packages: false``).
@@ -29,8 +32,11 @@ DEPLOY = Path(__file__).resolve().parent
 
 
 def bentofile_with(champion_tag: str, version: str) -> dict:
+    """deploy/bentofile.yaml with the champion as the Bento's packed model: a template argument,
+    which BentoML records in bento.yaml and restores wherever the Bento is served (the service
+    module reads it at import, before the model can be declared), and a label for people."""
     spec = yaml.safe_load((DEPLOY / "bentofile.yaml").read_text())
-    spec["models"] = [champion_tag]
+    spec["args"] = (spec.get("args") or {}) | {"packed_model": champion_tag}
     spec["labels"] = spec.get("labels", {}) | {"champion": version}
     return spec
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from driftloop.models.errors import DriftloopError
-from driftloop.vocabulary import Check, Decision, EventKind, Trigger
+from driftloop.vocabulary import Check, Decision, EventKind, Job, Trigger
 
 app = typer.Typer(help="driftloop: train, serve, watch, retrain.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -250,20 +250,24 @@ def jobs_list(config: ConfigOpt = None) -> None:
         typer.echo("active monitor: none (jobs run when `driftloop monitor` starts)")
 
 
+JobName = Annotated[str, typer.Argument(metavar="NAME", help="The job: " + "; ".join(
+    f"{job.value}: {job.describe}" for job in Job) + ".")]
+
+
 @jobs_app.command("pause")
-def jobs_pause(name: str, config: ConfigOpt = None) -> None:
+def jobs_pause(name: JobName, config: ConfigOpt = None) -> None:
     """Stop running NAME until it is resumed (kept across monitor restarts)."""
     _job_command("pause", name, config)
 
 
 @jobs_app.command("resume")
-def jobs_resume(name: str, config: ConfigOpt = None) -> None:
+def jobs_resume(name: JobName, config: ConfigOpt = None) -> None:
     """Run NAME on its schedule again."""
     _job_command("resume", name, config)
 
 
 @jobs_app.command("run")
-def jobs_run(name: str, config: ConfigOpt = None) -> None:
+def jobs_run(name: JobName, config: ConfigOpt = None) -> None:
     """Make NAME due now: the active monitor runs it within scheduler.lease_s / 3 seconds."""
     _job_command("run", name, config)
 
@@ -344,8 +348,8 @@ def db_grants(service_role: Annotated[str, typer.Option(help="The service's Post
                                                        "instead of printing them.")] = False) -> None:
     """The SQL that lets SERVICE_ROLE do only what the service does (PostgreSQL): log predictions,
     shadow answers, feedback and events, read checks and events; nothing on the scheduler's jobs or
-    leases. Run as the tables' owner after every `driftloop db upgrade`:
-    `driftloop db grants --service-role NAME | psql OWNER_URL`, or with --apply."""
+    leases. Run as the tables' owner after every "driftloop db upgrade":
+    driftloop db grants --service-role NAME | psql OWNER_URL (or add --apply)."""
     import sqlalchemy as sa
 
     from driftloop.monitoring import migrations
@@ -433,7 +437,9 @@ def history(config: ConfigOpt = None,
         typer.echo(json.dumps({"checks": jsonable([c.to_dict() for c in checks])}, indent=2))
         return
     for c in checks:  # the reason whole, waiting reasons included
-        typer.echo(f"window {c.window:>4} rows={c.rows} drift={c.drift_share:.2f} {_performance(c, settings.task)} "
+        outside = "-" if c.unfamiliar_share is None else f"{c.unfamiliar_share:.1%}"  # outside training ranges
+        typer.echo(f"window {c.window:>4} rows={c.rows} drift={c.drift_share:.2f} outside={outside} "
+                   f"{_performance(c, settings.task)} "
                    f"model={c.model_version} {c.decision} {c.outcome or ''}  {c.reason}")
 
 
@@ -589,7 +595,7 @@ def models_export(version: str, file: Annotated[Path, typer.Argument(help="A .ta
 
 
 @models_app.command("import")
-def models_import(file: Annotated[Path, typer.Argument(help="An archive from `driftloop models export`.")],
+def models_import(file: Annotated[Path, typer.Argument(help="An archive written by driftloop models export.")],
                   config: ConfigOpt = None) -> None:
     """Verify every checksum in FILE, then register it as a new version (not promoted)."""
     try:

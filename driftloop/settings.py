@@ -2,14 +2,22 @@
 
 Precedence: ``DRIFTLOOP_*`` environment variables > the YAML config file > defaults. Nested keys
 use ``__`` in the environment: ``DRIFTLOOP_MONITORING__WINDOW_ROWS=300``. Unknown keys and wrong
-types are refused with a message naming the key. Nothing here runs at import time; call
-:func:`load_settings` in an entry point.
+types are refused with a message naming the key (an unknown key close to one its section allows:
+``serving.log_flush_intervall_s: unknown key (did you mean log_flush_interval_s?)``). Nothing
+here runs at import time; call :func:`load_settings` in an entry point. Importing it imports no
+learning library: ``model.kind`` is checked against :data:`driftloop.models.families.FAMILIES`,
+which imports scikit-learn only to build an estimator.
 """
 
 from __future__ import annotations
 
+import difflib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -242,6 +250,9 @@ class MonitoringConfig(_Section):
     explain_by_confidence: bool = True
     max_unfamiliar: float = Field(0.02, ge=0.0, le=1.0)  # ...only where at most this share is outside training ranges
     labels_overrule_drift: bool = True
+    # More full windows than this waiting (a monitor that was down): check only the newest this many,
+    # the older ones are left unchecked, recorded as a backlog_skipped event (monitoring/backlog.py); 0: never
+    max_backlog_windows: int = Field(120, ge=0)
     dry_run: bool = False  # alert, never retrain
     metrics_port: int = Field(9464, ge=0, le=65535)  # 0: no monitor /metrics endpoint
     metrics_host: str = "127.0.0.1"  # where it listens; 0.0.0.0 in a container, for Prometheus
@@ -473,6 +484,11 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         return _FromFile(**overrides)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, path)) from None
+    except (yaml.YAMLError, ValueError, TypeError) as exc:  # not YAML, or not a mapping at the top
+        if path is None:
+            raise
+        what = " ".join(str(exc).split()) if isinstance(exc, yaml.YAMLError) else "the file is not a mapping of keys"
+        raise ConfigError(f"invalid configuration in {path}: {what}") from None
 
 
 def _explain(exc: ValidationError, path: str | Path | None) -> str:
@@ -482,7 +498,44 @@ def _explain(exc: ValidationError, path: str | Path | None) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "(config)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(err["loc"])
         got = f" (got {err['input']!r})" if err["type"] not in ("extra_forbidden", "missing", "value_error") else ""
         lines.append(f"{key}: {msg}{got}")
     return f"invalid configuration{where}:\n  " + "\n  ".join(lines)
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """`` (did you mean <key>?)`` for the unknown key at ``loc`` when one of the keys its section
+    allows is close to it (``serving.log_flush_intervall_s``: ``log_flush_interval_s``), else ``""``."""
+    close = difflib.get_close_matches(str(loc[-1]), _allowed_keys(loc[:-1]), n=1) if loc else []
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the section at ``loc`` (a path from the top of the settings through sections,
+    a mapping's keys and a list's items: ``("monitoring", "drift", "columns", "age")``) allows;
+    ``[]`` where ``loc`` leads to no section."""
+    kind: Any = Settings
+    for part in loc:
+        kind = _without_none(kind)
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            field = kind.model_fields.get(str(part))
+            if field is None:
+                return []
+            kind = field.annotation
+        elif typing.get_origin(kind) is dict and typing.get_args(kind):
+            kind = typing.get_args(kind)[1]  # a mapping's values
+        elif typing.get_origin(kind) in (list, tuple) and typing.get_args(kind):
+            kind = typing.get_args(kind)[0]  # a list's items
+        else:
+            return []
+    kind = _without_none(kind)
+    return list(kind.model_fields) if isinstance(kind, type) and issubclass(kind, BaseModel) else []
+
+
+def _without_none(kind: Any) -> Any:
+    """``kind`` without ``| None`` (an optional section is the section)."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        return options[0] if len(options) == 1 else kind
+    return kind

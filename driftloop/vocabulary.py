@@ -69,6 +69,22 @@ class Trigger(StrEnum):
     FOLLOW_UP = "follow_up"  # more labelled rows since a change that was already answered
 
 
+class Job(StrEnum):
+    """The monitor's scheduled jobs, by the id ``driftloop jobs`` takes (monitoring/scheduler.py)."""
+
+    CHECK = "check"  # check the ready windows and act on them, every monitoring.interval_s
+    RETENTION = "retention"  # registry retention: old versions deleted (registry.keep_*)
+    STORE_RETENTION = "store_retention"  # store retention: old log rows, checks, events, pictures (monitoring.retention)
+    RETRAIN = "retrain"  # the scheduled retrain, only where retraining.schedule is set
+
+    @property
+    def describe(self) -> str:
+        return {Job.CHECK: "check the ready windows and act on them (monitoring.interval_s)",
+                Job.RETENTION: "delete old model versions (registry.keep_*)",
+                Job.STORE_RETENTION: "prune the prediction log, checks, events and pictures (monitoring.retention)",
+                Job.RETRAIN: "the scheduled retrain (only with retraining.schedule)"}[self]
+
+
 class EventKind(StrEnum):
     """The kinds of the audit trail (the store's ``events``)."""
 
@@ -93,6 +109,7 @@ class EventKind(StrEnum):
     WATCH_ROLLED_BACK = "watch_rolled_back"  # it is: rolled back to its predecessor
     WATCH_EXPIRED = "watch_expired"  # max_windows without enough labels: the watch ends
     VERSIONS_DELETED = "versions_deleted"  # registry retention
+    BACKLOG_SKIPPED = "backlog_skipped"  # a monitor far behind left old windows unchecked (monitoring/backlog.py)
     STORE_PRUNED = "store_pruned"  # store retention: old log rows, checks, events, reports, snapshots deleted
     SCHEDULER_ACTIVE = "scheduler_active"  # this monitor took the scheduler lease
     JOB_FAILED = "job_failed"  # a scheduler job raised

@@ -6,27 +6,30 @@ Every family is a :class:`Family` in :data:`FAMILIES`; tests discover them from 
 starts with the same preprocessing (scaling numeric, one-hot encoding categorical features),
 so it takes raw features. scikit-learn families are pipelines; neural ones live in
 :mod:`models.neural` (PyTorch is imported only when such a model is trained).
+
+The table itself imports no learning library: the settings check ``model.kind`` against it and
+a serving worker reads it (:func:`service.batching.batching_enabled`), neither of which fits a
+model. scikit-learn is imported when an estimator or a pipeline is built (:func:`_sk`), the
+other libraries by their fitters.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import pandas as pd
-
-from sklearn import cluster, ensemble, linear_model, neighbors, svm, tree
-from sklearn.base import BaseEstimator
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.compose import ColumnTransformer
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.utils.validation import has_fit_parameter
 
 from driftloop.models.errors import ConfigError
 from driftloop.models.schema import FeatureSchema
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from sklearn.base import BaseEstimator
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
 
 
 class Trained(Protocol):
@@ -87,6 +90,18 @@ class SklearnModel:
         return export_onnx(self.pipeline, schema)
 
 
+def _sk(name: str) -> Callable[..., BaseEstimator]:
+    """scikit-learn's estimator ``name`` (``"<module>.<Class>"`` under ``sklearn``), imported when
+    one is built: calling the result as the class builds one."""
+    module, cls = name.rsplit(".", 1)
+
+    def build(*args: Any, **params: Any) -> BaseEstimator:
+        return getattr(importlib.import_module(f"sklearn.{module}"), cls)(*args, **params)
+
+    build.__qualname__ = build.__name__ = cls
+    return build
+
+
 def _by_task(classifier: Callable[..., BaseEstimator], regressor: Callable[..., BaseEstimator],
              seeded: bool = True) -> Callable[[str, dict[str, Any], int], BaseEstimator]:
     def build(task: str, params: dict[str, Any], seed: int) -> BaseEstimator:
@@ -110,29 +125,32 @@ def expected_anomaly_rate(params: dict[str, Any]) -> float:
     """The share of rows an anomaly model is meant to flag (its ``contamination``)."""
     value = params.get("contamination", DEFAULT_CONTAMINATION)
     return DEFAULT_CONTAMINATION if value == "auto" else float(value)
+
+
 FAMILIES: dict[str, Family] = {f.kind: f for f in (
-    Family("linear_regression", ("regression",), _only(linear_model.LinearRegression, seeded=False)),
-    Family("ridge", ("regression",), _only(linear_model.Ridge, seeded=True)),
+    Family("linear_regression", ("regression",), _only(_sk("linear_model.LinearRegression"), seeded=False)),
+    Family("ridge", ("regression",), _only(_sk("linear_model.Ridge"), seeded=True)),
     Family("logistic_regression", ("classification",),
-           _only(lambda **kw: linear_model.LogisticRegression(**({"max_iter": 1000} | kw)), seeded=True)),
-    Family("decision_tree", CLS_REG, _by_task(tree.DecisionTreeClassifier, tree.DecisionTreeRegressor),
+           _only(lambda **kw: _sk("linear_model.LogisticRegression")(**({"max_iter": 1000} | kw)), seeded=True)),
+    Family("decision_tree", CLS_REG, _by_task(_sk("tree.DecisionTreeClassifier"), _sk("tree.DecisionTreeRegressor")),
            scaled=False),
     Family("random_forest", CLS_REG, _by_task(
-        lambda **kw: ensemble.RandomForestClassifier(**({"n_estimators": 100, "n_jobs": 1} | kw)),
-        lambda **kw: ensemble.RandomForestRegressor(**({"n_estimators": 100, "n_jobs": 1} | kw))), scaled=False),
-    Family("gradient_boosting", CLS_REG, _by_task(ensemble.GradientBoostingClassifier,
-                                                  ensemble.GradientBoostingRegressor), scaled=False),
+        lambda **kw: _sk("ensemble.RandomForestClassifier")(**({"n_estimators": 100, "n_jobs": 1} | kw)),
+        lambda **kw: _sk("ensemble.RandomForestRegressor")(**({"n_estimators": 100, "n_jobs": 1} | kw))),
+        scaled=False),
+    Family("gradient_boosting", CLS_REG, _by_task(_sk("ensemble.GradientBoostingClassifier"),
+                                                  _sk("ensemble.GradientBoostingRegressor")), scaled=False),
     # SVC(probability=True) is deprecated in scikit-learn 1.9: calibrate explicitly instead.
     Family("svm", CLS_REG, _by_task(
-        lambda random_state=None, **kw: CalibratedClassifierCV(svm.SVC(random_state=random_state, **kw),
-                                                               ensemble=False),
-        lambda random_state=None, **kw: svm.SVR(**kw))),
-    Family("knn", CLS_REG, _by_task(neighbors.KNeighborsClassifier, neighbors.KNeighborsRegressor,
+        lambda random_state=None, **kw: _sk("calibration.CalibratedClassifierCV")(
+            _sk("svm.SVC")(random_state=random_state, **kw), ensemble=False),
+        lambda random_state=None, **kw: _sk("svm.SVR")(**kw))),
+    Family("knn", CLS_REG, _by_task(_sk("neighbors.KNeighborsClassifier"), _sk("neighbors.KNeighborsRegressor"),
                                     seeded=False)),
     Family("kmeans", ("clustering",),
-           _only(lambda **kw: cluster.KMeans(**({"n_clusters": 4, "n_init": 4} | kw)), seeded=True)),
+           _only(lambda **kw: _sk("cluster.KMeans")(**({"n_clusters": 4, "n_init": 4} | kw)), seeded=True)),
     Family("isolation_forest", ("anomaly",),
-           _only(lambda **kw: ensemble.IsolationForest(**({"contamination": DEFAULT_CONTAMINATION} | kw)),
+           _only(lambda **kw: _sk("ensemble.IsolationForest")(**({"contamination": DEFAULT_CONTAMINATION} | kw)),
                  seeded=True), scaled=False),
 )}
 
@@ -190,6 +208,9 @@ def family_of(kind: str, task: str) -> Family:
 
 def preprocessor(schema: FeatureSchema, scaled: bool = True) -> ColumnTransformer:
     """Scale numeric features (unless ``scaled`` is False), one-hot encode categorical ones."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
     transformers: list[tuple[str, Any, list[str]]] = []
     if schema.numeric:
         transformers.append(("num", StandardScaler() if scaled else "passthrough", schema.numeric))
@@ -210,6 +231,8 @@ def fit_model(schema: FeatureSchema, kind: str, params: dict[str, Any] | None, s
     one fallback: as many rows drawn with replacement, each with probability proportional to its
     weight, deterministic with ``seed``.
     """
+    from sklearn.utils.validation import has_fit_parameter
+
     family = family_of(kind, schema.task)
     if warm_start is not None and not family.neural:
         raise ConfigError(f"model.warm_start: {kind!r} cannot fine-tune; only neural kinds can")
@@ -247,6 +270,8 @@ def resample(x: pd.DataFrame, y: pd.Series | None, sample_weight: np.ndarray, se
 def build_pipeline(schema: FeatureSchema, kind: str, params: dict[str, Any] | None = None,
                    seed: int = 42) -> Pipeline:
     """An unfitted pipeline: preprocessing for ``schema``'s features, then the ``kind`` model."""
+    from sklearn.pipeline import Pipeline
+
     family = family_of(kind, schema.task)
     if family.build is None:
         raise ConfigError(f"model.kind: {kind!r} is not a scikit-learn family")

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidProtobuf  # where onnxruntime's errors live
 
 if TYPE_CHECKING:  # a serving worker loads graphs: it needs neither pandas nor scikit-learn here
     import pandas as pd
     from sklearn.pipeline import Pipeline
 
 from driftloop.models.errors import ExportError
-from driftloop.models.schema import FeatureSchema
+from driftloop.models.schema import FeatureSchema, example_row
 
 # Parity tolerances: the graph computes in float32, scikit-learn in float64.
 PROBA_TOLERANCE = 1e-4
@@ -28,6 +29,7 @@ LABEL_AGREEMENT = 0.999
 REGRESSION_RTOL = 1e-4
 OPSET = {"": 17, "ai.onnx.ml": 3}
 EMBEDDING = "embedding"  # optional last output of neural graphs: (n, d) float32, for drift; never served
+EXTERNAL_KEY = b"location"  # the key of an external tensor's file name, in a graph's bytes
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,13 @@ def check_external_data(onnx_bytes: bytes, model_dir: Path, checksummed: Collect
     a file of the host (``../x``, an absolute path, a link out, or a plain ``passwd`` that is not
     the version's own) and is refused with :class:`IntegrityError` naming the tensor and the
     location, as is a listed file that does not exist.
+
+    A graph whose bytes never spell ``location`` names no file (an external tensor's file is the
+    ``location`` entry of its ``external_data``, a protobuf string stored as it is spelt): it is
+    not parsed, and a serving worker that loads such a graph never imports the onnx package.
     """
+    if EXTERNAL_KEY not in onnx_bytes:
+        return []
     import onnx
 
     from driftloop.adapters.onnx import all_tensors
@@ -228,6 +236,8 @@ class OnnxModel:
                    providers: list[str] | None = None, source: Path | None = None) -> OnnxModel:
         try:
             sess = session(onnx_bytes, providers, source=source)
+        except InvalidProtobuf as exc:  # bytes that do not parse (check_external_data leaves them to onnxruntime)
+            raise ExportError(f"version {version}: not a readable ONNX graph: {exc}") from exc
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ExportError(f"version {version}: onnxruntime refused the graph: {exc}") from exc
         names = [i.name for i in sess.get_inputs()]
@@ -251,9 +261,13 @@ class OnnxModel:
     def predict_frame(self, frame: pd.DataFrame) -> GraphOutput:
         return self.predict(self.schema.feeds(frame))
 
-    def warm_up(self, frame: pd.DataFrame) -> None:
-        """One real prediction, so a graph that loads but cannot run is refused before serving."""
+    def warm_up(self, frame: pd.DataFrame | None = None) -> None:
+        """One real prediction, so a graph that loads but cannot run is refused before serving: on
+        ``frame``'s rows, or on the schema's :func:`~driftloop.models.schema.example_row`."""
         try:
-            self.predict_frame(frame)
+            if frame is None:
+                self.predict(self.schema.feeds({name: [value] for name, value in example_row(self.schema).items()}))
+            else:
+                self.predict_frame(frame)
         except Exception as exc:
             raise ExportError(f"version {self.version}: warm-up prediction failed: {exc}") from exc

@@ -40,16 +40,20 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from driftloop.adapters import bentoml as store_api
 from driftloop.models.errors import ExportError, IntegrityError, RegistryError, UnknownVersion
 from driftloop.models.files import write_text_atomically
+from driftloop.models.lazy import lazy_module
 from driftloop.models.onnx_model import OnnxModel, check_external_data
 from driftloop.models.schema import FeatureSchema
 from driftloop.vocabulary import Trigger
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:
+    pd = lazy_module("pandas")  # the reference sample's; a serving worker never reads it
 
 MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.parquet"
@@ -462,7 +466,7 @@ class Registry:
             raise IntegrityError(f"{mv.tag}: {exc}") from None
         model = OnnxModel.from_bytes(version, mv.schema, onnx_bytes, mv.metadata, providers=providers,
                                      source=mv.path / MODEL_FILE if external else None)
-        model.warm_up(pd.read_parquet(mv.path / REFERENCE_FILE).head(1))
+        model.warm_up()  # on the schema's example row: the reference sample is the monitor's
         return model
 
     def reference(self, version: str) -> pd.DataFrame:

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from driftloop.models.errors import SchemaError
+from driftloop.models.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:
+    pd = lazy_module("pandas")  # training and the monitor use it here; a serving worker never imports it
 
 FeatureKind = Literal["numeric", "categorical", "image", "sequence"]
 Task = Literal["classification", "regression", "clustering", "anomaly"]
@@ -21,6 +26,12 @@ FEATURE_KINDS: tuple[str, ...] = ("numeric", "categorical", "image", "sequence")
 MEDIA_KINDS: tuple[str, ...] = ("image", "sequence")  # arrays: image (height, width), sequence (steps, channels)
 TASKS: tuple[str, ...] = ("classification", "regression", "clustering", "anomaly")
 SUPERVISED: tuple[str, ...] = ("classification", "regression")
+# How a value lies outside what training saw (FeatureSchema.outside_training_by_side): below the
+# training minimum, above the maximum (numeric), a category training never saw (categorical). The
+# words of a check's feature_scores[feature]["outside_training"] and of the monitor's metric
+# driftloop_feature_outside_training_total{side}.
+BELOW, ABOVE, UNSEEN = "below", "above", "unseen"
+OUTSIDE_TRAINING = "outside_training"  # that key: {"rows": n, "below": n, "above": n} or {"rows": n, "unseen": n}
 # The largest magnitude a graph's float32 input holds: a larger number (1e39, a 401-digit integer)
 # would reach the graph as infinity, so the request boundary refuses it.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -140,18 +151,50 @@ class FeatureSchema:
         (a number below its minimum or above its maximum, a category it never saw; missing values
         are not counted). Where a window's rows are unfamiliar, the model extrapolates, and its
         confidence says less about how right it is (monitoring/policy.py)."""
-        out: dict[str, np.ndarray] = {}
+        return {name: np.logical_or.reduce(list(sides.values()))
+                for name, sides in self.outside_training_by_side(frame).items()}
+
+    @property
+    def training_sides(self) -> dict[str, tuple[str, ...]]:
+        """The features :meth:`outside_training` judges, with how a value of each can lie outside
+        training: a numeric feature with a recorded range ``below`` or ``above`` it, a categorical
+        one with recorded categories ``unseen``. Other features (no range recorded, images,
+        sequences) are not judged."""
+        return {f.name: (BELOW, ABOVE) if f.kind == "numeric" else (UNSEEN,) for f in self.features
+                if (f.kind == "numeric" and f.min is not None and f.max is not None)
+                or (f.kind == "categorical" and f.categories)}
+
+    def outside_training_by_side(self, frame: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+        """:meth:`outside_training` by side: per judged feature in ``frame`` (see
+        :attr:`training_sides`), which rows lie below its training minimum and which above its
+        maximum (numeric), or hold a category training never saw (categorical). Missing values
+        (None, NaN, a number that does not parse) lie on no side. Vectorised: one pass per column."""
+        out: dict[str, dict[str, np.ndarray]] = {}
+        sides = self.training_sides
         for f in self.features:
-            if f.name not in frame.columns:
+            if f.name not in sides or f.name not in frame.columns:
                 continue
-            if f.kind == "numeric" and f.min is not None and f.max is not None:
+            if f.kind == "numeric":
                 values = pd.to_numeric(frame[f.name], errors="coerce").to_numpy(dtype=float)
-                with np.errstate(invalid="ignore"):
-                    out[f.name] = (values < f.min) | (values > f.max)
-            elif f.kind == "categorical" and f.categories:
+                with np.errstate(invalid="ignore"):  # NaN compares False: on neither side
+                    out[f.name] = {BELOW: values < f.min, ABOVE: values > f.max}
+            else:
                 column = frame[f.name]
-                out[f.name] = (column.notna() & ~column.astype(str).isin(f.categories)).to_numpy()
+                out[f.name] = {UNSEEN: (column.notna() & ~column.astype(str).isin(f.categories)).to_numpy()}
         return out
+
+    def outside_training_counts(self, frame: pd.DataFrame) -> dict[str, dict[str, int]]:
+        """Per judged feature in ``frame``: the rows judged (missing values included: they count
+        as inside) and how many lay on each side of its training data (see
+        :meth:`outside_training_by_side`), e.g. ``{"rows": 500, "below": 0, "above": 12}``."""
+        return self.count_outside(self.outside_training_by_side(frame), len(frame))
+
+    @staticmethod
+    def count_outside(sides: dict[str, dict[str, np.ndarray]], rows: int) -> dict[str, dict[str, int]]:
+        """:meth:`outside_training_by_side`'s masks (of ``rows`` rows) counted, per feature: the
+        rows judged and the rows on each side (for callers that use the masks too)."""
+        return {name: {"rows": rows} | {side: int(np.count_nonzero(mask)) for side, mask in masks.items()}
+                for name, masks in sides.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -304,3 +347,17 @@ def as_array(value: Any, dtype: Any = np.float32) -> np.ndarray:
     if isinstance(value, np.ndarray) and value.dtype == object:
         return np.stack([np.asarray(row, dtype=dtype) for row in value])
     return np.asarray(value, dtype=dtype)
+
+
+def example_row(schema: FeatureSchema) -> dict[str, Any]:
+    """A row the model accepts: training medians, first categories, arrays of the low end (the
+    OpenAPI document's example, and the rows a loaded graph is warmed up with)."""
+    row: dict[str, Any] = {}
+    for feat in schema.features:
+        if feat.kind == "numeric":
+            row[feat.name] = round(feat.fill, 6)
+        elif feat.kind == "categorical":
+            row[feat.name] = feat.categories[0] if feat.categories else "a"
+        else:
+            row[feat.name] = np.full(feat.shape, float(feat.min or 0.0)).tolist()
+    return row

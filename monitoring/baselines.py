@@ -9,6 +9,7 @@ place that answers them.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +23,15 @@ from driftloop.vocabulary import Check
 
 if TYPE_CHECKING:
     from driftloop.settings import DriftConfig
+
+
+@dataclass(frozen=True)
+class OutsideTraining:
+    """A window's rows against the champion's training data (:meth:`Baselines.outside_training`)."""
+
+    share: float | None  # of the champion's rows, with any value outside: checks.unfamiliar_share, the policy's
+    # per judged feature: {"rows": n, "below": n, "above": n} (numeric) or {"rows": n, "unseen": n} (categorical)
+    counts: dict[str, dict[str, int]]
 
 
 class Baselines:
@@ -67,17 +77,23 @@ class Baselines:
         return estimate_accuracy(mv.metadata.get("confidence_calibration"),
                                  confidence if answered.all() else confidence[answered])
 
-    def unfamiliar(self, version: str, frame: pd.DataFrame) -> float | None:
-        """Share of ``version``'s rows in ``frame`` with a value outside its training ranges or an
-        unseen category (:meth:`FeatureSchema.outside_training`); None: no such row to judge."""
+    def outside_training(self, version: str, frame: pd.DataFrame) -> OutsideTraining:
+        """How ``version``'s rows in ``frame`` lie against its training data
+        (:meth:`FeatureSchema.outside_training_by_side`): the share of them with any value outside
+        its training ranges or categories (None: no such row to judge, or no feature judged), and
+        per judged feature the rows and the counts below, above (numeric) or unseen (categorical).
+        Rows another version answered are left out: they were never this version's to judge."""
         mine = frame
         if "model_version" in frame:
             answered = (frame["model_version"] == version).to_numpy()
             mine = frame if answered.all() else frame[answered]  # the usual window: no copy
-        outside = self.version(version).schema.outside_training(mine)
-        if mine.empty or not outside:
-            return None
-        return float(np.logical_or.reduce(list(outside.values())).mean())
+        schema = self.version(version).schema
+        sides = schema.outside_training_by_side(mine)
+        counts = schema.count_outside(sides, len(mine))
+        if mine.empty or not sides:
+            return OutsideTraining(None, counts)
+        masks = [mask for by_side in sides.values() for mask in by_side.values()]
+        return OutsideTraining(float(np.logical_or.reduce(masks).mean()), counts)
 
     def stats(self, index: int, rows: int, drift_share: float, champion: str, labelled: int,
               accuracy: float | None, estimated: float | None = None, *,

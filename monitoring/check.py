@@ -11,7 +11,10 @@ A ready window's check, in order:
 1. drift: Evidently's tests on the window's inputs against the champion's reference sample
    (monitoring/baselines.py prepares it once per version), and on the champion's served
    predictions against its predictions on that sample (under ``prediction`` in
-   ``feature_scores``; not counted in the drift share);
+   ``feature_scores``; not counted in the drift share); and the champion's rows against its
+   training data, per feature: how many lay below its minimum, above its maximum or held a
+   category it never saw (``feature_scores[feature]["outside_training"]``; their share over all
+   features is ``unfamiliar_share``, which the policy reads);
 2. accuracy: served predictions against the labels that arrived (classification; regression:
    RMSE and MAE, and the spread of the squared errors the decay test needs), and the accuracy
    estimated from the champion's calibrated confidence;
@@ -36,12 +39,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from driftloop.models.registry import Registry
-from driftloop.models.schema import SUPERVISED
+from driftloop.models.registry import Champion, Registry
+from driftloop.models.schema import OUTSIDE_TRAINING, SUPERVISED
+from driftloop.monitoring.backlog import Backlog
 from driftloop.monitoring.baselines import Baselines
 from driftloop.monitoring.drift import PREDICTION, DriftResult
 from driftloop.monitoring.early_warning import EarlyWarning
@@ -89,6 +93,8 @@ class WindowCheck:
         self.pictures = pictures or Pictures(None, metrics, background=False)
         self.clock = clock
         self.early = EarlyWarning(config, store, registry, baselines, policy, metrics)
+        self.track_features(registry.champion())
+        self.backlog = Backlog(store, config.window_rows, config.max_backlog_windows, metrics)
 
     def ready(self) -> tuple[int, pd.DataFrame] | None:
         """The next window to check (its index and rows), or None: not full yet, or its labels are
@@ -101,8 +107,8 @@ class WindowCheck:
         (at most ``limit``; by default as many as ``BATCH_ROWS`` rows hold): one query. The first
         window that waits for its labels ends them (the early warning estimates it)."""
         last = self.store.last_check()
-        after_id = last.last_id if last else 0
         index = last.window + 1 if last else 0
+        after_id = self.backlog.start_after(last.last_id if last else 0, index)  # far behind: the newest first
         rows = self.config.window_rows
         count = limit if limit is not None else max(1, BATCH_ROWS // rows)
         frame = self.store.window(after_id, count * rows, request_ids=False)
@@ -149,9 +155,9 @@ class WindowCheck:
         squared = (Sample(n_champion, champion_errors["mse"], champion_errors["squared_error_std"])
                    if champion_errors else None)  # the decay test's figure (regression)
         estimated = self.baselines.estimate(version, frame)
-        unfamiliar = self.baselines.unfamiliar(version, frame)
+        outside = self.baselines.outside_training(version, frame)  # the champion's rows, against its schema
         stats = self.baselines.stats(index, len(frame), drift.share, version, n_champion,
-                                     champion_accuracy, estimated, errors=squared, unfamiliar=unfamiliar)
+                                     champion_accuracy, estimated, errors=squared, unfamiliar=outside.share)
         decision = self.policy.update(stats)
 
         report = None  # drawn after the check (monitoring/workspace.py Pictures)
@@ -173,14 +179,14 @@ class WindowCheck:
             window=index, first_id=int(frame["id"].iloc[0]), last_id=int(frame["id"].iloc[-1]), rows=len(frame),
             model_version=served, reference_version=version, drift_share=drift.share,
             drifted_features=drift.drifted,
-            feature_scores=drift.columns | ({PREDICTION: drift.prediction} if drift.prediction else {}),
+            feature_scores=feature_scores(drift, outside.counts),
             labelled=n_labelled, accuracy=accuracy, champion_labelled=n_champion,
             champion_accuracy=champion_accuracy, estimated_accuracy=estimated, decision=decision.action,
             reason=decision.reason, outcome=Outcome.RUNNING if decision.action == Decision.RETRAIN else None,
             report_path=report_path, duration_s=round(time.perf_counter() - started, 3),
             rmse=served_errors.get("rmse"), mae=served_errors.get("mae"), champion_rmse=champion_errors.get("rmse"),
             champion_mae=champion_errors.get("mae"),
-            champion_squared_error_std=champion_errors.get("squared_error_std"), unfamiliar_share=unfamiliar)
+            champion_squared_error_std=champion_errors.get("squared_error_std"), unfamiliar_share=outside.share)
         self.store.record_check(check)  # before any retrain it decided: see the module docstring
         self.pictures.submit(self._picture(index, version, drift, frame, decision, report))
         suspected = (Signal.SUSPECTED,) if self.policy.suspected(stats) else ()
@@ -194,6 +200,13 @@ class WindowCheck:
                                    expected_accuracy=self.baselines.expected_accuracy(check.reference_version),
                                    expected_rmse=self.baselines.expected_rmse(check.reference_version),
                                    champion=champion.version if champion else None, now=self.clock())
+        self.track_features(champion)  # a version promoted by the check's retrain: its features at 0
+
+    def track_features(self, champion: Champion | None) -> None:
+        """The out-of-training counters of the ``champion``'s judged features, created at 0
+        (:meth:`MonitorMetrics.track_features`): at the start, and after each check."""
+        if champion is not None:
+            self.metrics.track_features(self.baselines.version(champion.version).schema.training_sides)
 
     def _picture(self, index: int, version: str, drift: DriftResult, frame: pd.DataFrame,
                  decision: PolicyDecision, report: Path | None) -> Picture:
@@ -207,6 +220,17 @@ class WindowCheck:
                         "every checked window against this version's reference",
             snapshot=not (self.config.workspace.windows == "flagged" and decision.action == Decision.NONE),
             report=report)
+
+
+def feature_scores(drift: DriftResult, outside: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
+    """A check's ``feature_scores``: each feature's drift (``method``, ``score``, ``threshold``,
+    ``drifted``) with, for the features judged against the champion's training data, its rows
+    outside it as ``outside_training`` (``{"rows", "below", "above"}`` or ``{"rows", "unseen"}``:
+    :meth:`~monitoring.baselines.Baselines.outside_training`); and the prediction's drift. New
+    dicts: the drift result (drawn later as pictures) is left as it was."""
+    scores = {name: col | {OUTSIDE_TRAINING: outside[name]} if name in outside else col
+              for name, col in drift.columns.items()}
+    return scores | ({PREDICTION: drift.prediction} if drift.prediction else {})
 
 
 def _accuracy(predictions: pd.Series, labels: pd.Series) -> float | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from driftloop.models.schema import ABOVE, BELOW, OUTSIDE_TRAINING, UNSEEN
 from driftloop.vocabulary import COUNTED_OUTCOMES, Check, Decision, Signal, Trigger
 
 CONFIDENCE = "confidence"  # driftloop_estimated_accuracy's method: the champion's calibrated confidence
@@ -25,6 +26,7 @@ RMSE, MAE, ERROR_RATE = "rmse", "mae", "error_rate"
 # window's HTML report: monitoring/workspace.py Pictures) and outcomes
 SNAPSHOT, REPORT = "snapshot", "report"
 DRAWN, FAILED, DROPPED = "drawn", "failed", "dropped"
+SIDES = (BELOW, ABOVE, UNSEEN)  # driftloop_feature_outside_training_total's sides (models/schema.py)
 
 
 class MonitorMetrics:
@@ -67,6 +69,19 @@ class MonitorMetrics:
         self.label_coverage = pc.Gauge("driftloop_label_coverage", "Labelled share of the last checked window.",
                                        registry=r)
         self.window_rows = pc.Gauge("driftloop_window_rows", "Rows in the last checked window.", registry=r)
+        # Counters, not a gauge of the last window: a monitor catching up checks many windows between
+        # two scrapes, and the share over any range is their ratio (rate(outside) / rate(checked)).
+        self.outside_training = pc.Counter("driftloop_feature_outside_training",
+                                           "Checked rows the champion answered whose feature value lay outside "
+                                           "its training data, by feature and side (below: under the training "
+                                           "minimum, above: over the maximum, unseen: a category training never "
+                                           "saw); missing values are not counted. Divided by "
+                                           "driftloop_feature_checked_rows_total: the share.",
+                                           ["feature", "side"], registry=r)
+        self.checked_rows = pc.Counter("driftloop_feature_checked_rows",
+                                       "Checked rows the champion answered, judged against each feature's training "
+                                       "range or categories (numeric features with a recorded range, categorical "
+                                       "ones with recorded categories).", ["feature"], registry=r)
         self.checks = pc.Counter("driftloop_checks", "Monitoring windows checked, by decision.", ["decision"],
                                  registry=r)
         self.check_seconds = pc.Histogram("driftloop_check_duration_seconds", "Time to check one window.",
@@ -87,6 +102,9 @@ class MonitorMetrics:
                                    "full). Never part of a decision.", ["kind", "outcome"], registry=r)
         self.pictures_pending = pc.Gauge("driftloop_pictures_pending", "Checked windows whose pictures wait to be "
                                          "drawn.", registry=r)
+        self.backlog_skipped = pc.Counter("driftloop_backlog_skipped_rows", "Logged rows a monitor far behind left "
+                                          "unchecked to check the newest monitoring.max_backlog_windows windows first "
+                                          "(the backlog_skipped event says which).", registry=r)
         self.last_check = pc.Gauge("driftloop_last_check_timestamp_seconds", "When the last window was checked.",
                                    registry=r)
         for decision in Decision:
@@ -152,6 +170,28 @@ class MonitorMetrics:
             self.feature_drift.labels(feature, col["method"] or "").set(col["score"])
             self.feature_drifted.labels(feature).set(1 if col["drifted"] else 0)
 
+    def track_features(self, sides: dict[str, tuple[str, ...]]) -> None:
+        """The served champion's judged features (``FeatureSchema.training_sides``: feature -> its
+        sides) at 0 in the out-of-training counters, so that their first rows outside training
+        are an increase Prometheus sees and the share exists from the start. Features of earlier
+        champions stay (counters; they just stop growing)."""
+        for feature, feature_sides in sides.items():
+            self.checked_rows.labels(feature)
+            for side in feature_sides:
+                self.outside_training.labels(feature, side)
+
+    def count_outside_training(self, scores: dict[str, dict[str, Any]]) -> None:
+        """A check's rows outside the champion's training data, from its ``feature_scores``
+        (``outside_training``: ``{"rows", "below", "above"}`` or ``{"rows", "unseen"}``)."""
+        for feature, col in scores.items():
+            counts = col.get(OUTSIDE_TRAINING)
+            if counts is None:  # not judged: the prediction, an image, a feature without a range
+                continue
+            self.checked_rows.labels(feature).inc(counts["rows"])
+            for side in SIDES:
+                if side in counts:
+                    self.outside_training.labels(feature, side).inc(counts[side])
+
     def observe_check(self, check: Check, signals: Iterable[str], *, threshold: float,
                       expected_accuracy: float | None, champion: str | None, now: float,
                       expected_rmse: float | None = None) -> None:
@@ -161,6 +201,7 @@ class MonitorMetrics:
         self.drift_share.set(check.drift_share)
         self.drift_threshold.set(threshold)
         self.set_features(check.feature_scores)
+        self.count_outside_training(check.feature_scores)
         self.set_signals(signals)
         if check.accuracy is not None:
             self.accuracy.set(check.accuracy)

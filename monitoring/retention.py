@@ -62,12 +62,17 @@ the pause (rows are locked, not the table). The prediction log is walked in id o
 row and the walk stops at the first batch with no row past its age (the log is in time order to
 within a writer's flush).
 
-SQLite's file does not shrink when rows are deleted: the freed pages are reused by new rows, so
-under a steady retention the file stays at its high-water mark. Nothing here runs VACUUM: it
-rewrites the whole file holding the write lock throughout (seconds to minutes), and every service
-writer waits for it; incremental vacuum needs ``auto_vacuum`` set before the tables were made (a
-full VACUUM to switch). ``driftloop db prune --vacuum`` runs it by hand; each run reports the free
-space inside the file (``free_bytes``). On PostgreSQL autovacuum makes the space reusable.
+SQLite's file. A store created by this driftloop has incremental auto-vacuum (set by the
+migrations before the first table): after deleting, a run gives the freed pages back to the disk
+``VACUUM_PAGES`` at a time (40 MB at SQLite's 4 KB pages), one short write transaction each, with
+the same pause as a batch, then truncates the write-ahead log (a large prune grows it), so the
+file follows what the store holds (``returned_bytes``). An older store (made with auto-vacuum
+off, which SQLite cannot switch without a full VACUUM) keeps its file at its high-water mark: the
+freed pages are reused by new rows. Nothing here runs VACUUM: it rewrites the whole file holding
+the write lock throughout (seconds to minutes), and every service writer waits for it;
+``driftloop db prune --vacuum`` runs it by hand (and switches an older store to incremental). Each
+run reports the free space left inside the file (``free_bytes``). On PostgreSQL autovacuum makes
+the space reusable.
 
 The archive. With ``archive_dir``, each run writes one Parquet file per table,
 ``<archive_dir>/predictions/<run>_<first id>-<last id>.parquet`` (id, request_id, created_at,
@@ -112,6 +117,7 @@ WHAT = ("predictions", "feedback", "shadow_predictions", "checks", "events", "re
 DELETED_METRIC = "driftloop_retention_deleted"
 PARTIAL_AGE_S = 3600.0  # a snapshot's .partial older than this belongs to a write that died
 LONGEST_PAUSE_S, SHORTEST_PAUSE_S = 1.0, 0.1  # SQLite, between batches (see the module docstring)
+VACUUM_PAGES = 10_240  # SQLite: pages given back to the disk per transaction (incremental auto-vacuum)
 Counts = tuple[int, int, int]  # a batch's prediction rows, labels, shadow answers
 
 
@@ -285,6 +291,7 @@ class Pruned:
     skipped_batches: int = 0  # archived batches that changed before their delete: left for the next run
     stopped: bool = False  # asked to stop (the monitor shutting down): the rest is left for the next run
     free_bytes: int | None = None  # SQLite: free space inside the file (reused by new rows)
+    returned_bytes: int | None = None  # SQLite: given back to the disk by incremental vacuum and the log's truncation
     seconds: float = 0.0
 
     @property
@@ -296,6 +303,7 @@ class Pruned:
         return {"dry_run": self.dry_run, "deleted": dict(self.deleted), "archived": dict(self.archived),
                 "archive_files": list(self.archive_files), "held": dict(self.held),
                 "skipped_batches": self.skipped_batches, "stopped": self.stopped, "free_bytes": self.free_bytes,
+                "returned_bytes": self.returned_bytes,
                 "kept_from": self.needs.to_dict(), "seconds": round(self.seconds, 3)}
 
     def describe(self) -> str:
@@ -320,7 +328,9 @@ class Pruned:
             lines.append(f"{self.skipped_batches} batch(es) changed while archived: left for the next run")
         if self.stopped:
             lines.append("stopped before the end: the rest is left for the next run")
-        if self.free_bytes is not None:
+        if self.returned_bytes:
+            lines.append(f"SQLite: the files shrank by {self.returned_bytes / 1e6:.1f} MB")
+        if self.free_bytes:
             lines.append(f"SQLite: {self.free_bytes / 1e6:.1f} MB free inside the file (reused by new rows; "
                          "`driftloop db prune --vacuum` gives it back to the disk)")
         lines.append(f"took {self.seconds:.2f}s")
@@ -354,6 +364,8 @@ def prune(store: PredictionStore, settings: Settings, *, now: datetime | None = 
     stale = list(workspace.glob("*/snapshots/.*.partial"))
     out.deleted["snapshots"] = (len(prune_files(snapshots, _ago(now, r.snapshots_days), r.snapshots_max, dry_run))
                                 + len(prune_files(stale, now - timedelta(seconds=PARTIAL_AGE_S), None, dry_run)))
+    if not dry_run and store.dialect == "sqlite":
+        out.returned_bytes = give_back(batches)
     out.free_bytes = free_bytes(store)
     out.stopped = batches.stopped
     out.seconds = time.perf_counter() - started
@@ -407,6 +419,31 @@ def free_bytes(store: PredictionStore) -> int | None:
     return int(pages or 0) * int(size or 0)
 
 
+def give_back(batches: _Batches) -> int | None:
+    """SQLite: the freed pages given back to the disk ``VACUUM_PAGES`` at a time (incremental
+    auto-vacuum; an older store without it: none), then the write-ahead log truncated; returns the
+    bytes the store's files shrank by (None: an in-memory store)."""
+    store = batches.store
+    path = Path(store.engine.url.database or ":memory:")
+    if not path.is_file():
+        return None
+    files = [path, path.with_name(path.name + "-wal")]
+    before = sum(f.stat().st_size for f in files if f.is_file())
+    with store.engine.connect() as conn:
+        incremental = conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2
+    free = free_bytes(store) if incremental else 0
+    while free and batches.go_on():
+        # executescript steps the pragma to its end: one execute() frees a single page
+        batches.run(lambda conn: conn.connection.driver_connection.executescript(
+            f"PRAGMA incremental_vacuum({VACUUM_PAGES});"))
+        free, before_step = free_bytes(store), free
+        if free >= before_step:  # nothing given back (never expected): do not spin
+            break
+    with store.engine.connect() as conn:  # a writer holding the log open only makes this a partial checkpoint
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    return before - sum(f.stat().st_size for f in files if f.is_file())
+
+
 def vacuum(store: PredictionStore) -> int | None:
     """SQLite: VACUUM (the file shrinks to what it holds; the store is locked while it runs);
     returns the bytes given back to the disk. None on PostgreSQL, whose autovacuum does what is
@@ -416,6 +453,7 @@ def vacuum(store: PredictionStore) -> int | None:
     path = Path(store.engine.url.database)
     before = path.stat().st_size
     with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("PRAGMA auto_vacuum = INCREMENTAL")  # an older store: switched by this VACUUM
         conn.exec_driver_sql("VACUUM")
         conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     return before - path.stat().st_size

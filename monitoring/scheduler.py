@@ -66,16 +66,15 @@ from driftloop.monitoring.lease import RETRAIN, SCHEDULER, Heartbeat, Lease, hol
 from driftloop.monitoring.monitor import Monitor
 from driftloop.monitoring.retention import retention_counter, run_store_retention
 from driftloop.monitoring.store import PredictionStore, StoreError
-from driftloop.vocabulary import EventKind
+from driftloop.vocabulary import EventKind, Job
 
 if TYPE_CHECKING:
     from driftloop.settings import ScheduleConfig
 
 log = logging.getLogger("driftloop.scheduler")
-CHECK_JOB = "check"
-RETENTION_JOB = "retention"
-STORE_RETENTION_JOB = "store_retention"
-RETRAIN_JOB = "retrain"
+# plain strings: the ids APScheduler keeps in the job store
+CHECK_JOB, RETENTION_JOB, STORE_RETENTION_JOB, RETRAIN_JOB = (
+    Job.CHECK.value, Job.RETENTION.value, Job.STORE_RETENTION.value, Job.RETRAIN.value)
 JOB_FUNC = "driftloop.monitoring.scheduler:_unbound_job"
 LEGACY_JOB_FUNC = "monitoring.scheduler:_unbound_job"  # what driftloop wrote before the one import name
 JOB_DEFAULTS = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}

@@ -43,14 +43,19 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import pandas as pd
 import sqlalchemy as sa
 
 from driftloop.models.errors import DriftloopError
+from driftloop.models.lazy import lazy_module
 from driftloop.vocabulary import Check, Outcome
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:
+    pd = lazy_module("pandas")  # the monitor's windows; a serving worker only writes, and never imports it
 
 metadata = sa.MetaData()
 UPDATABLE_CHECK_FIELDS = ("outcome", "reason")  # what PredictionStore.update_check may change
@@ -333,6 +338,14 @@ class PredictionStore:
         with self.engine.connect() as conn:
             count, last = conn.execute(q).one()
         return int(count), None if last is None else int(last)
+
+    def id_before_newest(self, rows: int) -> int | None:
+        """The id below the newest ``rows`` predictions (exactly ``rows`` have a higher id), or
+        None when there are not more than that many: one step down the primary key's index."""
+        q = sa.select(predictions.c.id).order_by(predictions.c.id.desc()).limit(1).offset(rows)
+        with self.engine.connect() as conn:
+            found = conn.execute(q).scalar()
+        return None if found is None else int(found)
 
     # -- shadow mode ------------------------------------------------------------------------
     def insert_shadow_predictions(self, rows: Sequence[dict[str, Any]]) -> None:

@@ -14,11 +14,16 @@
     BentoML's own   /metrics /healthz /livez /readyz
 
 Run it with ``driftloop serve`` (which sets ``DRIFTLOOP_CONFIG`` and a private ``BENTOML_HOME``) or
-``bentoml serve driftloop.service.app:Driftloop``. Each worker builds its own :class:`Serving`
+``bentoml serve driftloop.service.app:Driftloop``, or as a Bento (``deploy/bento.py``; ``bentoml
+serve driftloop:latest``), which packs a model: served while no registry names a champion
+(:mod:`service.packed`). Before any worker starts, ``bentoml serve`` checks the settings and the
+packed model once in its own process and exits with one line if they cannot work
+(:func:`service.packed.preflight`). Each worker builds its own :class:`Serving`
 and the :class:`service.endpoint.Endpoint` over it in ``__init__``; nothing is loaded at import
 time. Every route's answer, and every error's status, comes from that endpoint. Every request
-first passes :class:`service.gate.RequestGate` (draining, overload, body limits), which also
-answers ``POST /predict`` itself; the other routes are BentoML's (the ``@bentoml.api`` methods)
+first passes :class:`service.gate.RequestGate` (draining, overload, body limits), in front of
+BentoML's own middlewares (:func:`service.lifecycle.gate_in_front`), which also answers ``POST
+/predict`` itself; the other routes are BentoML's (the ``@bentoml.api`` methods)
 or mounted Starlette routes (/model, /history, /docs.json). The gate and the mounted routes are
 built with the app, before the service instance: ``__init__`` hands them its endpoint through
 the :class:`service.endpoint.EndpointSlot` they were given.
@@ -49,9 +54,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from driftloop.service.lifecycle import cancel_request_timers, die_with_parent
-from driftloop.service.endpoint import RETRY_AFTER_S, Endpoint, EndpointSlot, HttpError
+from driftloop.models.errors import RegistryError
+from driftloop.service.lifecycle import cancel_request_timers, die_with_parent, gate_in_front
+from driftloop.service.endpoint import RETRY_AFTER_S, Endpoint, EndpointSlot, HttpError, http_error
 from driftloop.service.gate import RequestGate
+from driftloop.service.packed import BentoArgs, enter_workdir, load_config, load_packed, preflight
 
 log = logging.getLogger("driftloop.service")
 
@@ -128,11 +135,28 @@ def info_routes(slot: EndpointSlot, base_spec: Callable[[], dict[str, Any]]) -> 
 # which BentoML builds before the service instance.
 ENDPOINT = EndpointSlot()
 
+# The Bento's template arguments (set by deploy/bento.py at build time, restored by `bentoml serve`
+# of the Bento) and the model it packs, declared the BentoML way; None outside a Bento.
+ARGS = bentoml.use_arguments(BentoArgs)
+PACKED = bentoml.models.BentoModel(ARGS.packed_model) if ARGS.packed_model else None
 
-@bentoml.service(name="driftloop", workers=1, traffic={"timeout": 30})
+
+# BentoML's request timeout for the routes it serves; the gate's /predict applies the same one.
+TIMEOUT_S = 30
+
+
+@bentoml.service(name="driftloop", workers=1, traffic={"timeout": TIMEOUT_S})
 class Driftloop:
+    packed = PACKED  # resolved on first use: the model's entry in the Bento's model store
+
+    @bentoml.on_deployment
+    def _preflight() -> None:
+        """In ``bentoml serve``'s own process, before any worker starts: one line and a non-zero
+        exit for settings or a packed model that cannot work (:func:`service.packed.preflight`)."""
+        preflight(PACKED)
+
     def __init__(self) -> None:
-        from driftloop.settings import load_settings
+        from driftloop.models.onnx_model import providers_for
         from driftloop.models.registry import Registry
         from driftloop.monitoring.store import PredictionStore
         from driftloop.service.metrics import serving_metrics
@@ -142,11 +166,21 @@ class Driftloop:
         # A fatal signal (SIGBUS from a store file made immutable under SQLite's mapped WAL index,
         # SIGSEGV in native code) ends the worker at once: leave its stack in the log, not silence.
         faulthandler.enable()
-        settings = load_settings(os.environ.get("DRIFTLOOP_CONFIG") or None)
-        self.serving = Serving(Registry(settings.registry.home, settings.registry.project),
-                               PredictionStore(settings.store.url), serving_metrics(), settings.serving)
+        if Driftloop.bento is not None:  # BentoML runs a Bento's workers in its source directory
+            enter_workdir()
+        settings = load_config()
+        registry = Registry(settings.registry.home, settings.registry.project)
+        self.serving = Serving(registry, PredictionStore(settings.store.url), serving_metrics(), settings.serving)
+        # The Bento's own model serves while the registry names no champion (and a champion that
+        # appears there replaces it: the watcher follows the pointer as usual).
+        self.packed_model = None
+        if PACKED is not None and registry.champion() is None:
+            self.packed_model = load_packed(self.packed, providers_for(settings.serving.device)[1])
+            self.serving.serve_packed(self.packed_model)
+            log.warning("worker %d serves %s, the model packed in the Bento: %s names no champion",
+                        os.getpid(), PACKED, registry.home.resolve())
         self.endpoint = Endpoint(self.serving, predict_token=settings.serving.predict_token,
-                                 admin_token=settings.serving.admin_token)
+                                 admin_token=settings.serving.admin_token, timeout_s=TIMEOUT_S)
         self.serving.start()
         ENDPOINT.attach(self.endpoint)
         self._drain_on_sigterm(settings.serving.drain_s)
@@ -220,16 +254,28 @@ class Driftloop:
         """Record true labels of earlier predictions, by request id (the first label wins)."""
         return self._answer(ctx, lambda: self.endpoint.feedback([(item.request_id, item.label) for item in labels]))
 
+    def _registry_endpoint(self) -> Endpoint:
+        """The endpoint, for a change of the registry's pointers: refused (409) while this worker
+        serves the Bento's packed model, which no registry names (read-only: nothing is written)."""
+        if self.packed_model is not None and self.serving.model is self.packed_model:
+            registry = self.serving.registry
+            raise http_error(RegistryError(
+                f"this worker serves {PACKED}, the model packed in the Bento, because {registry.home.resolve()} names "
+                f"no champion of {registry.project!r}: promote and rollback change a registry's champion; "
+                f"register and promote a version there (driftloop train, driftloop models promote) and "
+                f"the workers swap to it"))
+        return self.endpoint
+
     # -- admin: bearer token required (serving.admin_token) ------------------------------------
     @bentoml.api(route="/admin/promote")
     def admin_promote(self, version: str, ctx: bentoml.Context, reason: str = "promoted over HTTP") -> dict[str, Any]:
         """Make a registered version the champion (its checksums are verified first)."""
-        return self._answer(ctx, lambda: self.endpoint.promote(version, reason, _actor(ctx)), admin=True)
+        return self._answer(ctx, lambda: self._registry_endpoint().promote(version, reason, _actor(ctx)), admin=True)
 
     @bentoml.api(route="/admin/rollback")
     def admin_rollback(self, ctx: bentoml.Context, reason: str = "rolled back over HTTP") -> dict[str, Any]:
         """Make the previous champion the champion again."""
-        return self._answer(ctx, lambda: self.endpoint.rollback(reason, _actor(ctx)), admin=True)
+        return self._answer(ctx, lambda: self._registry_endpoint().rollback(reason, _actor(ctx)), admin=True)
 
     @bentoml.api(route="/admin/reload")
     def admin_reload(self, ctx: bentoml.Context) -> dict[str, Any]:
@@ -244,6 +290,9 @@ class Driftloop:
 
 Driftloop.mount_asgi_app(info_routes(ENDPOINT, lambda: Driftloop.openapi_spec.asdict()), path="/")
 Driftloop.add_asgi_middleware(RequestGate, slot=ENDPOINT)
+# ... in front of BentoML's own middlewares (traffic metrics, tracing, access log, timeout), before
+# BentoML builds the app: POST /predict, which the gate answers, does not pay for them.
+gate_in_front()
 
 
 def _api_error(ctx: bentoml.Context, error: HttpError) -> JSONResponse:

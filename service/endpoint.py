@@ -33,14 +33,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from driftloop.models.errors import DriftloopError, RegistryError, SchemaError, UnknownVersion
 from driftloop.models.files import jsonable
-from driftloop.monitoring.store import UNAVAILABLE, unavailable
-from driftloop.service.openapi import HISTORY_KINDS, served_spec
-from driftloop.service.serving import NotReady, Serving
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
+
+    from driftloop.service.serving import Serving
+
+# The serving machinery (the store's SQLAlchemy, onnxruntime, the OpenAPI document) is imported where
+# it is used, not here: `bentoml serve` imports this module (through service/app.py) in its own
+# process too, which only defines the routes, and a worker's start waits for that import.
 
 INLINE_ROWS = 64  # larger unbatched requests run in a thread, off the event loop
 RETRY_AFTER_S = "1"
@@ -61,6 +66,8 @@ class HttpError(Exception):
 
 def http_error(exc: DriftloopError) -> HttpError:
     """The HTTP answer to a driftloop error (the table in this module's docstring)."""
+    from driftloop.service.serving import NotReady
+
     if isinstance(exc, SchemaError):
         return HttpError(422, str(exc), exc.field)
     if isinstance(exc, NotReady):
@@ -78,8 +85,13 @@ def _mapped() -> Iterator[None]:
         yield
     except DriftloopError as exc:
         raise http_error(exc) from exc
-    except UNAVAILABLE as exc:
-        raise HttpError(503, f"the prediction store is unavailable ({unavailable(exc)}); retry later", None,
+    except Exception as exc:
+        from driftloop.monitoring.store import unavailable
+
+        why = unavailable(exc)
+        if why is None:  # not the store being out: passed on as it is
+            raise
+        raise HttpError(503, f"the prediction store is unavailable ({why}); retry later", None,
                         {"retry-after": RETRY_AFTER_S}) from exc
 
 
@@ -96,14 +108,17 @@ class Endpoint:
     """One worker's answers to every route, over its :class:`Serving`.
 
     ``predict_token`` (optional) guards ``/predict`` and ``/feedback``; ``admin_token`` guards
-    ``/admin/*``, which are disabled (403) without it.
+    ``/admin/*``, which are disabled (403) without it. ``timeout_s`` (the service's
+    ``traffic.timeout``): a prediction that waits longer for the batcher or a thread is cancelled
+    and answered 504, as BentoML's timeout middleware answers the routes it serves.
     """
 
     def __init__(self, serving: Serving, *, predict_token: SecretStr | None = None,
-                 admin_token: SecretStr | None = None) -> None:
+                 admin_token: SecretStr | None = None, timeout_s: float | None = None) -> None:
         self.serving = serving
         self._predict_token = predict_token
         self._admin_token = admin_token
+        self.timeout_s = timeout_s
 
     # -- the bearer token ----------------------------------------------------------------------
     def authorize(self, authorization: str | None, *, admin: bool = False) -> None:
@@ -125,12 +140,17 @@ class Endpoint:
         serving = self.serving
         with _mapped():
             model, feeds = serving.prepare(rows)  # validated once, whichever way the graph runs
-            if serving.batched(model):
-                preds, scores = await serving.batcher.run(model, feeds, len(rows))
-                return serving.answer(model, rows, preds, scores)
-            if len(rows) <= INLINE_ROWS:  # microseconds: a thread hop would cost more than the graph
-                return serving.run(model, feeds, rows)
-            return await asyncio.get_running_loop().run_in_executor(None, serving.run, model, feeds, rows)
+            batched = serving.batched(model)
+            if not batched and len(rows) <= INLINE_ROWS:  # microseconds: a thread hop would cost more
+                return serving.run(model, feeds, rows)  # than the graph; nothing awaited, no timer needed
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    if batched:
+                        preds, scores = await serving.batcher.run(model, feeds, len(rows))
+                        return serving.answer(model, rows, preds, scores)
+                    return await asyncio.get_running_loop().run_in_executor(None, serving.run, model, feeds, rows)
+            except TimeoutError:
+                raise HttpError(504, f"Not able to process the request in {self.timeout_s:g} seconds") from None
 
     def feedback(self, labels: list[tuple[str, Any]]) -> dict[str, Any]:
         """Store labels by request id; 404 when none of them could be used (every id unknown)."""
@@ -152,6 +172,8 @@ class Endpoint:
         """``GET /history``: the monitor's checks (one per window: drift and accuracy figures, a
         regressor's RMSE and MAE, the decision and its reason) or events (the audit trail), the newest ``limit`` (at most
         1000), oldest first, as JSON-safe values. Reads the store: call it off the event loop."""
+        from driftloop.service.openapi import HISTORY_KINDS
+
         if kind not in HISTORY_KINDS:
             raise HttpError(422, f"kind must be one of {list(HISTORY_KINDS)}, got {kind!r}", "kind")
         if not limit.isdigit() or not 1 <= int(limit) <= 1000:
@@ -168,6 +190,8 @@ class Endpoint:
         """``GET /docs.json``: BentoML's document of this service, with the request rows and the
         answer of ``/predict`` described by the serving model's schema (a generic row before
         a model is loaded), and ``GET /model`` and ``GET /history`` added."""
+        from driftloop.service.openapi import served_spec
+
         model = self.serving.model
         return served_spec(base, None if model is None else model.schema, self.serving.config,
                            project=self.serving.registry.project)
@@ -217,7 +241,20 @@ class EndpointSlot:
 def dumps(body: Any) -> bytes:
     """A JSON body: compact, UTF-8, no NaN (an answer with one is a bug, not a number). A string
     UTF-8 cannot encode (a lone surrogate a client sent, echoed in an error's ``field``) is written
-    as JSON's ``\\ud800`` escape instead."""
+    as JSON's ``\\ud800`` escape instead.
+
+    orjson writes it; what orjson will not write (a lone surrogate, a key that is not a string,
+    a type it does not know) or writes as ``null`` (orjson writes NaN as null) is written by
+    Python's encoder instead, which refuses NaN with a ValueError: answers with a ``null`` in
+    them, errors' ``"field": null`` among them, take that slower way."""
+    try:
+        payload = orjson.dumps(body)
+    except TypeError:
+        return _dumps(body)
+    return _dumps(body) if b"null" in payload else payload
+
+
+def _dumps(body: Any) -> bytes:
     text = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     try:
         return text.encode()

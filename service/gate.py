@@ -1,7 +1,9 @@
-"""The request gate: the ASGI layer in front of BentoML's routing, and the /predict fast path.
+"""The request gate: the ASGI layer in front of BentoML, and the /predict fast path.
 
-Every HTTP request of a worker passes :class:`RequestGate` (installed with BentoML's
-``add_asgi_middleware``, its supported extension point). In order:
+Every HTTP request of a worker passes :class:`RequestGate`, installed with BentoML's
+``add_asgi_middleware`` and put in front of BentoML's own middlewares (traffic metrics,
+OpenTelemetry, access log, request timeout, request context) by
+:func:`service.lifecycle.gate_in_front`. In order:
 
 1. health and metrics (``/livez /healthz /readyz /metrics``) pass straight through;
 2. draining (after SIGTERM): 503 with ``Retry-After`` and ``Connection: close``;
@@ -14,26 +16,36 @@ Every HTTP request of a worker passes :class:`RequestGate` (installed with Bento
    ``serving.body_timeout_s`` gets 408 with ``Connection: close`` (a client that declares more
    than it sends, or trickles; counted as ``driftloop_requests_shed_total{reason="body_timeout"}``);
    then the overload check again, and the slot;
-5. ``POST /predict`` is answered here: the bearer token, JSON in, :meth:`Endpoint.predict`
-   (validation, the graph inline or batched, request ids, prediction log, metrics), JSON out.
-   Everything else goes on to BentoML (``/feedback``, ``/model``, admin).
+5. ``POST /predict`` is answered here: the bearer token, JSON in (orjson), :meth:`Endpoint.predict`
+   (validation, the graph inline or batched, request ids, prediction log, metrics, the service's
+   ``traffic.timeout`` as a 504), JSON out. Everything else goes on to BentoML's middlewares and
+   routes (``/feedback``, ``/model``, admin), the body already read handed on.
+
+What BentoML's middlewares exported for a request, the gate exports for the requests it answers
+itself (``/predict``, the refusals, a failed request's 500): ``bentoml_service_request_total``,
+``..._duration_seconds``, ``..._in_progress`` and ``..._last_request_timestamp_seconds``, with
+BentoML's own metric objects and labels (:class:`service.metrics.RequestMetrics`), so every
+answer is counted once under the names the dashboards and alerts read. Where the gate stays
+inside BentoML's middlewares (access log or tracing on; see ``gate_in_front``), BentoML counts
+them and the gate does not.
 
 Every request that reaches the gate gets an answer at once. An exception that escapes the
 request path (a bug, here or in BentoML's routes) is logged with its traceback, counted in
-``driftloop_internal_errors_total{exception}`` and answered 500 with a JSON error. That is not
-only politeness: BentoML's ``TimeoutMiddleware``, outside this one, waits for the first message
-of an answer, so an exception that ended the request before one left used to hold the request
-for ``traffic.timeout`` (30 s) and end in uvicorn's bare 500 ("ASGI callable returned without
-starting response"), counted nowhere. Hostile JSON is refused before it can raise: nesting past
-the parser's recursion limit and integers of more than 4,300 digits are 400s (``field: body``);
-numbers outside float32, lone surrogates and over-long strings are 422s naming the field
-(:meth:`FeatureSchema.validate_rows`).
+``driftloop_internal_errors_total{exception}`` and answered 500 with a JSON error: BentoML's
+``TimeoutMiddleware`` waits for the first message of an answer, so an exception that ended the
+request before one left would hold the request for ``traffic.timeout`` (30 s) and end in
+uvicorn's bare 500 ("ASGI callable returned without starting response"), counted nowhere. Hostile
+JSON is refused before it can raise: nesting past the parser's recursion limit and integers of
+more than 4,300 digits are 400s (``field: body``); numbers outside float32, lone surrogates and
+over-long strings are 422s naming the field (:meth:`FeatureSchema.validate_rows`).
 
-Why /predict is answered here: BentoML's per-api machinery (a pydantic input model, a thread
-hop through anyio's limiter, response headers looked up through its DI container) cost about
-half of a worker's time on a one-row request (py-spy; see ``bench/serving.py``). The
-``@bentoml.api`` method of the same name stays, so the route exists on BentoML's side too, and
-both call the same :class:`service.endpoint.Endpoint`: one contract, one error mapping.
+Why /predict is answered here, in front: BentoML's per-api machinery (a pydantic input model, a
+thread hop through anyio's limiter, response headers looked up through its DI container) cost
+about half of a worker's time on a one-row request, and its middlewares (four labelled metric
+series, a task and a timer per request) a quarter of what was left (py-spy; see
+``bench/serving.py``). The ``@bentoml.api`` method of the same name stays, so the route exists on
+BentoML's side too, and both call the same :class:`service.endpoint.Endpoint`: one contract, one
+error mapping.
 
 The gate is built with the app, before the service instance: it gets the endpoint through the
 :class:`service.endpoint.EndpointSlot` it is given (``add_asgi_middleware(RequestGate, slot=...)``),
@@ -43,26 +55,40 @@ which the service's ``__init__`` fills.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
+from timeit import default_timer
 from typing import Any
 
+import orjson
+
 from driftloop.service.endpoint import RETRY_AFTER_S, Endpoint, EndpointSlot, HttpError, dumps
-from driftloop.service.metrics import serving_metrics
+from driftloop.service.metrics import RequestMetrics, bentoml_request_metrics, serving_metrics
 
 log = logging.getLogger("driftloop.service")
 
 PASS_THROUGH = frozenset({"/livez", "/healthz", "/readyz", "/metrics"})
+_UNRESOLVED: Any = object()
 
 
 def load_json(body: bytes) -> Any:
-    """A request body's JSON, or a 400 naming what is wrong (``field: body``). Python's parser
-    itself refuses integers of more than 4,300 digits (ValueError) and nesting past the
-    interpreter's recursion limit (RecursionError, about 1,000 levels; a /predict body is 3 deep,
-    5 with images): both are the client's error, never a 500. Anything it does take that the model
-    cannot (a deep list where a number belongs, a 401-digit integer) is the schema's 422. No lower
-    depth limit of our own: checking one means a scan of the body in Python, which costs more than
-    the parse (1.3x to 1.7x on 100 to 10,000 rows), and refuses nothing the schema would take."""
+    """A request body's JSON, or a 400 naming what is wrong (``field: body``).
+
+    orjson parses; whatever it refuses is parsed again by Python's parser, whose answer stands,
+    so the outcome for a body is Python's: it takes lone surrogates (the schema's 422 names the
+    field), NaN, and integers of up to 4,300 digits that orjson will not, and refuses more digits
+    (ValueError) and nesting past the interpreter's recursion limit (RecursionError, about 1,000
+    levels; a /predict body is 3 deep, 5 with images): both the client's error, never a 500.
+    (orjson reads an integer past 64 bits as a float, where Python keeps an int: the schema
+    takes or refuses the two alike.) Anything parsed that the model cannot take (a deep list
+    where a number belongs, a 401-digit integer) is the schema's 422. No lower depth limit of
+    our own: checking one means a scan of the body in Python, which costs more than the parse
+    (1.3x to 1.7x on 100 to 10,000 rows), and refuses nothing the schema would take."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except RecursionError:
@@ -89,58 +115,110 @@ class RequestGate:
     """``app``: the ASGI app behind (BentoML's); ``slot``: where the worker's service attaches its
     :class:`Endpoint` once built. Until then every request passes through (BentoML answers)."""
 
+    in_front_of_bentoml = True  # service.lifecycle.gate_in_front puts it before BentoML's middlewares
+
     def __init__(self, app: Any, slot: EndpointSlot) -> None:
         self.app = app
         self.slot = slot
         self.in_flight = 0
+        self._metrics: RequestMetrics | None = _UNRESOLVED
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()  # admitted, not started
+        self._turn_taken = False
+
+    @property
+    def request_metrics(self) -> RequestMetrics | None:
+        """BentoML's per-request series, when this gate answers in front of BentoML's traffic
+        middleware; None when that middleware is outside the gate (it counts) or absent."""
+        if self._metrics is _UNRESOLVED:
+            self._metrics = bentoml_request_metrics(self.app)
+            log.info("the request gate %s", "answers in front of BentoML's middlewares and counts its answers in "
+                     "bentoml_service_request_*" if self._metrics is not None else
+                     "has BentoML's traffic metrics outside it (or none): BentoML counts every answer")
+        return self._metrics
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in PASS_THROUGH:
             await self.app(scope, receive, send)
             return
-        started = False
+        arrived = default_timer()
+        metrics = self.request_metrics
+        path = scope["path"]
+        running = metrics is not None and path == "/predict" and self.slot.endpoint is not None
+        if running:  # the gate answers it, whatever comes
+            metrics.running(+1)
+        state = [0, False]  # the status the gate answered with itself (0: passed on, or no answer); started
 
         async def send_tracked(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = True
+            state[1] = True
             await send(message)
 
         try:
-            await self._gate(scope, receive, send_tracked)
+            state[0] = await self._gate(scope, receive, send_tracked)
         except Exception as exc:  # a bug: answered, logged and counted, never left to time out
             endpoint = self.slot.endpoint
-            metrics = endpoint.serving.metrics if endpoint is not None else serving_metrics()
-            metrics.internal_errors.labels(type(exc).__name__).inc()
-            log.exception("%s %s failed", scope["method"], scope["path"])
-            if started:  # part of the answer is out: the server ends the connection
+            errors = endpoint.serving.metrics if endpoint is not None else serving_metrics()
+            errors.internal_errors.labels(type(exc).__name__).inc()
+            log.exception("%s %s failed", scope["method"], path)
+            if state[1]:  # part of the answer is out: the server ends the connection
                 raise
-            await _reply(send, HttpError(500, f"internal error ({type(exc).__name__}); the service log has "
-                                              "the details"))
+            state[0] = await _reply(send, HttpError(500, f"internal error ({type(exc).__name__}); the service "
+                                                         "log has the details"))
+        finally:
+            if running:
+                metrics.running(-1)
+            if metrics is not None and state[0]:
+                metrics.answered(path, state[0], arrived)
 
-    async def _gate(self, scope: Any, receive: Any, send: Any) -> None:
+    async def _gate(self, scope: Any, receive: Any, send: Any) -> int:
+        """The request's way through the gate: the status of the answer the gate sent itself, or 0
+        (passed on to BentoML, or the client went away)."""
         endpoint = self.slot.endpoint
         if endpoint is not None and (refusal := self._refusal(endpoint)) is not None:
-            await _reply(send, refusal)
-            return
+            return await _reply(send, refusal)
         headers = dict(scope["headers"])
         body = None
         if scope["method"] == "POST":  # read without a slot: a slow upload holds none
             try:
                 body = await self._read(receive, headers, endpoint)
             except HttpError as exc:
-                await _reply(send, exc)
-                return
+                return await _reply(send, exc)
             if body is None:  # the client went away
-                return
+                return 0
             if endpoint is not None and (refusal := self._refusal(endpoint)) is not None:
-                await _reply(send, refusal)  # the slots filled up (or draining began) meanwhile
-                return
+                return await _reply(send, refusal)  # the slots filled up (or draining began) meanwhile
         self.in_flight += 1  # BentoML's bentoml_service_request_in_progress exports the same count
         try:
-            await asyncio.sleep(0)  # let requests that arrived together all count as in flight
-            await self._handle(scope, receive, send, headers, body, endpoint)
+            await self._turn()
+            return await self._handle(scope, receive, send, headers, body, endpoint)
         finally:
             self.in_flight -= 1
+
+    async def _turn(self) -> None:
+        """Wait for this request's turn to start: one admitted request starts per turn of the
+        event loop, in the order they were admitted, and the loop reads its sockets between two
+        starts. So the requests that arrive meanwhile are counted (and the ones past
+        ``max_in_flight`` refused) within about one request's time, instead of after every
+        request admitted before them has run (what queued refusals for seconds at twice the
+        saturation rate), and requests that arrived together all count as in flight first."""
+        loop = asyncio.get_running_loop()
+        if self._waiting or self._turn_taken:
+            waiter = loop.create_future()
+            self._waiting.append(waiter)
+            await waiter
+            return
+        self._turn_taken = True
+        loop.call_soon(self._pass_turn)
+        await asyncio.sleep(0)  # as a waiter would: the requests read with this one count first
+
+    def _pass_turn(self) -> None:
+        """On the next turn of the loop: the next admitted request starts, or the turn is free."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():  # a request cancelled while waiting has no turn
+                waiter.set_result(None)
+                asyncio.get_running_loop().call_soon(self._pass_turn)
+                return
+        self._turn_taken = False
 
     def _refusal(self, endpoint: Endpoint) -> HttpError | None:
         """The 503 for a request that comes while draining or overloaded (counted), else None."""
@@ -177,20 +255,19 @@ class RequestGate:
                             {"connection": "close"}) from None
 
     async def _handle(self, scope: Any, receive: Any, send: Any, headers: dict[bytes, bytes], body: bytes | None,
-                      endpoint: Endpoint | None) -> None:
+                      endpoint: Endpoint | None) -> int:
         if body is None:  # not a POST: the app reads whatever comes
             await self.app(scope, receive, send)
-            return
+            return 0
         if scope["path"] != "/predict" or endpoint is None:
             await self.app(scope, _replay(body), send)
-            return
+            return 0
         try:
             endpoint.authorize(headers.get(b"authorization", b"").decode("latin-1"))
             answer = await endpoint.predict(parse_predict_body(body))
         except HttpError as exc:
-            await _reply(send, exc)
-            return
-        await _send_json(send, 200, answer)
+            return await _reply(send, exc)
+        return await _send_json(send, 200, answer)
 
 
 async def _read_body(receive: Any, headers: dict[bytes, bytes], limit: int | None,
@@ -229,13 +306,24 @@ def _replay(body: bytes) -> Any:
     return receive
 
 
-async def _reply(send: Any, error: HttpError) -> None:
-    await _send_json(send, error.status, error.body(), error.headers)
+async def _reply(send: Any, error: HttpError) -> int:
+    body = error.body()
+    payload = None
+    if not error.extra:  # strings and None only: no NaN to look for (dumps' slower way for a null)
+        try:
+            payload = orjson.dumps(body)
+        except TypeError:  # a string UTF-8 cannot encode: dumps escapes it
+            pass
+    return await _send_json(send, error.status, body, error.headers, payload)
 
 
-async def _send_json(send: Any, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-    payload = dumps(body)
+async def _send_json(send: Any, status: int, body: dict[str, Any], headers: dict[str, str] | None = None,
+                     payload: bytes | None = None) -> int:
+    """Send ``body`` (``payload``: already encoded) as the JSON answer; its status."""
+    if payload is None:
+        payload = dumps(body)
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": payload})
+    return status

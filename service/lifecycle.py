@@ -1,4 +1,5 @@
-"""A serving worker's life: it dies with the process that started it; an answered request leaves no timer.
+"""A serving worker's life: it dies with the process that started it; an answered request leaves no
+timer; its request gate comes before BentoML's per-request middlewares.
 
 BentoML's arbiter starts each worker in a session of its own, so a signal to ``driftloop
 serve``'s process group never reaches the workers; an orphaned worker would go on answering with
@@ -11,6 +12,13 @@ serve`` has it too; ``driftloop serve`` (:mod:`driftloop.launch`) uses the same 
 timer go with the request: unpatched, each answered request leaves one on the event loop for the
 whole ``traffic.timeout``, which made a worker's memory grow with its throughput (issue 13, part 6;
 ``python -m bench.memory``).
+
+:func:`gate_in_front` (applied when :mod:`service.app` is imported, before BentoML builds the app)
+puts :class:`service.gate.RequestGate` in front of BentoML's own per-request middlewares, so that
+``POST /predict``, which the gate answers, no longer pays for them (issue 15).
+
+These two reach into BentoML's private modules, here and nowhere else, version-checked, each with
+a test that fails when BentoML changes (tests/unit/test_request_timers.py, tests/unit/test_gate_in_front.py).
 """
 
 from __future__ import annotations
@@ -142,3 +150,62 @@ def cancel_request_timers() -> bool:
     __call__.__qualname__ = f"{middleware.__qualname__}.__call__"
     middleware.__call__ = __call__  # type: ignore[method-assign]
     return True
+
+
+def gate_in_front() -> bool:
+    """Build BentoML's app with the middlewares that ask for it (a class attribute
+    ``in_front_of_bentoml = True``: :class:`service.gate.RequestGate`) in front of BentoML's own;
+    True if they are (now) put there.
+
+    BentoML 1.4 (``ServiceAppFactory.middlewares``) stacks a service's ``add_asgi_middleware``
+    middlewares *inside* its own: the traffic metrics (``bentoml_service_request_*``: four labelled
+    series per request), OpenTelemetry, the access log, the request timeout (a task, a future and a
+    timer per request) and its context. There is no supported way to put one in front of them,
+    and on a one-row ``/predict`` they cost about a quarter of a worker's time (py-spy, ``python
+    -m bench.serving --profile``). This wraps that property: the same middlewares, the opted-in
+    ones moved first (Starlette's ``ServerErrorMiddleware`` stays outermost). Everything the gate
+    passes on still goes through BentoML's stack as before; for what it answers itself the gate
+    exports BentoML's traffic metrics under the same names and labels, and applies the request
+    timeout itself (:class:`service.gate.RequestGate`).
+
+    The gate stays where BentoML puts it (inside) when the access log or tracing is on (a log
+    line and a span per request are what was asked for), and for a BentoML other than 1.4.x
+    (logged); the gate finds out where it stands from the stack below it.
+    """
+    import bentoml
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    prop = ServiceAppFactory.middlewares
+    if getattr(prop.fget, "gate_in_front", False):
+        return True
+    if not bentoml.__version__.startswith("1.4."):
+        log.warning("bentoml %s: the request gate stays inside its middlewares (gate_in_front knows 1.4.x only)",
+                    bentoml.__version__)
+        return False
+    original = prop.fget
+
+    def middlewares(self: Any) -> list[Any]:
+        stack = original(self)
+        if not per_request_features_off():
+            return stack
+        front = [m for m in stack if getattr(m.cls, "in_front_of_bentoml", False)]
+        return front + [m for m in stack if not any(m is f for f in front)]
+
+    middlewares.gate_in_front = True  # type: ignore[attr-defined]
+    middlewares.original = original  # type: ignore[attr-defined]  # BentoML's, for the test of its order
+    ServiceAppFactory.middlewares = property(middlewares)  # type: ignore[method-assign,assignment]
+    return True
+
+
+def per_request_features_off() -> bool:
+    """True when BentoML's access log is off and tracing excludes ``/predict`` (``driftloop serve``'s
+    defaults: ``serving.access_log``, ``serving.tracing``)."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from opentelemetry.util.http import ExcludeList, parse_excluded_urls
+
+    if BentoMLContainer.api_server_config.logging.access.enabled.get():
+        return False
+    urls = BentoMLContainer.config.tracing.excluded_urls.get()  # read as BentoML's tracing_excluded_urls reads it
+    excluded = ExcludeList(urls) if isinstance(urls, list) else parse_excluded_urls(urls) if isinstance(urls, str) \
+        else ExcludeList([])
+    return bool(excluded.url_disabled("/predict"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any
 
-from driftloop.models.schema import FeatureSchema
+from driftloop.models.schema import FeatureSchema, example_row  # noqa: F401 (the document's example; tests import it here)
 from driftloop.service.serving import scores_field
 
 if TYPE_CHECKING:
@@ -57,19 +57,6 @@ def row_schema(schema: FeatureSchema, config: ServingConfig) -> dict[str, Any]:
         properties[feat.name] = prop
     return {"type": "object", "title": ROW, "properties": properties, "required": list(schema.names),
             "additionalProperties": False}
-
-
-def example_row(schema: FeatureSchema) -> dict[str, Any]:
-    """A row the model accepts: training medians, first categories, arrays of the low end."""
-    row: dict[str, Any] = {}
-    for feat in schema.features:
-        if feat.kind == "numeric":
-            row[feat.name] = round(feat.fill, 6)
-        elif feat.kind == "categorical":
-            row[feat.name] = feat.categories[0] if feat.categories else "a"
-        else:
-            row[feat.name] = _filled(feat.shape, float(feat.min or 0.0))
-    return row
 
 
 def served_spec(base: dict[str, Any], schema: FeatureSchema | None, config: ServingConfig,
@@ -162,7 +149,3 @@ def _nested_array(shape: tuple[int, ...]) -> dict[str, Any]:
     if not shape:
         return {"type": "number"}
     return {"type": "array", "minItems": shape[0], "maxItems": shape[0], "items": _nested_array(shape[1:])}
-
-
-def _filled(shape: tuple[int, ...], value: float) -> Any:
-    return value if not shape else [_filled(shape[1:], value) for _ in range(shape[0])]

@@ -257,6 +257,12 @@ class Serving:
                       "log rows wait in memory until it is back", os.getpid(), reason)
         self.watcher.start()
 
+    def serve_packed(self, model: OnnxModel) -> None:
+        """Serve ``model`` (a Bento's packed model, verified and warmed up by the caller) while the
+        registry names no champion: call it before :meth:`start`. The watcher follows the pointer
+        as usual and swaps to the registry's champion as soon as it names one."""
+        self._swap(model)
+
     def ready(self) -> bool:
         return self.model is not None and not self.stopping and not self.draining
 

@@ -190,7 +190,7 @@ def _locked(store: PredictionStore) -> Iterator[sa.Connection]:
         engine = sa.create_engine(store.engine.url, poolclass=sa.pool.NullPool, connect_args={"timeout": 60})
         # pysqlite's own transaction handling neither makes DDL transactional nor takes the write
         # lock up front: turn it off and begin with BEGIN IMMEDIATE ourselves.
-        sa.event.listen(engine, "connect", lambda dbapi_conn, _: setattr(dbapi_conn, "isolation_level", None))
+        sa.event.listen(engine, "connect", _sqlite_migration_connection)
         sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         try:
             with engine.begin() as conn:
@@ -202,6 +202,15 @@ def _locked(store: PredictionStore) -> Iterator[sa.Connection]:
         if store.dialect == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         yield conn
+
+
+def _sqlite_migration_connection(dbapi_conn: Any, _: Any) -> None:
+    """pysqlite's own transaction handling off (see :func:`_locked`); and incremental auto-vacuum,
+    which SQLite takes only before the first table is made (on an older store this does nothing):
+    store retention then gives freed pages back to the disk a slice at a time
+    (monitoring/retention.py), where a full VACUUM would lock the store for minutes."""
+    dbapi_conn.isolation_level = None
+    dbapi_conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
 
 
 def _quiet(read: Any) -> Any:

@@ -193,7 +193,12 @@ def with_row(**values: str) -> bytes:
     (b'{"rows": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json", 400, "body", "nested too deeply"),
     (b'{"rows": [' + b'{"a": ' * 3_000 + b"1" + b"}" * 3_000 + b"]}", "application/json", 400, "body", "nested"),
     (with_row(age="[" * 100 + "1" + "]" * 100), "application/json", 422, "rows[0].age", "must be a number, got list"),
+    # within orjson's depth limit (1,024): parsed by it, refused by the schema
+    (with_row(age="[" * 1_015 + "1" + "]" * 1_015), "application/json", 422, "rows[0].age", "must be a number"),
     (with_row(age="9" * 401), "application/json", 422, "rows[0].age", "an integer of 401 digits"),
+    (with_row(age="1" + "0" * 40), "application/json", 422, "rows[0].age", "outside the range"),  # orjson: a float
+    (with_row(age="NaN"), "application/json", 422, "rows[0].age", "finite number"),  # orjson refuses, Python takes
+    (with_row(age="-1e400"), "application/json", 422, "rows[0].age", "finite number"),
     (with_row(age="9" * 5_000), "application/json", 400, "body", "4300 digits"),
     (with_row(income="1e39"), "application/json", 422, "rows[0].income", "outside the range"),
     (with_row(income="-3.5e38"), "application/json", 422, "rows[0].income", "32-bit"),
@@ -351,3 +356,61 @@ def test_a_trickling_upload_gets_408_when_the_whole_body_is_late(serving: Servin
 
     status, headers, body = asyncio.run(upload(gate_for(serving, Held()), trickle, 2000))
     assert (status, headers["connection"]) == (408, "close") and "of 2000 declared bytes came" in body["error"]
+
+
+# -- JSON in and out: orjson, with Python's parser and encoder where orjson differs ----------------
+@pytest.mark.parametrize("body", [
+    b'{"rows": [{"a": 1.5, "b": "x", "c": null, "d": true}]}', b'[1, 2.25e-3, -0.0, "\\u00e9"]',
+    b'{"a": 1, "a": 2}', b'"\\ud800"', b"NaN", b"[Infinity, -Infinity]", b"1" + b"0" * 400, b"  {}  ",
+    b"\xef\xbb\xbf{}",  # a UTF-8 byte-order mark: orjson refuses it, Python skips it
+    b'"\xed\xa0\x80"',  # a surrogate encoded in UTF-8: orjson refuses it, Python reads a lone surrogate
+])
+def test_bodies_parse_as_pythons_parser_parses_them(body: bytes) -> None:
+    from driftloop.service.gate import load_json
+
+    parsed, expected = load_json(body), json.loads(body)
+    assert json.dumps(parsed) == json.dumps(expected)
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b"[" * 5_000 + b"]" * 5_000, "nested too deeply"), (b"9" * 5_000, "4300 digits"), (b"{", "Expecting"),
+    (b'"\xff"', "utf-8"),
+])
+def test_bodies_neither_parser_takes_are_400s(body: bytes, words: str) -> None:
+    from driftloop.service.gate import load_json
+
+    with pytest.raises(HttpError) as refused:
+        load_json(body)
+    assert (refused.value.status, refused.value.field) == (400, "body") and words in str(refused.value)
+
+
+def test_answers_are_compact_utf8_json_and_never_nan() -> None:
+    from driftloop.service.endpoint import dumps
+
+    answer = {"model_version": "v1", "predictions": [0, 1.5], "probabilities": [[0.25, 0.75]], "region": "São"}
+    assert dumps(answer) == json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
+    assert json.loads(dumps({"error": "x", "field": "rows[0].\ud800"}))["field"] == "rows[0].\ud800"
+    assert dumps({"error": "x", "field": None}) == b'{"error":"x","field":null}'
+    with pytest.raises(ValueError, match="not JSON compliant"):  # a bug: the gate's counted 500
+        dumps({"predictions": [float("nan")]})
+
+
+def test_a_prediction_that_waits_past_the_timeout_is_a_504() -> None:
+    class Stuck:
+        """A serving whose batcher never answers."""
+        metrics = serving_metrics()
+
+        def prepare(self, rows: Any) -> tuple[str, dict[str, Any]]:
+            return "model", {}
+
+        def batched(self, model: Any) -> bool:
+            return True
+
+        class batcher:  # noqa: N801
+            @staticmethod
+            async def run(model: Any, feeds: Any, n: int) -> Any:
+                await asyncio.Event().wait()
+
+    with pytest.raises(HttpError) as late:
+        asyncio.run(Endpoint(Stuck(), timeout_s=0.05).predict([ROW]))  # type: ignore[arg-type]
+    assert late.value.status == 504 and "0.05 seconds" in str(late.value)

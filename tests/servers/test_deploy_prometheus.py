@@ -57,7 +57,7 @@ def test_the_issue_s_alerts_are_there_and_documented() -> None:
     alerts = {rule["alert"]: rule for rule in alert_rules()}
     assert {"DriftloopDriftDetected", "DriftloopPerformanceDecay", "DriftloopRetrainFailed",
             "DriftloopRetrainRejected", "DriftloopPredictionLogRowsDropped", "DriftloopHighErrorRate",
-            "DriftloopLatencyObjective", "DriftloopTargetDown"} <= set(alerts)
+            "DriftloopLatencyObjective", "DriftloopTargetDown", "DriftloopFeatureOutsideTraining"} <= set(alerts)
     readme = (PROMETHEUS.parents[1] / "README.md").read_text()
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in SEVERITIES, name
@@ -77,6 +77,10 @@ def test_every_alert_has_a_unit_test_that_fires_it() -> None:
     ("DriftloopHighErrorRate", "> 0.01", "> 0.5"),
     ("DriftloopTargetDown", "== 0", "== 2"),
     ("DriftloopDriftDetected", 'signal="drift"} == 1', 'signal="drift"} == 2'),
+    ("DriftloopFeatureOutsideTraining", "> 0.01", "> 0.5"),
+    # one side alone (above): income's 10% would read 6%, as if the rows below the minimum were fine
+    ("DriftloopFeatureOutsideTraining", "driftloop_feature_outside_training_total[1h]",
+     'driftloop_feature_outside_training_total{side="above"}[1h]'),
 ])
 def test_the_unit_tests_notice_a_broken_rule(promtool: str, tmp_path: Path, alert: str, old: str, new: str) -> None:
     shutil.copytree(PROMETHEUS / "rules", tmp_path / "rules")

@@ -130,20 +130,20 @@ def test_history_shows_a_regressor_s_errors_where_a_classifier_s_accuracy_goes(t
     regression = tmp_path / "regression.yaml"
     regression.write_text(yaml.safe_dump(config, sort_keys=False))
     store = PredictionStore(config["store"]["url"]).create()
-    store.record_check(check(0, rmse=912.34, mae=700.06, champion_rmse=912.34))
+    store.record_check(check(0, rmse=912.34, mae=700.06, champion_rmse=912.34, unfamiliar_share=0.018))
     store.record_check(check(1))  # no labels yet
     store.close()
     result = runner.invoke(app, ["history", "-c", str(regression)])
     assert result.exit_code == 0, result.output
     first, second = result.output.strip().splitlines()
-    assert first.startswith("window    0 rows=500 drift=0.00 rmse=912.3 mae=700.1 model=v1 watch")
+    assert first.startswith("window    0 rows=500 drift=0.00 outside=1.8% rmse=912.3 mae=700.1 model=v1 watch")
     assert first.endswith("rmse 912.3 > 830 * 1.10 on 420 labels") and "acc=" not in first
     assert "rmse=- mae=- model=v1" in second
     classifier = PredictionStore(yaml.safe_load(user_project.read_text())["store"]["url"]).create()
     classifier.record_check(Check(**(check(0).to_dict() | {"accuracy": 0.75})))  # a classifier's project
     classifier.close()
     shown = runner.invoke(app, ["history", "-c", str(user_project)]).output
-    assert "drift=0.00 acc=0.750 model=v1" in shown and "rmse=" not in shown
+    assert "drift=0.00 outside=- acc=0.750 model=v1" in shown and "rmse=" not in shown
 
 
 def test_version_prints_the_installed_version() -> None:

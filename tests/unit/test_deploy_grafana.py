@@ -218,6 +218,37 @@ def test_the_error_panel_shows_what_a_monitor_exports(figures: dict[str, float],
     assert got == shown
 
 
+def test_the_outside_training_panel_and_alert_read_counters_a_monitor_exports_from_its_start() -> None:
+    """The share of a feature's checked rows outside training: the panel and the alert divide
+    two counters that a monitor creates at 0 for every feature its champion's schema judges (so
+    the share exists before the first row outside, and that row is an increase), by the labels
+    they carry. tests/servers/test_observability.py runs the panel's query against a real monitor."""
+    from driftloop.models.schema import Feature, FeatureSchema
+    from driftloop.monitoring.metrics import MonitorMetrics
+
+    schema = FeatureSchema((Feature("income", "numeric", min=1.0, max=9.0),
+                            Feature("region", "categorical", categories=("east",))), task="classification")
+    metrics = MonitorMetrics()
+    metrics.track_features(schema.training_sides)
+    exported = {(s.name, tuple(sorted(s.labels.items()))) for family in metrics.registry.collect()
+                for s in family.samples if s.value == 0}
+    (panel,) = [p for p in json.loads(DASHBOARDS["model-health"].read_text())["panels"]
+                if p["title"].startswith("Outside training")]
+    (alert,) = [rule for group in yaml.safe_load((ROOT / "deploy" / "prometheus" / "rules" / "alerts.yml").read_text())
+                ["groups"] for rule in group["rules"] if rule.get("alert") == "DriftloopFeatureOutsideTraining"]
+    for expr in (panel["targets"][0]["expr"], alert["expr"]):
+        names = {name for name, _ in SELECTOR.findall(expr)}
+        assert names == {"driftloop_feature_outside_training_total", "driftloop_feature_checked_rows_total"}, expr
+        assert "by (job, instance, feature" in expr
+    assert {("driftloop_feature_outside_training_total", (("feature", "income"), ("side", side)))
+            for side in ("below", "above")} <= exported
+    assert ("driftloop_feature_outside_training_total", (("feature", "region"), ("side", "unseen"))) in exported
+    assert {("driftloop_feature_checked_rows_total", (("feature", f),)) for f in ("income", "region")} <= exported
+    assert "ignoring (side) group_left" in panel["targets"][0]["expr"]  # one line per feature and side
+    assert panel["fieldConfig"]["defaults"]["thresholds"]["steps"][-1]["value"] == 0.01 == \
+        float(alert["expr"].rsplit(">", 1)[1])  # the panel's line is the alert's threshold
+
+
 # -- the alerts' runbooks -------------------------------------------------------------------------
 def github_anchors(markdown: str) -> list[tuple[int, str, str]]:
     """(level, text, anchor) of every heading, as GitHub renders README.md: the text lower-cased,

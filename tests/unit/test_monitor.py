@@ -102,6 +102,41 @@ def test_a_window_waits_for_its_labels(world: dict[str, Any]) -> None:
     assert check.labelled == 0 and check.accuracy is None
 
 
+def test_values_outside_training_are_counted_in_the_check_and_its_metrics(world: dict[str, Any]) -> None:
+    """Issue 16: incomes 1.8x the training maximum and a region training never saw, served and
+    logged (the service accepts both), are counted per feature in the check and in the
+    counters, which the monitor creates at 0 before its first check."""
+    registry = world["registry"]
+    schema = registry.get(registry.champion().version).schema
+    monitor = Monitor(world["settings"], world["store"], registry, clock=lambda: 1e12)  # no label wait
+    metrics = monitor.metrics.registry
+    for feature, sides in schema.training_sides.items():
+        assert metrics.get_sample_value("driftloop_feature_checked_rows_total", {"feature": feature}) == 0
+        for side in sides:
+            assert metrics.get_sample_value("driftloop_feature_outside_training_total",
+                                            {"feature": feature, "side": side}) == 0
+    income, region = (next(f for f in schema.features if f.name == name) for name in ("income", "region"))
+    rows = world["frame"][world["frame"]["period"] == "stable"].head(WINDOW).copy()
+    rows.iloc[:9, rows.columns.get_loc("income")] = income.max * 1.8
+    rows.iloc[9:12, rows.columns.get_loc("region")] = "atlantis"
+    serve(world["store"], registry, rows, label=False)
+    (check,) = monitor.run_once()
+    counted = check.feature_scores["income"]["outside_training"]
+    # the stable period's own rows may stray past the training range by chance: counted as they lie
+    assert counted == {"rows": WINDOW, "below": int((rows["income"] < income.min).sum()),
+                       "above": int((rows["income"] > income.max).sum())}
+    assert counted["above"] >= 9
+    assert check.feature_scores["region"]["outside_training"] == {"rows": WINDOW, "unseen": 3}
+    assert set(check.feature_scores["age"]["outside_training"]) == {"rows", "below", "above"}
+    assert check.unfamiliar_share >= 12 / WINDOW
+    assert world["store"].last_check().feature_scores == check.feature_scores
+    assert metrics.get_sample_value("driftloop_feature_outside_training_total",
+                                    {"feature": "income", "side": "above"}) == counted["above"]
+    assert metrics.get_sample_value("driftloop_feature_outside_training_total",
+                                    {"feature": "region", "side": "unseen"}) == 3
+    assert metrics.get_sample_value("driftloop_feature_checked_rows_total", {"feature": "income"}) == WINDOW
+
+
 def test_a_crashing_retrain_leaves_the_champion_and_is_recorded(world: dict[str, Any]) -> None:
     def crash(*args: Any, **kwargs: Any) -> None:
         raise MemoryError("killed mid-training")

@@ -190,6 +190,33 @@ def test_rows_outside_what_training_saw_are_found_per_feature() -> None:
     assert schema.outside_training(frame.drop(columns=["age", "region"])) == {}
 
 
+def test_rows_outside_training_are_counted_by_side() -> None:
+    """Below the minimum, above the maximum, an unseen category: each counted on its side; the
+    bounds are inside; a missing value (None, NaN, a number that does not parse) on no side."""
+    from driftloop.models.schema import ABOVE, BELOW, UNSEEN
+
+    schema = FeatureSchema((Feature("age", "numeric", min=26.0, max=66.0),
+                            Feature("region", "categorical", categories=("east", "north")),
+                            Feature("income", "numeric"), Feature("tags", "categorical")),
+                           task="classification", target="y")
+    assert schema.training_sides == {"age": (BELOW, ABOVE), "region": (UNSEEN,)}  # no range, no categories: not judged
+    frame = pd.DataFrame({
+        "age": [26.0, 18.5, 66.0, 118.8, None, float("nan"), 70.0, 25.9, "n/a", 40.0],  # 118.8: 1.8x the maximum
+        "region": ["east", "west", "north", "south", None, "west", float("nan"), "east", "north", "East"],
+        "income": [1.0] * 10, "tags": ["a"] * 10})
+    by_side = schema.outside_training_by_side(frame)
+    assert by_side["age"][BELOW].tolist() == [False, True, False, False, False, False, False, True, False, False]
+    assert by_side["age"][ABOVE].tolist() == [False, False, False, True, False, False, True, False, False, False]
+    assert by_side["region"][UNSEEN].tolist() == [False, True, False, True, False, True, False, False, False, True]
+    assert schema.outside_training_counts(frame) == {"age": {"rows": 10, "below": 2, "above": 2},
+                                                     "region": {"rows": 10, "unseen": 4}}
+    # the same rows as outside_training, which the sides only split
+    assert schema.outside_training(frame)["age"].tolist() == (by_side["age"][BELOW] | by_side["age"][ABOVE]).tolist()
+    assert schema.outside_training_counts(frame.iloc[:0]) == {"age": {"rows": 0, "below": 0, "above": 0},
+                                                              "region": {"rows": 0, "unseen": 0}}
+    assert schema.outside_training_counts(frame[["income"]]) == {}  # judged features absent: nothing to count
+
+
 @pytest.mark.parametrize("policy", ["reject", "impute"])
 @pytest.mark.parametrize(("value", "words"), [
     (1e39, "is 1e+39: outside the range of the model's 32-bit inputs"),

@@ -88,6 +88,39 @@ def test_unknown_key_in_overrides_is_named(tmp_path: Path) -> None:
         make_settings(tmp_path, monitoring={"windw": 3})
 
 
+@pytest.mark.parametrize(("data", "line"), [
+    ({"serving": {"log_flush_intervall_s": 0.1}},
+     "serving.log_flush_intervall_s: unknown key (did you mean log_flush_interval_s?)"),
+    ({"sed": 7}, "sed: unknown key (did you mean seed?)"),  # the top level
+    ({"retraining": {"watch": {"looks": 2, "min_label": 10}}},  # a section in a section
+     "retraining.watch.min_label: unknown key (did you mean min_labels?)"),
+    ({"monitoring": {"drift": {"columns": {"age": {"methd": "ks"}}}}},  # through a mapping's values
+     "monitoring.drift.columns.age.methd: unknown key (did you mean method?)"),
+    ({"model": {"search": {"params": {"max_depth": [2]}, "fold": 3}}},  # an optional section
+     "model.search.fold: unknown key (did you mean folds?)"),
+    # The closest key of the key's own section, not of another: `window_rows` is monitoring's.
+    ({"serving": {"window_rows": 100}}, "serving.window_rows: unknown key"),
+])
+def test_a_mistyped_key_gets_the_closest_key_of_its_section(tmp_path: Path, data: dict, line: str) -> None:
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert f"\n  {line}\n" in f"{info.value}\n", str(info.value)
+
+
+def test_a_key_like_none_of_its_section_gets_no_guess(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, {"colour": "blue"}))
+    assert str(info.value).endswith("\n  colour: unknown key")
+
+
+def test_a_mistyped_environment_variable_gets_the_same_guess(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLOOP_SERVING__LOG_FLUSH_INTERVALL_S", "0.1")
+    with pytest.raises(ConfigError, match=r"serving\.log_flush_intervall_s: unknown key \(did you mean "
+                                          r"log_flush_interval_s\?\)"):
+        load_settings()
+
+
 @pytest.mark.parametrize(("data", "key"), [
     ({"monitoring": {"window_rows": "many"}}, "monitoring.window_rows"),
     ({"serving": {"port": 70000}}, "serving.port"),
@@ -106,6 +139,17 @@ def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist") as info:
         load_settings(missing)
     assert str(missing) in str(info.value)
+
+
+@pytest.mark.parametrize("text, says", [("serving: [1, 2\n", "expected ',' or ']'"),
+                                         ("- a\n- b\n", "the file is not a mapping of keys")])
+def test_a_file_that_is_not_a_yaml_mapping_is_one_config_error(tmp_path: Path, text: str, says: str) -> None:
+    path = tmp_path / "driftloop.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(path)
+    assert str(err.value).startswith(f"invalid configuration in {path}: ") and says in str(err.value)
+    assert "\n" not in str(err.value)
 
 
 def test_data_path_without_features(tmp_path: Path) -> None:

@@ -2,11 +2,15 @@
 
 ``submit`` never blocks and never raises: rows go into a bounded queue, and when the queue is
 full they are dropped and counted. It is bounded in rows (``max_rows``) and, when the caller
-estimates a row's memory, in bytes (``max_bytes``): a queued row costs far more than its JSON
-(about 1.2 KB for 6 features, 11.6 KB for 100; ``python -m bench.memory``), so a row bound alone
-lets a wide model's queue take gigabytes during a store outage. A background thread drains the queue every
+estimates a row's memory, in bytes (``max_bytes``): a wide model's rows are large (the serving
+worker queues its rows encoded, :data:`driftloop.monitoring.store.LogRow`: about 290 bytes plus
+their JSON, 0.4 KB for 6 features, 2.7 KB for 100), so a row bound alone lets its queue take
+gigabytes during a store outage. A background thread drains the queue every
 ``flush_interval_s`` (or sooner, once ``batch_rows`` are waiting) and inserts them in one
-transaction. ``close`` drains everything before returning, so a graceful stop loses nothing;
+transaction. That thread shares the GIL with the worker's event loop, so whatever it does per
+row in Python holds requests up: the serving worker's rows reach it ready for the driver
+(:meth:`driftloop.monitoring.store.PredictionStore.insert_logged`). ``close`` drains everything
+before returning, so a graceful stop loses nothing;
 a hard kill loses at most the rows of the last ``flush_interval_s``. If an insert fails (the
 database is down), the batch is retried until the queue is full, then rows are dropped and counted.
 

@@ -22,6 +22,7 @@ scored and the shadow is not loaded: ``GET /model`` says so.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -38,7 +39,7 @@ from driftloop.models.errors import DriftloopError, SchemaError
 from driftloop.models.onnx_model import OnnxModel, providers_for
 from driftloop.models.schema import FLOAT32_MAX, SCORES_FIELD, SUPERVISED, FeatureSchema, same_label, text_problem
 from driftloop.models.registry import Registry
-from driftloop.monitoring.store import FeedbackResult, PredictionStore, unavailable, utcnow
+from driftloop.monitoring.store import FeedbackResult, LogRow, PredictionStore, log_row_bytes, unavailable, utcnow
 from driftloop.service.batching import Batcher, batching_enabled
 from driftloop.service.metrics import ServingMetrics
 from driftloop.service.predlog import PredictionLogWriter
@@ -322,14 +323,10 @@ class Serving:
         """Request ids, the prediction log and the metrics for one request; its JSON answer."""
         predictions = preds.tolist()
         ids = [new_request_id() for _ in predictions]
-        if self.writer is not None:
-            confidence = _confidence(model.schema.task, scores, len(ids))
-            now = utcnow()
-            self.writer.submit([
-                {"request_id": rid, "created_at": now, "model_version": model.version, "features": row,
-                 "prediction": pred, "confidence": conf}
-                for rid, row, pred, conf in zip(ids, rows, predictions, confidence)
-            ], row_bytes=queued_row_bytes(rows[0]))
+        if self.writer is not None:  # encoded here, once: the writer's thread only hands tuples to the driver
+            logged = self.store.log_rows(ids, utcnow(), model.version, rows, predictions,
+                                         _confidence(model.schema.task, scores, len(ids)))
+            self.writer.submit(logged, row_bytes=-(-sum(map(log_row_bytes, logged)) // len(logged)))
         if self.config.metrics:
             self._count(model.version, predictions)
         answer: dict[str, Any] = {"model_version": model.version, "predictions": predictions, "request_ids": ids}
@@ -491,21 +488,23 @@ class Serving:
         self._shadow_refused = f"refused {version}: {exc}"
         self.metrics.shadow_swaps.labels("refused").inc()
 
-    def _score_shadow(self, batch: list[dict[str, Any]]) -> None:
+    def _score_shadow(self, batch: list[LogRow]) -> None:
         """The prediction-log writer's after-write step (its thread, the rows are committed): the
         shadow scores the batch's rows that the champion answered, in one graph run, and its
         answers go to the store. Rows its schema refuses are counted; errors are logged and
-        counted, never raised."""
+        counted, never raised. The logged features are JSON text (:data:`LogRow`): parsed here,
+        in one ``json.loads`` of the batch, only when there is a shadow."""
         shadow, champion = self.shadow, self.model  # one read each, as a request does
         if shadow is None or champion is None or shadow.version == champion.version:
             return
-        rows = [r for r in batch if r["model_version"] == champion.version]
+        rows = [r for r in batch if r[2] == champion.version]  # r[2]: the model version
         if not rows:
             return
         count = self.metrics.shadow_rows.labels
         pending = len(rows)  # rows neither refused nor scored yet: they failed if anything raises
         try:
-            kept, feeds = _accepted(shadow.schema, [r["features"] for r in rows], self.config)
+            features = json.loads("[" + ",".join(r[3] for r in rows) + "]")  # r[3]: the features' JSON
+            kept, feeds = _accepted(shadow.schema, features, self.config)
             if len(kept) < len(rows):
                 count("refused").inc(len(rows) - len(kept))
             pending = len(kept)
@@ -515,7 +514,7 @@ class Serving:
                 self.metrics.shadow_seconds.observe(time.perf_counter() - start)
                 confidence = _confidence(shadow.schema.task, scores, len(kept))
                 self.store.insert_shadow_predictions([
-                    {"request_id": rows[i]["request_id"], "model_version": shadow.version, "prediction": pred,
+                    {"request_id": rows[i][0], "model_version": shadow.version, "prediction": pred,
                      "confidence": conf} for i, pred, conf in zip(kept, preds.tolist(), confidence)])
         except Exception:
             log.exception("shadow %s: scoring %d logged rows failed", shadow.version, pending)
@@ -523,10 +522,10 @@ class Serving:
             return
         count("scored").inc(pending)
 
-    def _insert_logged(self, rows: list[dict[str, Any]]) -> None:
+    def _insert_logged(self, rows: list[LogRow]) -> None:
         """The writer's insert: the schema first if the store was out when this worker started."""
         self.store.create()
-        self.store.insert_predictions(rows)
+        self.store.insert_logged(rows)
 
     def _logged(self, rows: int) -> None:
         self.metrics.log_rows.labels("written").inc(rows)
@@ -544,22 +543,6 @@ class Serving:
             if child is None:
                 child = self._counters[(version, value)] = self.metrics.predictions.labels(version, value)
             child.inc(n)
-
-
-def queued_row_bytes(features: dict[str, Any]) -> int:
-    """About what one queued log row costs in memory (its dict, id, time, the request's feature
-    dict and values), from one row of the request: the requests of a model have rows of one shape
-    (strings are capped by ``serving.max_string_chars``). Measured: 1.2 KB for 6 features, 3.4 KB
-    for 25, 11.6 KB for 100 (``bench/memory.py``); this errs high."""
-    return 600 + sum(88 + _value_bytes(v) for v in features.values())
-
-
-def _value_bytes(value: Any) -> int:
-    if isinstance(value, str):
-        return 50 + len(value)
-    if isinstance(value, list):
-        return 56 + sum(8 + _value_bytes(v) for v in value)
-    return 32
 
 
 def scores_field(task: str) -> str | None:

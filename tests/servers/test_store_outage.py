@@ -204,3 +204,24 @@ def test_a_worker_starts_and_serves_while_postgresql_is_down(service_on: Any,
         ids = answer.json()["request_ids"]
         wait_until(lambda: all_stored(url, ids), "the rows answered during the outage in the store", 30)
         assert metric(client, 'driftloop_prediction_log_rows_total{outcome="dropped"}') == 0
+
+
+def test_postgresql_copy_of_log_rows_fails_as_an_outage_then_goes_through(private_postgres: PostgresServer) -> None:
+    """The log's rows go to PostgreSQL by COPY on the driver's connection: a stopped server is
+    still SQLAlchemy's OperationalError (unavailable: the writer keeps the rows and retries), and
+    the same rows go in once it is back, on a fresh connection."""
+    from datetime import datetime, timezone
+
+    from driftloop.monitoring.store import unavailable
+
+    store = PredictionStore(private_postgres.create_database()).create()
+    rows = store.log_rows(["r0", "r1"], datetime.now(timezone.utc), "v1", [{"x": 1.0}, {"x": 2.0}], [0, 1], [0.9, None])
+    try:
+        with Stopped(private_postgres), pytest.raises(sa.exc.OperationalError) as failed:
+            store.insert_logged(rows)
+        assert unavailable(failed.value) is not None
+        store.insert_logged(rows)
+        assert store.count_predictions() == 2
+        assert list(store.window(0, 10)["x"]) == [1.0, 2.0]
+    finally:
+        store.close()

@@ -261,3 +261,32 @@ def test_the_queue_is_bounded_in_bytes_too_and_a_failed_batch_keeps_its_share(wr
     assert len(written) == 10 and len(set(written)) == 10 and w.dropped == 3 and sum(dropped) == 3
     w.submit(rows(100, 10), row_bytes=1000)  # the queue is empty again: all fit
     assert w.flush(timeout=10) is True and len(written) == 20
+
+
+@pytest.mark.parametrize(("features", "text"), [(6, "north"), (100, "north"), (25, "Zürich ✓ ünïcödé " * 3)])
+def test_a_queued_log_row_costs_no_more_than_its_estimate(tmp_path: Path, features: int, text: str) -> None:
+    """What the serving worker queues per row (``PredictionStore.log_rows``: encoded tuples) is
+    measured with tracemalloc and must not exceed ``log_row_bytes``, which the byte bound
+    (``serving.log_queue_bytes``) counts: an estimate that erred low would let the queue outgrow it."""
+    import tracemalloc
+    import uuid
+
+    from driftloop.monitoring.store import log_row_bytes
+
+    store = PredictionStore(f"sqlite:///{tmp_path / 'never-opened.db'}")  # log_rows needs the dialect only
+    n = 2000
+    requests = [{f"feature_{j:03d}": (j * 1.37 + i if j % 3 else text) for j in range(features)} for i in range(n)]
+    ids = [str(uuid.uuid4()) for _ in range(n)]  # the request ids exist before the log sees them
+    now = datetime.now(timezone.utc)
+    queue: list[Any] = []
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for i in range(n):  # one request each, as the worker submits them
+            queue.extend(store.log_rows([ids[i]], now, "v1", [requests[i]], ["yes"], [0.93]))
+        used = (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+    estimate = sum(map(log_row_bytes, queue)) / n
+    assert used <= estimate, f"{used:.0f} B measured per row, {estimate:.0f} B estimated"
+    assert estimate <= 1.5 * used + 200, "the estimate errs so high that the byte bound wastes the queue"

@@ -754,8 +754,11 @@ def report(out: dict[str, Any]) -> str:
                 if key in d:
                     gone = ", ".join(f"{n:,} {what}" for what, n in d[key].items() if n)
                     notes.append(f"store retention {label} deleted {gone or 'nothing'}")
-            if d.get("aged_free_bytes") is not None:
-                notes.append(f"SQLite file not shrunk: {mb(d['aged_free_bytes'])} free inside it")
+            if d.get("aged_free_bytes"):
+                notes.append(f"SQLite file not shrunk: {mb(d['aged_free_bytes'])} free inside it (a store made "
+                             "before incremental auto-vacuum: driftloop db prune --vacuum)")
+            elif d.get("aged_free_bytes") is not None:
+                notes.append("SQLite file shrank with the deletes: nothing free inside it (incremental auto-vacuum)")
             lines += [f"  {note}" for note in notes]
             w = d["week_at_100_rows_s"]
             if w:

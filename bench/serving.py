@@ -88,6 +88,7 @@ LIBRARIES = ("bentoml", "starlette", "uvicorn", "onnxruntime", "httpx", "uvloop"
 NOT_MEASURED = ("prediction log on/off, adaptive batching and overload shedding: each is measured against "
                 "itself switched off by `python -m bench.serving_features` (make bench-serving-features)")
 
+BATCH_ROWS = 100  # the many-row level: rows a request
 Progress = Callable[[str], None]
 
 
@@ -667,6 +668,7 @@ class ServingBenchmark:
     inprocess: dict[str, Any]
     notes: list[str]
     profile: dict[str, Any] | None = None
+    multi_row: list[LoadResult] = field(default_factory=list)  # requests of settings["multi_row"]["rows"] rows
 
     def result(self, server: str, connections: int) -> LoadResult:
         return next(r for r in self.closed if r.server == server and r.connections == connections)
@@ -705,8 +707,8 @@ def run_benchmark(*, duration: float = DURATION_S, connections: Sequence[int] = 
                   open_duration: float | None = None, rate: float | None = None,
                   open_connections: int = CAPACITY_CONNECTIONS, generator: str = "auto",
                   warmup: float = WARMUP_S, workdir: Path | None = None, profile_dir: Path | None = None,
-                  profile_s: float = 10.0, inprocess_calls: int = 2000, progress: Progress = lambda line: None,
-                  on_ready: Callable[[dict[str, Server], Prepared], None] | None = None) -> ServingBenchmark:
+                  profile_s: float = 10.0, inprocess_calls: int = 2000, batch_rows: int = BATCH_ROWS,
+                  progress: Progress = lambda line: None, on_ready: Callable[[dict[str, Server], Prepared], None] | None = None) -> ServingBenchmark:
     """The whole benchmark; ``on_ready`` (tests) is called with both servers up, before any load."""
     if generator == "auto":
         generator = "wrk" if wrk_path() else "python"
@@ -767,6 +769,22 @@ def run_benchmark(*, duration: float = DURATION_S, connections: Sequence[int] = 
                 progress(f"  {generator} c={conns:<3} {server.name:<9} {res.rps:8.0f} req/s  p50 {res.p50_ms:.2f} ms  "
                          f"p99 {res.p99_ms:.2f} ms  server CPU {res.server_cpu_cores:.2f} cores")
 
+        multi_row: list[LoadResult] = []  # many rows a request: rows/s, where per-row work shows, not per-request
+        if batch_rows > 1:
+            many = json.dumps({"rows": [prep.rows[i % len(prep.rows)] for i in range(batch_rows)]}).encode()
+            many_script = write_wrk_script(many, workdir / "post-many.lua")
+            for server in (bare, driftloop):
+                box = []
+                with cpu_meter(server.processes, box):
+                    res = (run_wrk(server.url, many_script, CAPACITY_CONNECTIONS, duration, server=server.name)
+                           if generator == "wrk" else
+                           closed_loop(server.url, many, CAPACITY_CONNECTIONS, duration, server=server.name))
+                _attach_cpu(res, box[0])
+                res.detail["rows"] = batch_rows
+                multi_row.append(res)
+                progress(f"  {generator} c={CAPACITY_CONNECTIONS} {batch_rows}-row requests {server.name:<9} "
+                         f"{res.rps * batch_rows:8.0f} rows/s  p99 {res.p99_ms:.2f} ms")
+
         capacity = {r.server: r.rps for r in closed if r.connections == CAPACITY_CONNECTIONS}
         plan: list[tuple[str, float]] = []  # (what the rate is, req/s)
         if rate is None:
@@ -810,10 +828,11 @@ def run_benchmark(*, duration: float = DURATION_S, connections: Sequence[int] = 
                               "capacity_connections": CAPACITY_CONNECTIONS, "duration_s": open_duration,
                               "connections": open_connections, "request_timeout_s": REQUEST_TIMEOUT_S},
                 "request": {"path": "/predict", "rows": 1, "body_bytes": len(body)},
+                "multi_row": {"rows": batch_rows, "connections": CAPACITY_CONNECTIONS},
                 "model": {"kind": "gradient_boosting", "version": prep.version, "sha256": prep.sha256,
                           "train_s": prep.train_s},
                 "request_timeout_s": REQUEST_TIMEOUT_S, "loop": loop_kind()}
-    return ServingBenchmark(machine, settings, info, closed, opened, parity, inprocess, notes, profile)
+    return ServingBenchmark(machine, settings, info, closed, opened, parity, inprocess, notes, profile, multi_row)
 
 
 def _attach_cpu(res: LoadResult, cpu: dict[str, float], loadgen_from_meter: bool = True) -> None:
@@ -1014,6 +1033,14 @@ def format_table(b: ServingBenchmark) -> str:
         lines.append(f"{'':>5}  {'ratio d/b':<10} {_ratio(d.rps, a.rps):>8} {_ratio(d.p50_ms, a.p50_ms):>8} "
                      f"{_ratio(d.p95_ms, a.p95_ms):>8} {_ratio(d.p99_ms, a.p99_ms):>8} {'':>8} {'':>8}  {'':>7} "
                      f"{'':>5} {'':>5} {_ratio(cpu_ms_per_request(d), cpu_ms_per_request(a)):>14}")
+    if b.multi_row:
+        many = {r.server: r for r in b.multi_row}
+        n = s["multi_row"]["rows"]
+        lines += ["", f"{n}-row requests, {s['multi_row']['connections']} connections: "
+                      + ", ".join(f"{name} {many[name].rps * n:,.0f} rows/s (p99 {many[name].p99_ms:.1f} ms, "
+                                  f"{many[name].non_2xx} non-2xx)" for name in SERVERS if name in many)
+                      + (f"; ratio d/b {_ratio(many['driftloop'].rps, many['bare'].rps)}"
+                         if {"driftloop", "bare"} <= set(many) else "")]
     o = s["open_loop"]
     lines += ["", (f"open loop (Python generator, {s['loop']}, {o['connections']} keep-alive connections, "
                    f"{o['duration_s']:g} s per run; latency from each request's scheduled send time)")]
@@ -1104,6 +1131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="also profile the driftloop worker with py-spy at 32 connections; files in DIR")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("--batch-rows", type=int, default=BATCH_ROWS,
+                        help=f"rows a request in the many-row level at 32 connections ({BATCH_ROWS}; 0: skip it)")
     args = parser.parse_args(argv)
     connections = [int(c) for c in args.connections.split(",") if c.strip()]
     if args.generator == "wrk" and wrk_path() is None:
@@ -1114,7 +1143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_benchmark(duration=args.duration, connections=connections, open_duration=args.open_duration,
                            rate=args.rate, open_connections=args.open_connections, generator=args.generator,
                            warmup=args.warmup, workdir=args.workdir, profile_dir=args.profile,
-                           profile_s=args.profile_seconds, progress=lambda line: print(line, file=sys.stderr))
+                           profile_s=args.profile_seconds, batch_rows=args.batch_rows, progress=lambda line: print(line, file=sys.stderr))
     print(result.table())
     if args.json is not None:
         print(f"figures: {result.write_json(args.json)}")

@@ -69,6 +69,17 @@ def test_closed_loop_has_every_figure_for_both_servers(bench: dict[str, Any]) ->
         assert cpu_ms_per_request(r) > 0
 
 
+def test_many_row_requests_are_measured_in_rows_for_both_servers(bench: dict[str, Any]) -> None:
+    result: ServingBenchmark = bench["result"]
+    assert result.settings["multi_row"] == {"rows": 100, "connections": 32}
+    assert [r.server for r in result.multi_row] == ["bare", "driftloop"]
+    for r in result.multi_row:
+        assert_figures(r)
+        assert r.connections == 32 and r.detail["rows"] == 100
+    line = next(x for x in result.table().splitlines() if x.startswith("100-row requests, 32 connections:"))
+    assert "bare " in line and "driftloop " in line and "rows/s" in line and "ratio d/b" in line
+
+
 def test_open_loop_has_every_figure_for_both_servers(bench: dict[str, Any]) -> None:
     result: ServingBenchmark = bench["result"]
     (spec,) = result.settings["open_loop"]["rates"]  # levels without 32: the bare app's throughput was measured

@@ -104,6 +104,9 @@ def info_paths() -> dict[str, Any]:
         "schema": {"type": "object", "description": "the feature schema: task, target, labels, features"},
         "providers": {"type": "array", "items": {"type": "string"}}, "device": {"type": "string"},
         "batching": {"type": "boolean"}, "worker_pid": {"type": "integer"},
+        "source": {"type": "string", "enum": ["registry", "bento"],
+                   "description": "registry: the champion pointer's version; bento: the model the Bento packs, "
+                                  "served while no registry names a champion"},
         "shadow": {"type": "object", "nullable": True,
                    "description": "the shadow version, its role (candidate | watch) and whether this worker "
                                   "scores the prediction log with it"},

@@ -217,6 +217,7 @@ class Serving:
         self.metrics = metrics
         self.config = config
         self.model: OnnxModel | None = None
+        self.packed: OnnxModel | None = None  # a Bento's own model, served while the registry names no champion
         self._batched_for: tuple[OnnxModel, bool] | None = None  # batched()'s answer for the model it was asked about
         self.shadow: OnnxModel | None = None  # scored beside the champion, off the request path
         self._shadow_refused: str | None = None  # why the shadow pointer's version is not loaded
@@ -265,6 +266,7 @@ class Serving:
         registry names no champion: call it before :meth:`start`. The watcher follows the pointer
         as usual and swaps to the registry's champion as soon as it names one."""
         self._swap(model)
+        self.packed = model  # GET /model says so while it serves
 
     def ready(self) -> bool:
         return self.model is not None and not self.stopping and not self.draining
@@ -414,6 +416,8 @@ class Serving:
             "providers": model.providers,
             "device": self.device,
             "batching": self.batched(model),
+            # registry: the champion pointer's version; bento: the model the Bento packs (no champion yet)
+            "source": "bento" if model is self.packed else "registry",
             "shadow": self._shadow_info(),
             "worker_pid": os.getpid(),
         }

@@ -155,8 +155,8 @@ def test_model(service: dict[str, Any]) -> None:
     info = service["client"].get("/model")
     assert info.status_code == 200, info.text
     body = info.json()
-    assert (body["model_version"], body["project"], body["task"], body["shadow"]) == ("v1", "loans",
-                                                                                      "classification", None)
+    assert (body["model_version"], body["project"], body["task"], body["shadow"], body["source"]) == (
+        "v1", "loans", "classification", None, "registry")
     assert [f["name"] for f in body["schema"]["features"]] == list(ROW)
 
 

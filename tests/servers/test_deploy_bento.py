@@ -179,6 +179,7 @@ def test_a_bento_serves_its_packed_model_until_a_registry_names_a_champion(
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == packed.split(":")[1] == "v1"
         assert len(answer.json()["predictions"]) == 3
+        assert client.get("/model").json()["source"] == "bento"
 
         refused = client.post("/admin/promote", json={"version": "v1"}, headers=admin)
         assert refused.status_code == 409, refused.text
@@ -196,6 +197,7 @@ def test_a_bento_serves_its_packed_model_until_a_registry_names_a_champion(
         staging.rename(run / "registry")  # whole at once, as a mounted volume would be
         wait_until(lambda: client.post("/predict", json={"rows": rows}).json().get("model_version") == second,
                    f"the worker to swap to the registry's champion {second}", 30, 0.1, alive=lambda: running(server))
+        assert client.get("/model").json()["source"] == "registry"
         rolled = client.post("/admin/rollback", json={}, headers=admin)
         assert rolled.status_code == 200 and rolled.json()["champion"] == "v1", rolled.text
 
